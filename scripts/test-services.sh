@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Make sure what the test suite talks to is installed and running: skopeo (a real registry
+# client), MariaDB and Redis. Starts the local servers when they are installed but stopped.
+set -euo pipefail
+
+need_apt=()
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need_apt+=(mariadb-server)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 60); do up "$1" && return 0; sleep 0.5; done
+  echo "nothing answers on 127.0.0.1:$1 ($2)" >&2; return 1
+}
+
+if ! up 3306; then
+  echo "starting MariaDB"
+  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+  start-stop-daemon --start --oknodo --background --exec "$(command -v mariadbd || command -v mysqld)"
+  wait_port 3306 MariaDB
+fi
+if ! up 6379; then
+  echo "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/test.log
+  wait_port 6379 Redis
+fi
+echo "test services ready: skopeo $(skopeo --version | awk '{print $3}'), MariaDB :3306, Redis :6379"

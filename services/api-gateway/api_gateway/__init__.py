@@ -1,0 +1,1 @@
+"""The API gateway: the registry's only public face."""

@@ -1,0 +1,32 @@
+"""The gateway's ASGI application: ``create_app()``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from api_gateway.proxy import make_client
+from api_gateway.routes import v2
+from shared.settings import get_settings
+from shared.web import ApiVersionMiddleware, configure_logging, install_error_handlers
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with make_client() as client:
+        app.state.http = client
+        yield
+
+
+def create_app() -> FastAPI:
+    configure_logging(get_settings().log_level)
+    app = FastAPI(
+        title="registry gateway", docs_url=None, redoc_url=None, lifespan=lifespan,
+        dependencies=[Depends(v2.assign_request_id)],
+    )
+    app.include_router(v2.router)
+    install_error_handlers(app)
+    app.add_middleware(ApiVersionMiddleware)
+    return app

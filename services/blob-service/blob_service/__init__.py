@@ -1,0 +1,1 @@
+"""The blob service: blob uploads and downloads against object storage."""

@@ -1,0 +1,55 @@
+"""Blobs of a repository (OCI Distribution Spec, "Pulling blobs" and "Deleting blobs")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+
+from shared import db
+from shared.errors import ErrorCode, RegistryError
+from shared.events import Event, Target
+from shared.models import RepositoryBlob
+from shared.reference import Digest
+from shared.repositories import find_repository, linked_blob
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: str
+    size: int
+    storage_key: str
+
+
+def _unknown(repository: str, digest: Digest) -> RegistryError:
+    return RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to repository {repository!r}")
+
+
+def stat(repository: str, digest: Digest) -> BlobInfo:
+    with db.reading() as session:
+        blob = linked_blob(session, repository, str(digest))
+        if blob is None:
+            raise _unknown(repository, digest)
+        return BlobInfo(blob.digest, blob.size, blob.storage_key)
+
+
+def unlink(repository: str, digest: Digest, request_id: str | None) -> Event:
+    """Delete a blob from a repository: the link goes; the bytes stay until garbage
+    collection finds no repository and no manifest using them."""
+    with db.transaction() as session:
+        repo = find_repository(session, repository)
+        if repo is None:
+            raise _unknown(repository, digest)
+        result = session.execute(
+            delete(RepositoryBlob).where(
+                RepositoryBlob.repository_id == repo.id, RepositoryBlob.blob_digest == str(digest)
+            )
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise _unknown(repository, digest)
+    return Event(
+        action="blob:deleted",
+        target=Target(repository=repository, digest=str(digest)),
+        request_id=request_id,
+        source="blob-service",
+    )

@@ -1,0 +1,29 @@
+"""Dependencies of the blob service's routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from shared.reference import Digest, parse_digest, validate_name
+from shared.storage import StorageDriver, get_storage
+from shared.web import request_id
+
+
+def _name(name: Annotated[str, Path()]) -> str:
+    return validate_name(name)
+
+
+def _digest(digest: Annotated[str, Path()]) -> Digest:
+    return parse_digest(digest)
+
+
+def _request_id(request: Request) -> str:
+    return request_id(request)
+
+
+RepositoryName = Annotated[str, Depends(_name)]
+PathDigest = Annotated[Digest, Depends(_digest)]
+Storage = Annotated[StorageDriver, Depends(get_storage)]
+RequestId = Annotated[str, Depends(_request_id)]

@@ -1,0 +1,58 @@
+"""``/v2/<name>/blobs/<digest>``: HEAD, GET (with ``Range``) and DELETE."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi.responses import StreamingResponse
+
+from blob_service import blobs
+from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
+from blob_service.ranges import parse_range
+from shared.events import publish
+
+router = APIRouter()
+
+# Content under a digest never changes.
+CACHE_CONTROL = "max-age=31536000, immutable"
+
+
+def _headers(info: blobs.BlobInfo) -> dict[str, str]:
+    return {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": info.digest,
+        "ETag": f'"{info.digest}"',
+        "Cache-Control": CACHE_CONTROL,
+        "Accept-Ranges": "bytes",
+    }
+
+
+@router.head("/v2/{name:path}/blobs/{digest}")
+async def head_blob(name: RepositoryName, digest: PathDigest) -> Response:
+    info = await asyncio.to_thread(blobs.stat, name, digest)
+    return Response(headers={**_headers(info), "Content-Length": str(info.size)})
+
+
+@router.get("/v2/{name:path}/blobs/{digest}")
+async def get_blob(name: RepositoryName, digest: PathDigest, request: Request, storage: Storage) -> Response:
+    info = await asyncio.to_thread(blobs.stat, name, digest)
+    headers = _headers(info)
+    wanted = request.headers.get("range")
+    span = parse_range(wanted, info.size) if wanted else None
+    if span is None:
+        headers["Content-Length"] = str(info.size)
+        return StreamingResponse(storage.read(info.storage_key), headers=headers)
+    start, end = span
+    headers["Content-Length"] = str(end - start + 1)
+    headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    return StreamingResponse(storage.read(info.storage_key, start, end), status_code=206, headers=headers)
+
+
+@router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)
+async def delete_blob(
+    name: RepositoryName, digest: PathDigest, request_id: RequestId, background: BackgroundTasks
+) -> Response:
+    event = await asyncio.to_thread(blobs.unlink, name, digest, request_id)
+    background.add_task(publish, event)
+    return Response(status_code=202, headers={"Content-Length": "0"})

@@ -1,0 +1,1 @@
+"""The manifest service: manifests, indexes, tags, catalog and referrers."""

@@ -1,0 +1,21 @@
+"""The manifest service's ASGI application: ``create_app()``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from manifest_service.routes import catalog, manifests, referrers, tags
+from shared.settings import get_settings
+from shared.web import ApiVersionMiddleware, configure_logging, install_error_handlers
+
+
+def create_app() -> FastAPI:
+    configure_logging(get_settings().log_level)
+    app = FastAPI(title="manifest-service", docs_url=None, redoc_url=None)
+    app.include_router(catalog.router)
+    app.include_router(manifests.router)
+    app.include_router(tags.router)
+    app.include_router(referrers.router)
+    install_error_handlers(app)
+    app.add_middleware(ApiVersionMiddleware)
+    return app

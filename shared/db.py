@@ -1,0 +1,77 @@
+"""Engine and sessions for the metadata database.
+
+Sessions are short: a handler opens one, does its queries, commits and closes it before any
+bytes stream, so no connection is held while a client uploads or downloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import get_settings
+
+
+def make_engine(url: str) -> Engine:
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Several processes share one SQLite file: WAL lets readers go on while one writes,
+        # and the busy timeout makes a writer wait for the lock instead of failing.
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+            # Let SQLAlchemy's "begin" hook below issue BEGIN itself.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # A write transaction takes the write lock at BEGIN: upgrading a read lock later can
+            # fail at once with SQLITE_BUSY whatever the busy timeout, when another process wrote.
+            if conn.get_execution_options().get("readonly"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.update(pool_size=10, max_overflow=20, pool_recycle=3600)
+    return create_engine(url, **kwargs)
+
+
+@lru_cache
+def get_engine() -> Engine:
+    return make_engine(get_settings().database_url)
+
+
+@lru_cache
+def _sessionmaker(readonly: bool) -> sessionmaker[Session]:
+    engine = get_engine()
+    if readonly:
+        engine = engine.execution_options(readonly=True)
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """A session in a write transaction: committed when the block ends, rolled back on error."""
+    with _sessionmaker(False)() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def reading() -> Iterator[Session]:
+    """A session for reads only."""
+    with _sessionmaker(True)() as session, session.begin():
+        yield session

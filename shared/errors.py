@@ -1,0 +1,75 @@
+"""The registry's error codes, declared once.
+
+Every error the registry returns is a member of :class:`ErrorCode`, carrying the code string of
+the OCI Distribution Specification (section "Error Codes"), the HTTP status the reference
+registry uses for it, and the spec's message. :class:`RegistryError` carries a member plus a
+detail; :func:`error_body` renders the spec's JSON body ``{"errors": [{code, message, detail}]}``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(enum.Enum):
+    # (code, HTTP status, message)
+    BLOB_UNKNOWN = ("BLOB_UNKNOWN", 404, "blob unknown to registry")
+    BLOB_UPLOAD_INVALID = ("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
+    BLOB_UPLOAD_UNKNOWN = ("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
+    DIGEST_INVALID = ("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
+    MANIFEST_BLOB_UNKNOWN = ("MANIFEST_BLOB_UNKNOWN", 400, "manifest references a blob unknown to registry")
+    MANIFEST_INVALID = ("MANIFEST_INVALID", 400, "manifest invalid")
+    MANIFEST_UNKNOWN = ("MANIFEST_UNKNOWN", 404, "manifest unknown")
+    NAME_INVALID = ("NAME_INVALID", 400, "invalid repository name")
+    NAME_UNKNOWN = ("NAME_UNKNOWN", 404, "repository name not known to registry")
+    SIZE_INVALID = ("SIZE_INVALID", 400, "provided length did not match content length")
+    TAG_INVALID = ("TAG_INVALID", 400, "manifest tag did not match URI")
+    UNAUTHORIZED = ("UNAUTHORIZED", 401, "authentication required")
+    DENIED = ("DENIED", 403, "requested access to the resource is denied")
+    UNSUPPORTED = ("UNSUPPORTED", 405, "the operation is unsupported")
+    TOOMANYREQUESTS = ("TOOMANYREQUESTS", 429, "too many requests")
+    RANGE_INVALID = ("RANGE_INVALID", 416, "invalid content range")
+    PAGINATION_NUMBER_INVALID = ("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
+    NOT_FOUND = ("NOT_FOUND", 404, "no such endpoint")
+    UNAVAILABLE = ("UNAVAILABLE", 503, "service unavailable")
+    UNKNOWN = ("UNKNOWN", 500, "unknown error")
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def status(self) -> int:
+        return self.value[1]
+
+    @property
+    def message(self) -> str:
+        return self.value[2]
+
+
+class RegistryError(Exception):
+    """An error to be answered with the spec's error body.
+
+    ``status`` overrides the code's usual HTTP status where the spec or the reference registry
+    answers with another one (415 for an unsupported manifest media type, 413 for a manifest that
+    is too large). ``headers`` are added to the response (``Content-Range`` on a 416).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str | None = None,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code.code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status or code.status
+        self.headers = headers or {}
+
+
+def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:
+    return {"errors": [{"code": code.code, "message": code.message, "detail": detail}]}

@@ -1,0 +1,143 @@
+"""The metadata database: one schema for MySQL/MariaDB and SQLite.
+
+Blobs are stored once, content-addressed; a repository sees only the blobs linked to it
+(``repository_blobs``), so a blob pushed to one repository cannot be read through another unless
+it was pushed or mounted there. Manifests belong to a repository and keep their exact bytes;
+``manifest_references`` records what each manifest points at (layers and config for an image,
+child manifests for an index), which is what the manifest PUT checks and what garbage collection
+reads. Tags point at manifests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# Names compare byte for byte (tags are case-sensitive and listed in lexical order), so MySQL
+# must not use its default case-insensitive collation.
+TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin", "mysql_engine": "InnoDB"}
+
+# Manifests are kept whole in the database; MySQL's BLOB holds only 64 KiB.
+ManifestBytes = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Repository(Base):
+    __tablename__ = "repositories"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Blob(Base):
+    __tablename__ = "blobs"
+    __table_args__ = (TABLE_ARGS,)
+
+    digest: Mapped[str] = mapped_column(String(150), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    # Where the bytes are now: the final content-addressed key, or the upload's temporary key
+    # until the object has been moved.
+    storage_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RepositoryBlob(Base):
+    __tablename__ = "repository_blobs"
+    __table_args__ = (Index(None, "blob_digest"), TABLE_ARGS)
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    blob_digest: Mapped[str] = mapped_column(
+        ForeignKey("blobs.digest", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+    __table_args__ = (TABLE_ARGS,)
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    repository: Mapped[str] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Manifest(Base):
+    __tablename__ = "manifests"
+    __table_args__ = (
+        UniqueConstraint("repository_id", "digest"),
+        Index(None, "repository_id", "subject_digest"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(150))
+    media_type: Mapped[str] = mapped_column(String(255))
+    artifact_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    subject_digest: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    # Annotations of the manifest, as JSON text, for the referrers list.
+    annotations: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(ManifestBytes)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ManifestReference(Base):
+    """A descriptor a manifest holds: a blob (config, layer) or, for an index, a manifest."""
+
+    __tablename__ = "manifest_references"
+    __table_args__ = (Index(None, "digest"), TABLE_ARGS)
+
+    manifest_id: Mapped[int] = mapped_column(
+        ForeignKey("manifests.id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(150), primary_key=True)
+    is_manifest: Mapped[bool] = mapped_column(default=False)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    __table_args__ = (Index(None, "manifest_id"), TABLE_ARGS)
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,60 @@
+"""The registry's processes and the commands that start them.
+
+``make run`` (``python -m shared.runner``), the tests and the deployment files start the same
+commands, defined here once. The modules are named as strings: ``shared`` imports no service.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    argv: list[str]
+    url: str | None  # where it answers HTTP, if it does
+
+
+def _uvicorn(factory: str, host: str, port: int, log_level: str) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", factory, "--factory",
+        "--host", host, "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", log_level, "--timeout-graceful-shutdown", "30",
+    ]
+
+
+def processes(settings: Settings) -> list[Process]:
+    level = settings.log_level
+    return [
+        Process(
+            "blob-service",
+            _uvicorn("blob_service.app:create_app", settings.blob_service_host, settings.blob_service_port, level),
+            settings.service_url("blob"),
+        ),
+        Process(
+            "manifest-service",
+            _uvicorn(
+                "manifest_service.app:create_app", settings.manifest_service_host,
+                settings.manifest_service_port, level,
+            ),
+            settings.service_url("manifest"),
+        ),
+        Process(
+            "api-gateway",
+            _uvicorn("api_gateway.app:create_app", settings.gateway_host, settings.gateway_port, level),
+            f"http://{settings.gateway_host}:{settings.gateway_port}",
+        ),
+        Process(
+            "janitor",
+            [
+                sys.executable, "-m", "celery", "-A", "janitor.worker", "worker",
+                "--loglevel", level.upper(), "--concurrency", "1", "--hostname", "janitor@%h",
+            ],
+            None,
+        ),
+    ]

@@ -1,0 +1,62 @@
+"""Repositories and the blobs linked to them: the queries both services need."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.models import Blob, Repository, RepositoryBlob
+
+
+def find_repository(session: Session, name: str) -> Repository | None:
+    return session.scalars(select(Repository).where(Repository.name == name)).first()
+
+
+def ensure_repository(session: Session, name: str) -> Repository:
+    """The repository called ``name``, created if it does not exist (safe under races)."""
+    repository = find_repository(session, name)
+    if repository is not None:
+        return repository
+    try:
+        with session.begin_nested():
+            repository = Repository(name=name)
+            session.add(repository)
+    except IntegrityError:
+        repository = find_repository(session, name)
+        assert repository is not None
+    return repository
+
+
+def linked_blob(session: Session, repository: str, digest: str) -> Blob | None:
+    """The blob ``digest`` if ``repository`` holds it."""
+    return session.scalars(
+        select(Blob)
+        .join(RepositoryBlob, RepositoryBlob.blob_digest == Blob.digest)
+        .join(Repository, Repository.id == RepositoryBlob.repository_id)
+        .where(Repository.name == repository, Blob.digest == digest)
+    ).first()
+
+
+def link_blob(session: Session, repository: Repository, digest: str) -> None:
+    exists = session.get(RepositoryBlob, (repository.id, digest))
+    if exists is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(RepositoryBlob(repository_id=repository.id, blob_digest=digest))
+    except IntegrityError:
+        pass  # linked meanwhile by a concurrent request: the outcome is the same
+
+
+def linked_digests(session: Session, repository_id: int, digests: list[str]) -> set[str]:
+    if not digests:
+        return set()
+    return set(
+        session.scalars(
+            select(RepositoryBlob.blob_digest).where(
+                RepositoryBlob.repository_id == repository_id,
+                RepositoryBlob.blob_digest.in_(digests),
+            )
+        )
+    )

@@ -1,0 +1,56 @@
+"""Configuration, read from environment variables prefixed ``REGISTRY_``.
+
+The defaults are the embedded ones: a SQLite file and a storage folder under ``./var``, and a
+broker on the local filesystem, so that the registry runs with no server beside it. Production
+sets the MySQL URL, the Redis URL and the storage URL; the README lists every variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+
+    # Where data lives.
+    database_url: str = f"sqlite:///{DATA_DIR / 'registry.db'}"
+    storage_url: str = f"file://{DATA_DIR / 'storage'}"
+    broker_url: str = f"filesystem://{DATA_DIR / 'broker'}"
+
+    # Where the services listen, and where the gateway finds them.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 5000
+    blob_service_host: str = "127.0.0.1"
+    blob_service_port: int = 5001
+    manifest_service_host: str = "127.0.0.1"
+    manifest_service_port: int = 5002
+    blob_service_url: str = ""
+    manifest_service_url: str = ""
+
+    # Limits.
+    max_manifest_size: int = 4 * 1024 * 1024
+    max_page_size: int = 10000
+    default_page_size: int = 1000
+
+    log_level: str = "info"
+
+    def service_url(self, which: str) -> str:
+        if which == "blob":
+            return self.blob_service_url or f"http://{self.blob_service_host}:{self.blob_service_port}"
+        if which == "manifest":
+            return (
+                self.manifest_service_url
+                or f"http://{self.manifest_service_host}:{self.manifest_service_port}"
+            )
+        raise ValueError(which)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

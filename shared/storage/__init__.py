@@ -1,0 +1,67 @@
+"""Object storage behind one small interface, chosen by the ``REGISTRY_STORAGE_URL`` setting.
+
+``file:///var/lib/registry`` selects the local filesystem driver. An unknown scheme is an
+error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from functools import lru_cache
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from shared.settings import get_settings
+
+
+class StorageError(Exception):
+    """The storage backend failed; the request may be retried."""
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class StorageDriver(Protocol):
+    async def append(self, key: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        """Write ``chunks`` into ``key`` from ``offset`` on (creating it when ``offset`` is 0).
+
+        Returns the object's new size. If the chunks fail midway, whatever was written past
+        ``offset`` is undone, so the object is as it was before the call.
+        """
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the bytes of ``key`` from ``start`` up to and including ``end``."""
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """The object's size, or None if there is no such object."""
+        ...
+
+    async def move(self, source: str, destination: str) -> None:
+        """Move an object; if ``destination`` exists it is replaced atomically."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Delete an object and what is under it; deleting what does not exist is no error."""
+        ...
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path to the object, when the driver has one (lets a server send it
+        with ``sendfile``)."""
+        ...
+
+
+@lru_cache
+def get_storage() -> StorageDriver:
+    return open_storage(get_settings().storage_url)
+
+
+def open_storage(url: str) -> StorageDriver:
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        from shared.storage.filesystem import FilesystemDriver
+
+        return FilesystemDriver(parts.netloc + parts.path)
+    raise ValueError(f"unknown storage scheme {parts.scheme!r} in {url!r} (known: file)")

@@ -1,0 +1,27 @@
+"""Where objects live in storage: every key the registry writes is built here.
+
+    <root>/
+    ├── blobs/
+    │   └── sha256/
+    │       └── 47/                                   first two hex digits of the digest
+    │           └── 471a4b51...f4381e2/
+    │               └── data                          the blob's bytes, written once
+    └── uploads/
+        └── <upload_uuid>/
+            └── data                                  an upload in progress, appended to
+
+A blob is stored once however many repositories hold it; which repository may read it is
+recorded in the database, not in the key layout.
+"""
+
+from __future__ import annotations
+
+from shared.reference import Digest
+
+
+def blob_key(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}/data"
+
+
+def upload_key(upload_uuid: str) -> str:
+    return f"uploads/{upload_uuid}/data"

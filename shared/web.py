@@ -1,0 +1,105 @@
+"""What every HTTP service of the registry answers the same way: errors, the API version header,
+request ids and logs.
+
+All errors leave in the spec's body ``{"errors": [{code, message, detail}]}``; an unexpected
+exception is logged with its traceback and answered 500 ``UNKNOWN`` with no trace in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import ErrorCode, RegistryError, error_body
+
+log = logging.getLogger("registry")
+
+API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def error_response(
+    code: ErrorCode,
+    detail: str | None = None,
+    *,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    head: bool = False,
+) -> Response:
+    all_headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **(headers or {})}
+    if head:
+        # A HEAD answer has no body; its status and headers carry the error.
+        return Response(status_code=status or code.status, headers=all_headers)
+    return JSONResponse(error_body(code, detail), status_code=status or code.status, headers=all_headers)
+
+
+def request_id(request: Request) -> str:
+    return request.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def registry_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RegistryError)
+        return error_response(
+            exc.code, exc.detail, status=exc.status, headers=exc.headers,
+            head=request.method == "HEAD",
+        )
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return error_response(ErrorCode.UNSUPPORTED, detail, status=400, head=request.method == "HEAD")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = ErrorCode.UNSUPPORTED if exc.status_code == 405 else ErrorCode.NOT_FOUND
+        return error_response(
+            code, f"{request.method} {request.url.path}", status=exc.status_code,
+            head=request.method == "HEAD",
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error method=%s path=%s", request.method, request.url.path, exc_info=exc)
+        return error_response(ErrorCode.UNKNOWN, "internal error", head=request.method == "HEAD")
+
+    app.add_exception_handler(RegistryError, registry_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+class ApiVersionMiddleware:
+    """Adds ``Docker-Distribution-Api-Version`` to every response (the spec's "API version
+    check"), errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"docker-distribution-api-version"]
+                headers.append((b"docker-distribution-api-version", b"registry/2.0"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def configure_logging(level: str) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.basicConfig(
+        level=level.upper(),
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
