@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -34,11 +35,20 @@ def wait_until_up(process: Process, popen: subprocess.Popen[bytes], timeout: flo
     raise RuntimeError(f"{process.name} did not answer at {process.url} within {timeout}s")
 
 
-def start_all(settings: Settings, **popen_kwargs: object) -> list[tuple[Process, subprocess.Popen[bytes]]]:
+def start_all(
+    settings: Settings, env: dict[str, str] | None = None, log_dir: Path | None = None
+) -> list[tuple[Process, subprocess.Popen[bytes]]]:
+    """Start every process; with ``log_dir``, each one's output goes to ``<name>.log`` there."""
     started: list[tuple[Process, subprocess.Popen[bytes]]] = []
     try:
         for process in processes(settings):
-            popen = subprocess.Popen(process.argv, **popen_kwargs)  # type: ignore[call-overload]
+            output = None
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                output = open(log_dir / f"{process.name}.log", "ab")  # noqa: SIM115 - owned by the child
+            popen = subprocess.Popen(process.argv, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+            if output is not None:
+                output.close()
             started.append((process, popen))
         for process, popen in started:
             wait_until_up(process, popen)

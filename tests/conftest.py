@@ -1,0 +1,95 @@
+"""Fixtures: the whole registry, started as real processes, once on SQLite with the filesystem
+broker and once on MariaDB with Redis. Every test that takes ``registry`` runs on both."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pymysql
+import pytest
+import redis
+
+from shared import migrate
+from shared.runner import start_all, stop_all
+from shared.settings import Settings
+from tests.registry import RegistryUnderTest
+
+MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _mariadb_database(name: str) -> str:
+    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    connection.close()
+    return f"{MARIADB}/{name}?charset=utf8mb4"
+
+
+def _drop_mariadb_database(name: str) -> None:
+    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    connection.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "mariadb"])
+def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
+    backend: str = request.param
+    root = tmp_path_factory.mktemp(f"registry-{backend}")
+    database_name = f"registry_test_{uuid.uuid4().hex[:8]}"
+    if backend == "sqlite":
+        database_url = f"sqlite:///{root / 'registry.db'}"
+        broker_url = f"filesystem://{root / 'broker'}"
+    else:
+        database_url = _mariadb_database(database_name)
+        redis.Redis.from_url(REDIS).flushdb()
+        broker_url = REDIS
+    port, blob_port, manifest_port = _free_ports(3)
+    values = {
+        "database_url": database_url,
+        "storage_url": f"file://{root / 'storage'}",
+        "broker_url": broker_url,
+        "gateway_port": str(port),
+        "blob_service_port": str(blob_port),
+        "manifest_service_port": str(manifest_port),
+        "log_level": "info",
+    }
+    env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
+    settings = Settings(**values)  # type: ignore[arg-type]
+    migrate.upgrade(database_url)
+    processes = start_all(settings, env=env, log_dir=root / "logs")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        yield RegistryUnderTest(backend, settings, client, root, processes)
+    finally:
+        client.close()
+        stop_all(processes)
+        if backend == "mariadb":
+            _drop_mariadb_database(database_name)
+
+
+@pytest.fixture
+def repo(request: pytest.FixtureRequest) -> str:
+    """A fresh repository name for one test."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.originalname.lower()).strip("-")[:60]
+    return f"test/{stem}-{uuid.uuid4().hex[:8]}"
