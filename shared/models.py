@@ -38,6 +38,8 @@ TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin", "mysql
 
 # Manifests are kept whole in the database; MySQL's BLOB holds only 64 KiB.
 ManifestBytes = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+# Annotations come from the manifest and can be as large as it is.
+ManifestText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -112,7 +114,7 @@ class Manifest(Base):
     artifact_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
     subject_digest: Mapped[str | None] = mapped_column(String(150), nullable=True)
     # Annotations of the manifest, as JSON text, for the referrers list.
-    annotations: Mapped[str | None] = mapped_column(Text, nullable=True)
+    annotations: Mapped[str | None] = mapped_column(ManifestText, nullable=True)
     size: Mapped[int] = mapped_column(BigInteger)
     content: Mapped[bytes] = mapped_column(ManifestBytes)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
