@@ -30,7 +30,8 @@ test: $(STAMP) services ## run the whole test suite (SQLite and MariaDB, real cl
 check: $(STAMP) ## lint, format check and type check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services/*/[a-z]*_*/ services/janitor/janitor tests
+	$(BIN)/mypy shared services/api-gateway/api_gateway services/blob-service/blob_service \
+		services/manifest-service/manifest_service services/janitor/janitor tests
 
 format: $(STAMP) ## format the code
 	$(BIN)/ruff format .

@@ -18,7 +18,11 @@ class ErrorCode(enum.Enum):
     BLOB_UPLOAD_INVALID = ("BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
     BLOB_UPLOAD_UNKNOWN = ("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
     DIGEST_INVALID = ("DIGEST_INVALID", 400, "provided digest did not match uploaded content")
-    MANIFEST_BLOB_UNKNOWN = ("MANIFEST_BLOB_UNKNOWN", 400, "manifest references a blob unknown to registry")
+    MANIFEST_BLOB_UNKNOWN = (
+        "MANIFEST_BLOB_UNKNOWN",
+        400,
+        "manifest references a blob unknown to registry",
+    )
     MANIFEST_INVALID = ("MANIFEST_INVALID", 400, "manifest invalid")
     MANIFEST_UNKNOWN = ("MANIFEST_UNKNOWN", 404, "manifest unknown")
     NAME_INVALID = ("NAME_INVALID", 400, "invalid repository name")
@@ -30,7 +34,11 @@ class ErrorCode(enum.Enum):
     UNSUPPORTED = ("UNSUPPORTED", 405, "the operation is unsupported")
     TOOMANYREQUESTS = ("TOOMANYREQUESTS", 429, "too many requests")
     RANGE_INVALID = ("RANGE_INVALID", 416, "invalid content range")
-    PAGINATION_NUMBER_INVALID = ("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
+    PAGINATION_NUMBER_INVALID = (
+        "PAGINATION_NUMBER_INVALID",
+        400,
+        "invalid number of results requested",
+    )
     NOT_FOUND = ("NOT_FOUND", 404, "no such endpoint")
     UNAVAILABLE = ("UNAVAILABLE", 503, "service unavailable")
     UNKNOWN = ("UNKNOWN", 500, "unknown error")

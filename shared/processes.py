@@ -21,10 +21,24 @@ class Process:
 
 def _uvicorn(factory: str, host: str, port: int, log_level: str) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", factory, "--factory",
-        "--host", host, "--port", str(port),
-        "--loop", "uvloop", "--http", "httptools",
-        "--no-access-log", "--log-level", log_level, "--timeout-graceful-shutdown", "30",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        factory,
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        log_level,
+        "--timeout-graceful-shutdown",
+        "30",
     ]
 
 
@@ -33,27 +47,46 @@ def processes(settings: Settings) -> list[Process]:
     return [
         Process(
             "blob-service",
-            _uvicorn("blob_service.app:create_app", settings.blob_service_host, settings.blob_service_port, level),
+            _uvicorn(
+                "blob_service.app:create_app",
+                settings.blob_service_host,
+                settings.blob_service_port,
+                level,
+            ),
             settings.service_url("blob"),
         ),
         Process(
             "manifest-service",
             _uvicorn(
-                "manifest_service.app:create_app", settings.manifest_service_host,
-                settings.manifest_service_port, level,
+                "manifest_service.app:create_app",
+                settings.manifest_service_host,
+                settings.manifest_service_port,
+                level,
             ),
             settings.service_url("manifest"),
         ),
         Process(
             "api-gateway",
-            _uvicorn("api_gateway.app:create_app", settings.gateway_host, settings.gateway_port, level),
+            _uvicorn(
+                "api_gateway.app:create_app", settings.gateway_host, settings.gateway_port, level
+            ),
             f"http://{settings.gateway_host}:{settings.gateway_port}",
         ),
         Process(
             "janitor",
             [
-                sys.executable, "-m", "celery", "-A", "janitor.worker", "worker",
-                "--loglevel", level.upper(), "--concurrency", "1", "--hostname", "janitor@%h",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "janitor.worker",
+                "worker",
+                "--loglevel",
+                level.upper(),
+                "--concurrency",
+                "1",
+                "--hostname",
+                "janitor@%h",
             ],
             None,
         ),

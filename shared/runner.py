@@ -46,7 +46,9 @@ def start_all(
             if log_dir is not None:
                 log_dir.mkdir(parents=True, exist_ok=True)
                 output = open(log_dir / f"{process.name}.log", "ab")  # noqa: SIM115 - owned by the child
-            popen = subprocess.Popen(process.argv, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+            popen = subprocess.Popen(
+                process.argv, env=env, stdout=output, stderr=subprocess.STDOUT if output else None
+            )
             if output is not None:
                 output.close()
             started.append((process, popen))
@@ -95,7 +97,10 @@ def main() -> int:
         while not stopping:
             for process, popen in started:
                 if popen.poll() is not None:
-                    print(f"{process.name} exited with status {popen.returncode}; stopping", file=sys.stderr)
+                    print(
+                        f"{process.name} exited with status {popen.returncode}; stopping",
+                        file=sys.stderr,
+                    )
                     stopping = True
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     # Limits.
     max_manifest_size: int = 4 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_header_count: int = 100
     max_page_size: int = 10000
     default_page_size: int = 1000
 
@@ -42,7 +44,9 @@ class Settings(BaseSettings):
 
     def service_url(self, which: str) -> str:
         if which == "blob":
-            return self.blob_service_url or f"http://{self.blob_service_host}:{self.blob_service_port}"
+            return (
+                self.blob_service_url or f"http://{self.blob_service_host}:{self.blob_service_port}"
+            )
         if which == "manifest":
             return (
                 self.manifest_service_url

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import ErrorCode, RegistryError, error_body
@@ -37,7 +37,9 @@ def error_response(
     if head:
         # A HEAD answer has no body; its status and headers carry the error.
         return Response(status_code=status or code.status, headers=all_headers)
-    return JSONResponse(error_body(code, detail), status_code=status or code.status, headers=all_headers)
+    return JSONResponse(
+        error_body(code, detail), status_code=status or code.status, headers=all_headers
+    )
 
 
 def request_id(request: Request) -> str:
@@ -48,30 +50,52 @@ def install_error_handlers(app: FastAPI) -> None:
     async def registry_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RegistryError)
         return error_response(
-            exc.code, exc.detail, status=exc.status, headers=exc.headers,
+            exc.code,
+            exc.detail,
+            status=exc.status,
+            headers=exc.headers,
             head=request.method == "HEAD",
         )
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return error_response(ErrorCode.UNSUPPORTED, detail, status=400, head=request.method == "HEAD")
+        detail = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return error_response(
+            ErrorCode.UNSUPPORTED, detail, status=400, head=request.method == "HEAD"
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = ErrorCode.UNSUPPORTED if exc.status_code == 405 else ErrorCode.NOT_FOUND
         return error_response(
-            code, f"{request.method} {request.url.path}", status=exc.status_code,
+            code,
+            f"{request.method} {request.url.path}",
+            status=exc.status_code,
+            head=request.method == "HEAD",
+        )
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client closed the connection before its body ended: nothing was kept (storage
+        # writes are undone), and nobody is left to read this answer.
+        log.info("client disconnected method=%s path=%s", request.method, request.url.path)
+        return error_response(
+            ErrorCode.BLOB_UPLOAD_INVALID,
+            "the request body ended early",
             head=request.method == "HEAD",
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error method=%s path=%s", request.method, request.url.path, exc_info=exc)
+        log.error(
+            "unhandled error method=%s path=%s", request.method, request.url.path, exc_info=exc
+        )
         return error_response(ErrorCode.UNKNOWN, "internal error", head=request.method == "HEAD")
 
     app.add_exception_handler(RegistryError, registry_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -89,7 +113,11 @@ class ApiVersionMiddleware:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() != b"docker-distribution-api-version"]
+                headers = [
+                    h
+                    for h in message.get("headers", [])
+                    if h[0].lower() != b"docker-distribution-api-version"
+                ]
                 headers.append((b"docker-distribution-api-version", b"registry/2.0"))
                 message["headers"] = headers
             await send(message)

@@ -8,7 +8,6 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pymysql
@@ -53,7 +52,9 @@ def _drop_mariadb_database(name: str) -> None:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "mariadb"])
-def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryUnderTest]:
     backend: str = request.param
     root = tmp_path_factory.mktemp(f"registry-{backend}")
     database_name = f"registry_test_{uuid.uuid4().hex[:8]}"

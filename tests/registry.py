@@ -50,7 +50,11 @@ class RegistryUnderTest:
         return self.root / "storage"
 
     def stored_files(self) -> set[str]:
-        return {str(p.relative_to(self.storage_root)) for p in self.storage_root.rglob("*") if p.is_file()}
+        return {
+            str(p.relative_to(self.storage_root))
+            for p in self.storage_root.rglob("*")
+            if p.is_file()
+        }
 
     def query(self, sql: str, **params: Any) -> list[Any]:
         engine = make_engine(self.settings.database_url)
@@ -70,28 +74,47 @@ class RegistryUnderTest:
         start = self.http.post(f"/v2/{repo}/blobs/uploads/")
         assert start.status_code == 202, start.text
         digest = sha256(data)
-        done = self.http.put(start.headers["Location"], params={"digest": digest}, content=data,
-                             headers={"Content-Type": "application/octet-stream"})
+        done = self.http.put(
+            start.headers["Location"],
+            params={"digest": digest},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert done.status_code == 201, done.text
         return digest
 
-    def push_manifest(self, repo: str, reference: str, manifest: dict[str, Any] | bytes,
-                      media_type: str = OCI_MANIFEST) -> httpx.Response:
+    def push_manifest(
+        self,
+        repo: str,
+        reference: str,
+        manifest: dict[str, Any] | bytes,
+        media_type: str = OCI_MANIFEST,
+    ) -> httpx.Response:
         body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-        return self.http.put(f"/v2/{repo}/manifests/{reference}", content=body,
-                             headers={"Content-Type": media_type})
+        return self.http.put(
+            f"/v2/{repo}/manifests/{reference}", content=body, headers={"Content-Type": media_type}
+        )
 
-    def push_image(self, repo: str, reference: str, layers: list[bytes] | None = None,
-                   **extra: Any) -> tuple[bytes, str]:
+    def push_image(
+        self, repo: str, reference: str, layers: list[bytes] | None = None, **extra: Any
+    ) -> tuple[bytes, str]:
         """Push a config, the layers and a manifest; returns the manifest bytes and digest."""
         layers = layers if layers is not None else [b"layer one", b"layer two"]
-        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        config = json.dumps(
+            {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+        ).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": self.push_blob(repo, config), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": self.push_blob(repo, layer), "size": len(layer)}
-                       for layer in layers],
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": self.push_blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": self.push_blob(repo, layer), "size": len(layer)}
+                for layer in layers
+            ],
             **extra,
         }
         body = json.dumps(manifest, indent=3).encode()

@@ -17,7 +17,9 @@ def test_ping_answers_ok(registry: RegistryUnderTest) -> None:
     assert response.json() == {"status": "OK"}
 
 
-def test_errors_carry_the_api_version_header_and_the_spec_body(registry: RegistryUnderTest, repo: str) -> None:
+def test_errors_carry_the_api_version_header_and_the_spec_body(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     response = registry.http.get(f"/v2/{repo}/manifests/latest")
     assert response.status_code == 404
     assert response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"

@@ -17,7 +17,9 @@ def blob(registry: RegistryUnderTest, repo: str) -> str:
     return registry.push_blob(repo, BLOB)
 
 
-def test_head_describes_the_blob_without_a_body(registry: RegistryUnderTest, repo: str, blob: str) -> None:
+def test_head_describes_the_blob_without_a_body(
+    registry: RegistryUnderTest, repo: str, blob: str
+) -> None:
     response = registry.http.head(f"/v2/{repo}/blobs/{blob}")
     assert response.status_code == 200
     assert response.headers["Content-Length"] == str(len(BLOB))
@@ -39,7 +41,12 @@ def test_get_returns_the_exact_bytes(registry: RegistryUnderTest, repo: str, blo
 
 @pytest.mark.parametrize(
     ("header", "start", "end"),
-    [("bytes=0-9", 0, 9), ("bytes=100-", 100, 9999), ("bytes=-25", 9975, 9999), ("bytes=9990-20000", 9990, 9999)],
+    [
+        ("bytes=0-9", 0, 9),
+        ("bytes=100-", 100, 9999),
+        ("bytes=-25", 9975, 9999),
+        ("bytes=9990-20000", 9990, 9999),
+    ],
 )
 def test_range_requests_are_answered_with_206(
     registry: RegistryUnderTest, repo: str, blob: str, header: str, start: int, end: int
@@ -74,7 +81,9 @@ def test_invalid_digest_is_400_digest_invalid(registry: RegistryUnderTest, repo:
         assert error_codes(response) == ["DIGEST_INVALID"]
 
 
-def test_delete_removes_the_blob_from_the_repository(registry: RegistryUnderTest, repo: str, blob: str) -> None:
+def test_delete_removes_the_blob_from_the_repository(
+    registry: RegistryUnderTest, repo: str, blob: str
+) -> None:
     response = registry.http.delete(f"/v2/{repo}/blobs/{blob}")
     assert response.status_code == 202
     assert registry.http.get(f"/v2/{repo}/blobs/{blob}").status_code == 404
@@ -83,7 +92,9 @@ def test_delete_removes_the_blob_from_the_repository(registry: RegistryUnderTest
     assert error_codes(again) == ["BLOB_UNKNOWN"]
 
 
-def test_a_deleted_blob_can_be_pushed_again(registry: RegistryUnderTest, repo: str, blob: str) -> None:
+def test_a_deleted_blob_can_be_pushed_again(
+    registry: RegistryUnderTest, repo: str, blob: str
+) -> None:
     assert registry.http.delete(f"/v2/{repo}/blobs/{blob}").status_code == 202
     assert registry.push_blob(repo, BLOB) == blob
     assert registry.http.get(f"/v2/{repo}/blobs/{blob}").content == BLOB

@@ -38,8 +38,12 @@ def test_post_then_put_stores_the_blob(registry: RegistryUnderTest, repo: str) -
 
 def test_single_post_with_digest_stores_the_blob(registry: RegistryUnderTest, repo: str) -> None:
     data = b"monolithic" * 100
-    response = registry.http.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(data)}, content=data,
-                                  headers={"Content-Type": "application/octet-stream"})
+    response = registry.http.post(
+        f"/v2/{repo}/blobs/uploads/",
+        params={"digest": sha256(data)},
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert response.status_code == 201
     assert response.headers["Location"] == f"/v2/{repo}/blobs/{sha256(data)}"
     assert registry.http.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
@@ -49,8 +53,11 @@ def test_chunked_upload_in_order_with_content_range(registry: RegistryUnderTest,
     blob = os.urandom(42)
     location = start_upload(registry, repo)
 
-    first = registry.http.patch(location, content=blob[:22], headers={"Content-Range": "0-21",
-                                                                       "Content-Type": "application/octet-stream"})
+    first = registry.http.patch(
+        location,
+        content=blob[:22],
+        headers={"Content-Range": "0-21", "Content-Type": "application/octet-stream"},
+    )
     assert first.status_code == 202
     assert first.headers["Range"] == "0-21"
     assert first.headers["Location"]
@@ -64,7 +71,9 @@ def test_chunked_upload_in_order_with_content_range(registry: RegistryUnderTest,
     assert status.headers["Range"] == "0-21"
     assert status.headers["Location"]
 
-    second = registry.http.patch(status.headers["Location"], content=blob[22:], headers={"Content-Range": "22-41"})
+    second = registry.http.patch(
+        status.headers["Location"], content=blob[22:], headers={"Content-Range": "22-41"}
+    )
     assert second.status_code == 202
     assert second.headers["Range"] == "0-41"
 
@@ -73,7 +82,9 @@ def test_chunked_upload_in_order_with_content_range(registry: RegistryUnderTest,
     assert registry.http.get(f"/v2/{repo}/blobs/{sha256(blob)}").content == blob
 
 
-def test_first_chunk_that_does_not_start_at_zero_is_416(registry: RegistryUnderTest, repo: str) -> None:
+def test_first_chunk_that_does_not_start_at_zero_is_416(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     location = start_upload(registry, repo)
     response = registry.http.patch(location, content=b"x" * 20, headers={"Content-Range": "22-41"})
     assert response.status_code == 416
@@ -84,12 +95,22 @@ def test_chunk_whose_length_differs_from_its_range_is_refused_and_not_kept(
     registry: RegistryUnderTest, repo: str
 ) -> None:
     location = start_upload(registry, repo)
-    assert registry.http.patch(location, content=b"a" * 10, headers={"Content-Range": "0-9"}).status_code == 202
+    assert (
+        registry.http.patch(
+            location, content=b"a" * 10, headers={"Content-Range": "0-9"}
+        ).status_code
+        == 202
+    )
     wrong = registry.http.patch(location, content=b"b" * 5, headers={"Content-Range": "10-19"})
     assert wrong.status_code == 416
     assert registry.http.get(location).headers["Range"] == "0-9"
     data = b"a" * 10 + b"c" * 10
-    assert registry.http.patch(location, content=b"c" * 10, headers={"Content-Range": "10-19"}).status_code == 202
+    assert (
+        registry.http.patch(
+            location, content=b"c" * 10, headers={"Content-Range": "10-19"}
+        ).status_code
+        == 202
+    )
     assert registry.http.put(location, params={"digest": sha256(data)}).status_code == 201
     assert registry.http.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
 
@@ -126,14 +147,21 @@ def test_chunked_transfer_encoding_body_is_accepted(registry: RegistryUnderTest,
 
 def test_a_finished_upload_is_unknown_afterwards(registry: RegistryUnderTest, repo: str) -> None:
     location = start_upload(registry, repo)
-    assert registry.http.put(location, params={"digest": sha256(b"x")}, content=b"x").status_code == 201
+    assert (
+        registry.http.put(location, params={"digest": sha256(b"x")}, content=b"x").status_code
+        == 201
+    )
     for method in ("GET", "PATCH", "PUT", "DELETE"):
-        response = registry.http.request(method, location, params={"digest": sha256(b"x")} if method == "PUT" else None)
+        response = registry.http.request(
+            method, location, params={"digest": sha256(b"x")} if method == "PUT" else None
+        )
         assert response.status_code == 404, method
         assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
-def test_digest_mismatch_is_refused_and_nothing_becomes_visible(registry: RegistryUnderTest, repo: str) -> None:
+def test_digest_mismatch_is_refused_and_nothing_becomes_visible(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     location = start_upload(registry, repo)
     claimed = sha256(b"something else")
     response = registry.http.put(location, params={"digest": claimed}, content=b"the real content")
@@ -184,22 +212,30 @@ def test_sha512_digests_are_verified(registry: RegistryUnderTest, repo: str) -> 
     assert response.headers["Docker-Content-Digest"] == digest
 
 
-def test_a_blob_is_stored_once_however_many_repositories_hold_it(registry: RegistryUnderTest, repo: str) -> None:
+def test_a_blob_is_stored_once_however_many_repositories_hold_it(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     data = os.urandom(4096)
     registry.push_blob(f"{repo}/a", data)
     registry.push_blob(f"{repo}/b", data)
     hex_digest = sha256(data).split(":")[1]
-    assert [p for p in registry.stored_files() if hex_digest in p] == [f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"]
+    assert [p for p in registry.stored_files() if hex_digest in p] == [
+        f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"
+    ]
 
 
-def test_a_blob_is_not_readable_through_another_repository(registry: RegistryUnderTest, repo: str) -> None:
+def test_a_blob_is_not_readable_through_another_repository(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     digest = registry.push_blob(f"{repo}/owner", b"private layer")
     response = registry.http.get(f"/v2/{repo}/stranger/blobs/{digest}")
     assert response.status_code == 404
     assert error_codes(response) == ["BLOB_UNKNOWN"]
 
 
-def test_concurrent_uploads_of_the_same_blob_both_succeed(registry: RegistryUnderTest, repo: str) -> None:
+def test_concurrent_uploads_of_the_same_blob_both_succeed(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     data = os.urandom(2_000_000)
 
     def push(i: int) -> int:
@@ -216,24 +252,34 @@ def test_concurrent_uploads_of_the_same_blob_both_succeed(registry: RegistryUnde
 # --- cross-repository mount ---------------------------------------------------------------
 
 
-def test_mount_from_a_repository_that_holds_the_blob(registry: RegistryUnderTest, repo: str) -> None:
+def test_mount_from_a_repository_that_holds_the_blob(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     digest = registry.push_blob(f"{repo}/source", b"shared layer")
-    response = registry.http.post(f"/v2/{repo}/target/blobs/uploads/", params={"mount": digest, "from": f"{repo}/source"})
+    response = registry.http.post(
+        f"/v2/{repo}/target/blobs/uploads/", params={"mount": digest, "from": f"{repo}/source"}
+    )
     assert response.status_code == 201
     assert response.headers["Location"] == f"/v2/{repo}/target/blobs/{digest}"
     assert response.headers["Docker-Content-Digest"] == digest
     assert registry.http.get(f"/v2/{repo}/target/blobs/{digest}").content == b"shared layer"
 
 
-def test_mount_from_a_repository_without_the_blob_starts_an_upload(registry: RegistryUnderTest, repo: str) -> None:
+def test_mount_from_a_repository_without_the_blob_starts_an_upload(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     digest = registry.push_blob(f"{repo}/holder", b"held elsewhere")
-    response = registry.http.post(f"/v2/{repo}/target/blobs/uploads/", params={"mount": digest, "from": f"{repo}/empty"})
+    response = registry.http.post(
+        f"/v2/{repo}/target/blobs/uploads/", params={"mount": digest, "from": f"{repo}/empty"}
+    )
     assert response.status_code == 202
     assert response.headers["Location"].startswith(f"/v2/{repo}/target/blobs/uploads/")
     assert registry.http.head(f"/v2/{repo}/target/blobs/{digest}").status_code == 404
 
 
-def test_mount_without_from_finds_the_blob_in_any_repository(registry: RegistryUnderTest, repo: str) -> None:
+def test_mount_without_from_finds_the_blob_in_any_repository(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     digest = registry.push_blob(f"{repo}/somewhere", b"automatic mount")
     response = registry.http.post(f"/v2/{repo}/target/blobs/uploads/", params={"mount": digest})
     assert response.status_code == 201
@@ -241,15 +287,23 @@ def test_mount_without_from_finds_the_blob_in_any_repository(registry: RegistryU
 
 
 def test_mount_of_an_unknown_blob_starts_an_upload(registry: RegistryUnderTest, repo: str) -> None:
-    response = registry.http.post(f"/v2/{repo}/blobs/uploads/", params={"mount": sha256(b"never pushed")})
+    response = registry.http.post(
+        f"/v2/{repo}/blobs/uploads/", params={"mount": sha256(b"never pushed")}
+    )
     assert response.status_code == 202
     assert response.headers["Location"].startswith(f"/v2/{repo}/blobs/uploads/")
 
 
-def test_mount_with_an_invalid_digest_or_source_is_refused(registry: RegistryUnderTest, repo: str) -> None:
-    bad_digest = registry.http.post(f"/v2/{repo}/blobs/uploads/", params={"mount": "sha256:xyz", "from": "a"})
+def test_mount_with_an_invalid_digest_or_source_is_refused(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    bad_digest = registry.http.post(
+        f"/v2/{repo}/blobs/uploads/", params={"mount": "sha256:xyz", "from": "a"}
+    )
     assert bad_digest.status_code == 400
     assert error_codes(bad_digest) == ["DIGEST_INVALID"]
-    bad_source = registry.http.post(f"/v2/{repo}/blobs/uploads/", params={"mount": sha256(b"x"), "from": "../etc"})
+    bad_source = registry.http.post(
+        f"/v2/{repo}/blobs/uploads/", params={"mount": sha256(b"x"), "from": "../etc"}
+    )
     assert bad_source.status_code == 400
     assert error_codes(bad_source) == ["NAME_INVALID"]

@@ -24,7 +24,9 @@ def test_tags_are_listed_in_lexical_order(registry: RegistryUnderTest, repo: str
     assert "Link" not in response.headers
 
 
-def test_n_returns_exactly_n_tags_and_a_link_to_the_rest(registry: RegistryUnderTest, repo: str) -> None:
+def test_n_returns_exactly_n_tags_and_a_link_to_the_rest(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     push_tags(registry, repo)
     response = registry.http.get(f"/v2/{repo}/tags/list", params={"n": 3})
     assert response.json()["tags"] == sorted(TAGS)[:3]
@@ -69,7 +71,9 @@ def test_invalid_n_is_refused(registry: RegistryUnderTest, repo: str) -> None:
         assert error_codes(response) == ["PAGINATION_NUMBER_INVALID"]
 
 
-def test_tags_of_an_unknown_repository_is_404_name_unknown(registry: RegistryUnderTest, repo: str) -> None:
+def test_tags_of_an_unknown_repository_is_404_name_unknown(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     response = registry.http.get(f"/v2/{repo}/tags/list")
     assert response.status_code == 404
     assert error_codes(response) == ["NAME_UNKNOWN"]

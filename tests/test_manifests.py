@@ -23,7 +23,9 @@ from tests.registry import (
 def test_push_by_tag_then_pull_by_tag_and_by_digest(registry: RegistryUnderTest, repo: str) -> None:
     body, digest = registry.push_image(repo, "v1")
     for reference in ("v1", digest):
-        response = registry.http.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": OCI_MANIFEST})
+        response = registry.http.get(
+            f"/v2/{repo}/manifests/{reference}", headers={"Accept": OCI_MANIFEST}
+        )
         assert response.status_code == 200
         assert response.content == body  # the exact bytes pushed
         assert response.headers["Content-Type"] == OCI_MANIFEST
@@ -37,8 +39,12 @@ def test_push_by_tag_then_pull_by_tag_and_by_digest(registry: RegistryUnderTest,
 
 def test_put_answers_201_with_location_and_digest(registry: RegistryUnderTest, repo: str) -> None:
     config = registry.push_blob(repo, b"{}")
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2}, "layers": []}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2},
+        "layers": [],
+    }
     body = json.dumps(manifest).encode()
     response = registry.push_manifest(repo, "latest", body)
     assert response.status_code == 201
@@ -55,12 +61,14 @@ def test_push_by_digest_checks_the_digest(registry: RegistryUnderTest, repo: str
     assert error_codes(wrong) == ["DIGEST_INVALID"]
 
 
-def test_unknown_fields_and_nulls_are_kept_byte_for_byte(registry: RegistryUnderTest, repo: str) -> None:
+def test_unknown_fields_and_nulls_are_kept_byte_for_byte(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     config = registry.push_blob(repo, b"{}")
+    descriptor = f'"mediaType": "{OCI_CONFIG}", "digest": "{config}", "size": 2'
     body = (
-        '{\n\t"schemaVersion": 2,\n\t"config": {"mediaType": "%s", "digest": "%s", "size": 2, '
-        '"data": "e30=", "newUnspecifiedField": null},\n\t"layers": [],\n\t"extra": {"x": [1, 2]}\n}'
-        % (OCI_CONFIG, config)
+        '{\n\t"schemaVersion": 2,\n\t"config": {' + descriptor + ', "data": "e30=", '
+        '"newUnspecifiedField": null},\n\t"layers": [],\n\t"extra": {"x": [1, 2]}\n}'
     ).encode()
     response = registry.push_manifest(repo, "odd", body)
     assert response.status_code == 201, response.text
@@ -71,18 +79,40 @@ def test_docker_schema2_manifest_and_manifest_list(registry: RegistryUnderTest, 
     config = registry.push_blob(repo, b'{"os":"linux"}')
     layer = registry.push_blob(repo, b"docker layer")
     manifest = {
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 14},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer, "size": 12}],
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": config,
+            "size": 14,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "digest": layer,
+                "size": 12,
+            }
+        ],
     }
     body = json.dumps(manifest).encode()
     assert registry.push_manifest(repo, "docker", body, DOCKER_MANIFEST).status_code == 201
-    listing = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST, "manifests": [
-        {"mediaType": DOCKER_MANIFEST, "digest": sha256(body), "size": len(body),
-         "platform": {"architecture": "amd64", "os": "linux"}}]}
+    listing = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST_LIST,
+        "manifests": [
+            {
+                "mediaType": DOCKER_MANIFEST,
+                "digest": sha256(body),
+                "size": len(body),
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
+    }
     list_body = json.dumps(listing).encode()
     assert registry.push_manifest(repo, "list", list_body, DOCKER_MANIFEST_LIST).status_code == 201
-    response = registry.http.get(f"/v2/{repo}/manifests/list", headers={"Accept": DOCKER_MANIFEST_LIST})
+    response = registry.http.get(
+        f"/v2/{repo}/manifests/list", headers={"Accept": DOCKER_MANIFEST_LIST}
+    )
     assert response.headers["Content-Type"] == DOCKER_MANIFEST_LIST
     assert response.content == list_body
 
@@ -90,56 +120,98 @@ def test_docker_schema2_manifest_and_manifest_list(registry: RegistryUnderTest, 
 def test_oci_index_of_manifests_in_the_repository(registry: RegistryUnderTest, repo: str) -> None:
     amd, amd_digest = registry.push_image(repo, "amd64", [b"amd64 layer"])
     arm, arm_digest = registry.push_image(repo, "arm64", [b"arm64 layer"])
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": amd_digest, "size": len(amd), "platform": {"architecture": "amd64", "os": "linux"}},
-        {"mediaType": OCI_MANIFEST, "digest": arm_digest, "size": len(arm), "platform": {"architecture": "arm64", "os": "linux"}},
-    ]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": amd_digest,
+                "size": len(amd),
+                "platform": {"architecture": "amd64", "os": "linux"},
+            },
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": arm_digest,
+                "size": len(arm),
+                "platform": {"architecture": "arm64", "os": "linux"},
+            },
+        ],
+    }
     response = registry.push_manifest(repo, "multi", index, OCI_INDEX)
     assert response.status_code == 201
-    got = registry.http.get(f"/v2/{repo}/manifests/multi", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"})
+    got = registry.http.get(
+        f"/v2/{repo}/manifests/multi", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+    )
     assert got.headers["Content-Type"] == OCI_INDEX
     assert json.loads(got.content)["manifests"][1]["digest"] == arm_digest
 
 
-def test_an_index_is_withheld_from_a_client_that_cannot_read_indexes(registry: RegistryUnderTest, repo: str) -> None:
+def test_an_index_is_withheld_from_a_client_that_cannot_read_indexes(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     _, digest = registry.push_image(repo, "one")
-    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                       "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": 1}]}).encode()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": 1}],
+        }
+    ).encode()
     assert registry.push_manifest(repo, "index", body, OCI_INDEX).status_code == 201
     response = registry.http.get(f"/v2/{repo}/manifests/index", headers={"Accept": OCI_MANIFEST})
     assert response.status_code == 404
     assert error_codes(response) == ["MANIFEST_UNKNOWN"]
 
 
-def test_index_referencing_an_unknown_manifest_is_refused(registry: RegistryUnderTest, repo: str) -> None:
+def test_index_referencing_an_unknown_manifest_is_refused(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     missing = sha256(b"no such manifest")
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-             "manifests": [{"mediaType": OCI_MANIFEST, "digest": missing, "size": 10}]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": missing, "size": 10}],
+    }
     response = registry.push_manifest(repo, "bad", index, OCI_INDEX)
     assert response.status_code == 400
     assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
     assert missing in response.json()["errors"][0]["detail"]
 
 
-def test_manifest_referencing_a_blob_the_repository_lacks_is_refused(registry: RegistryUnderTest, repo: str) -> None:
+def test_manifest_referencing_a_blob_the_repository_lacks_is_refused(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     config = registry.push_blob(repo, b"{}")
     elsewhere = registry.push_blob(f"{repo}-other", b"layer in another repository")
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2},
-                "layers": [{"mediaType": OCI_LAYER, "digest": elsewhere, "size": 27}]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2},
+        "layers": [{"mediaType": OCI_LAYER, "digest": elsewhere, "size": 27}],
+    }
     response = registry.push_manifest(repo, "v1", manifest)
     assert response.status_code == 400
     assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
     assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 404
 
 
-def test_subject_that_does_not_exist_yet_is_accepted_and_echoed(registry: RegistryUnderTest, repo: str) -> None:
+def test_subject_that_does_not_exist_yet_is_accepted_and_echoed(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     subject = sha256(b"a manifest pushed later")
-    _, _digest = registry.push_image(repo, "sig", subject={"mediaType": OCI_MANIFEST, "digest": subject, "size": 23})
+    _, _digest = registry.push_image(
+        repo, "sig", subject={"mediaType": OCI_MANIFEST, "digest": subject, "size": 23}
+    )
     config = registry.push_blob(repo, b"{}")
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/example",
-                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
-                "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 23}}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/example",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+        "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 23},
+    }
     response = registry.push_manifest(repo, sha256(json.dumps(manifest).encode()), manifest)
     assert response.status_code == 201
     assert response.headers["OCI-Subject"] == subject
@@ -149,7 +221,10 @@ def test_retagging_moves_the_tag(registry: RegistryUnderTest, repo: str) -> None
     _, first = registry.push_image(repo, "latest", [b"first"])
     _, second = registry.push_image(repo, "latest", [b"second"])
     assert first != second
-    assert registry.http.head(f"/v2/{repo}/manifests/latest").headers["Docker-Content-Digest"] == second
+    assert (
+        registry.http.head(f"/v2/{repo}/manifests/latest").headers["Docker-Content-Digest"]
+        == second
+    )
     assert registry.http.head(f"/v2/{repo}/manifests/{first}").status_code == 200
 
 
@@ -163,14 +238,21 @@ def test_same_manifest_under_several_tags(registry: RegistryUnderTest, repo: str
 
 def test_delete_by_tag_removes_only_the_tag(registry: RegistryUnderTest, repo: str) -> None:
     _, digest = registry.push_image(repo, "v1")
-    assert registry.push_manifest(repo, "v2", registry.http.get(f"/v2/{repo}/manifests/v1").content).status_code == 201
+    assert (
+        registry.push_manifest(
+            repo, "v2", registry.http.get(f"/v2/{repo}/manifests/v1").content
+        ).status_code
+        == 201
+    )
     assert registry.http.delete(f"/v2/{repo}/manifests/v1").status_code == 202
     assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 404
     assert registry.http.get(f"/v2/{repo}/manifests/v2").status_code == 200
     assert registry.http.get(f"/v2/{repo}/manifests/{digest}").status_code == 200
 
 
-def test_delete_by_digest_removes_the_manifest_and_its_tags(registry: RegistryUnderTest, repo: str) -> None:
+def test_delete_by_digest_removes_the_manifest_and_its_tags(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     body, digest = registry.push_image(repo, "v1")
     assert registry.push_manifest(repo, "v2", body).status_code == 201
     assert registry.http.delete(f"/v2/{repo}/manifests/{digest}").status_code == 202
@@ -186,7 +268,9 @@ def test_delete_by_digest_removes_the_manifest_and_its_tags(registry: RegistryUn
     assert error_codes(again) == ["MANIFEST_UNKNOWN"]
 
 
-def test_blobs_of_a_deleted_manifest_can_then_be_deleted(registry: RegistryUnderTest, repo: str) -> None:
+def test_blobs_of_a_deleted_manifest_can_then_be_deleted(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     _, digest = registry.push_image(repo, "v1", [b"only layer"])
     assert registry.http.delete(f"/v2/{repo}/manifests/{digest}").status_code == 202
     assert registry.http.delete(f"/v2/{repo}/blobs/{sha256(b'only layer')}").status_code == 202
@@ -194,7 +278,9 @@ def test_blobs_of_a_deleted_manifest_can_then_be_deleted(registry: RegistryUnder
 
 
 @pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "-leading-dash", "x" * 129])
-def test_a_reference_that_cannot_be_a_tag_names_no_manifest(registry: RegistryUnderTest, repo: str, reference: str) -> None:
+def test_a_reference_that_cannot_be_a_tag_names_no_manifest(
+    registry: RegistryUnderTest, repo: str, reference: str
+) -> None:
     registry.push_image(repo, "v1")
     assert registry.http.get(f"/v2/{repo}/manifests/{reference}").status_code == 404
     assert registry.http.head(f"/v2/{repo}/manifests/{reference}").status_code == 404
@@ -208,7 +294,13 @@ def test_push_to_an_invalid_tag_is_refused(registry: RegistryUnderTest, repo: st
 
 
 def test_invalid_json_is_manifest_invalid(registry: RegistryUnderTest, repo: str) -> None:
-    for body in (b"{not json", b"[]", b'{"schemaVersion": 1}', b'{"schemaVersion": 2, "config": 5}', b"\xff\xfe"):
+    for body in (
+        b"{not json",
+        b"[]",
+        b'{"schemaVersion": 1}',
+        b'{"schemaVersion": 2, "config": 5}',
+        b"\xff\xfe",
+    ):
         response = registry.push_manifest(repo, "bad", body)
         assert response.status_code == 400, body
         assert error_codes(response) == ["MANIFEST_INVALID"]
@@ -221,7 +313,9 @@ def test_unsupported_content_type_is_415(registry: RegistryUnderTest, repo: str)
     assert error_codes(response) == ["MANIFEST_INVALID"]
 
 
-def test_content_type_that_contradicts_the_manifest_is_refused(registry: RegistryUnderTest, repo: str) -> None:
+def test_content_type_that_contradicts_the_manifest_is_refused(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     body, _ = registry.push_image(repo, "v1")
     response = registry.push_manifest(repo, "v2", body, OCI_INDEX)
     assert response.status_code == 400

@@ -10,11 +10,19 @@ from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, error_cod
 EMPTY = "application/vnd.oci.empty.v1+json"
 
 
-def push_referrer(registry: RegistryUnderTest, repo: str, subject: str, *, artifact_type: str | None = None,
-                  config_type: str = EMPTY, annotation: str | None = None) -> str:
+def push_referrer(
+    registry: RegistryUnderTest,
+    repo: str,
+    subject: str,
+    *,
+    artifact_type: str | None = None,
+    config_type: str = EMPTY,
+    annotation: str | None = None,
+) -> str:
     config = registry.push_blob(repo, b"{}")
     manifest: dict[str, object] = {
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
         "config": {"mediaType": config_type, "digest": config, "size": 2},
         "layers": [{"mediaType": EMPTY, "digest": config, "size": 2}],
         "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 100},
@@ -38,10 +46,16 @@ def test_unknown_subject_has_an_empty_list(registry: RegistryUnderTest, repo: st
     assert response.json() == {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
 
 
-def test_referrers_are_listed_with_artifact_type_and_annotations(registry: RegistryUnderTest, repo: str) -> None:
+def test_referrers_are_listed_with_artifact_type_and_annotations(
+    registry: RegistryUnderTest, repo: str
+) -> None:
     _, subject = registry.push_image(repo, "v1")
-    signature = push_referrer(registry, repo, subject, artifact_type="application/example.sig", annotation="sig")
-    sbom = push_referrer(registry, repo, subject, config_type="application/example.sbom", annotation="sbom")
+    signature = push_referrer(
+        registry, repo, subject, artifact_type="application/example.sig", annotation="sig"
+    )
+    sbom = push_referrer(
+        registry, repo, subject, config_type="application/example.sbom", annotation="sbom"
+    )
     response = registry.http.get(f"/v2/{repo}/referrers/{subject}")
     assert response.status_code == 200
     listed = {d["digest"]: d for d in response.json()["manifests"]}
@@ -57,7 +71,9 @@ def test_artifact_type_filter(registry: RegistryUnderTest, repo: str) -> None:
     _, subject = registry.push_image(repo, "v1")
     signature = push_referrer(registry, repo, subject, artifact_type="application/example.sig")
     push_referrer(registry, repo, subject, artifact_type="application/example.sbom")
-    response = registry.http.get(f"/v2/{repo}/referrers/{subject}", params={"artifactType": "application/example.sig"})
+    response = registry.http.get(
+        f"/v2/{repo}/referrers/{subject}", params={"artifactType": "application/example.sig"}
+    )
     assert response.headers["OCI-Filters-Applied"] == "artifactType"
     assert [d["digest"] for d in response.json()["manifests"]] == [signature]
 
@@ -65,9 +81,13 @@ def test_artifact_type_filter(registry: RegistryUnderTest, repo: str) -> None:
 def test_an_index_can_be_a_referrer(registry: RegistryUnderTest, repo: str) -> None:
     _, subject = registry.push_image(repo, "v1")
     child = push_referrer(registry, repo, subject, artifact_type="application/example.sig")
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": "application/example.bundle",
-             "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 10}],
-             "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 10}}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": "application/example.bundle",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 10}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 10},
+    }
     response = registry.push_manifest(repo, "bundle", index, OCI_INDEX)
     assert response.status_code == 201
     assert response.headers["OCI-Subject"] == subject

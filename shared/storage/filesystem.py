@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator
@@ -86,7 +87,5 @@ class FilesystemDriver:
         except FileNotFoundError:
             return
         # Remove the object's folder when it is left empty (upload folders, blob folders).
-        try:
+        with contextlib.suppress(OSError):
             path.parent.rmdir()
-        except OSError:
-            pass

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api_gateway.limits import HeaderLimitMiddleware
 from api_gateway.proxy import make_client
 from api_gateway.routes import v2
 from shared.settings import get_settings
@@ -23,10 +24,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     configure_logging(get_settings().log_level)
     app = FastAPI(
-        title="registry gateway", docs_url=None, redoc_url=None, lifespan=lifespan,
+        title="registry gateway",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
         dependencies=[Depends(v2.assign_request_id)],
     )
     app.include_router(v2.router)
     install_error_handlers(app)
+    settings = get_settings()
+    app.add_middleware(
+        HeaderLimitMiddleware,
+        max_bytes=settings.max_header_bytes,
+        max_count=settings.max_header_count,
+    )
     app.add_middleware(ApiVersionMiddleware)
     return app

@@ -19,11 +19,25 @@ from shared.web import REQUEST_ID_HEADER
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and those the gateway sets itself.
 _DROP_REQUEST = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "expect",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "expect",
 }
 _DROP_RESPONSE = {
-    "connection", "keep-alive", "transfer-encoding", "trailer", "upgrade", "date", "server",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "trailer",
+    "upgrade",
+    "date",
+    "server",
 }
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -42,7 +56,9 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def forward(client: httpx.AsyncClient, base_url: str, path: str, request: Request, request_id: str) -> Response:
+async def forward(
+    client: httpx.AsyncClient, base_url: str, path: str, request: Request, request_id: str
+) -> Response:
     headers = [(k, v) for k, v in request.headers.items() if k not in _DROP_REQUEST]
     headers.append((REQUEST_ID_HEADER.lower(), request_id))
     if request.client is not None:
@@ -57,11 +73,17 @@ async def forward(client: httpx.AsyncClient, base_url: str, path: str, request: 
     try:
         upstream = await client.send(upstream_request, stream=True)
     except ClientDisconnect:
-        raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, "the client closed the request before its body ended") from None
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_INVALID, "the client closed the request before its body ended"
+        ) from None
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise RegistryError(ErrorCode.UNAVAILABLE, f"the service is unreachable ({type(exc).__name__})") from None
+        raise RegistryError(
+            ErrorCode.UNAVAILABLE, f"the service is unreachable ({type(exc).__name__})"
+        ) from None
     except httpx.TransportError as exc:
-        raise RegistryError(ErrorCode.UNAVAILABLE, f"the service failed to answer ({type(exc).__name__})") from None
+        raise RegistryError(
+            ErrorCode.UNAVAILABLE, f"the service failed to answer ({type(exc).__name__})"
+        ) from None
     response_headers = [
         (k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _DROP_RESPONSE
     ]
@@ -70,7 +92,9 @@ async def forward(client: httpx.AsyncClient, base_url: str, path: str, request: 
 
 def _relay(upstream: httpx.Response, headers: list[tuple[str, str]]) -> Response:
     response = StreamingResponse(
-        upstream.aiter_raw(), status_code=upstream.status_code, background=BackgroundTask(upstream.aclose)
+        upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        background=BackgroundTask(upstream.aclose),
     )
     # Replace the headers wholesale: the service's Content-Length (or none) is the right one.
     response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

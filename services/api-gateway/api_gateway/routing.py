@@ -32,7 +32,9 @@ def _route(pattern: str, methods: str, service: Service) -> Route:
 ROUTES: tuple[Route, ...] = (
     _route(r"/v2/_catalog", "GET", "manifest"),
     _route(r"/v2/(?P<name>.+)/blobs/uploads/?", "POST", "blob"),
-    _route(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_uuid>[^/]+)", "GET PATCH PUT DELETE", "blob"),
+    _route(
+        r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_uuid>[^/]+)", "GET PATCH PUT DELETE", "blob"
+    ),
     _route(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)", "GET HEAD DELETE", "blob"),
     _route(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)", "GET HEAD PUT DELETE", "manifest"),
     _route(r"/v2/(?P<name>.+)/tags/list", "GET", "manifest"),
@@ -53,7 +55,9 @@ class Match:
 def match(raw_path: str, method: str) -> Match:
     """The route for ``raw_path`` (as sent, still percent-encoded), or the spec error to answer."""
     if _TRAVERSAL.search(raw_path):
-        raise RegistryError(ErrorCode.NAME_INVALID, "path traversal or an empty path segment is not allowed")
+        raise RegistryError(
+            ErrorCode.NAME_INVALID, "path traversal or an empty path segment is not allowed"
+        )
     allowed: set[str] = set()
     for route in ROUTES:
         found = route.pattern.fullmatch(raw_path)
@@ -68,7 +72,9 @@ def match(raw_path: str, method: str) -> Match:
         allowed |= route.methods
     if allowed:
         raise RegistryError(
-            ErrorCode.UNSUPPORTED, f"{method} is not allowed here", status=405,
+            ErrorCode.UNSUPPORTED,
+            f"{method} is not allowed here",
+            status=405,
             headers={"Allow": ", ".join(sorted(allowed))},
         )
     raise RegistryError(ErrorCode.NOT_FOUND, f"no endpoint at {raw_path[:200]}")

@@ -22,7 +22,9 @@ class BlobInfo:
 
 
 def _unknown(repository: str, digest: Digest) -> RegistryError:
-    return RegistryError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to repository {repository!r}")
+    return RegistryError(
+        ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to repository {repository!r}"
+    )
 
 
 def stat(repository: str, digest: Digest) -> BlobInfo:

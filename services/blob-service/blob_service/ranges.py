@@ -15,12 +15,16 @@ def parse_content_range(value: str) -> tuple[int, int]:
     """The inclusive ``(start, end)`` of an upload chunk's ``Content-Range``."""
     match = _CHUNK_RANGE.fullmatch(value.strip())
     if not match:
-        raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, f"malformed Content-Range {value[:100]!r}",
-                            status=416)
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_INVALID, f"malformed Content-Range {value[:100]!r}", status=416
+        )
     start, end = int(match[1]), int(match[2])
     if end < start:
-        raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, f"Content-Range {value!r} ends before it starts",
-                            status=416)
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_INVALID,
+            f"Content-Range {value!r} ends before it starts",
+            status=416,
+        )
     return start, end
 
 
@@ -34,7 +38,8 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     if not match or (not match[1] and not match[2]):
         return None
     unsatisfiable = RegistryError(
-        ErrorCode.RANGE_INVALID, f"range {value[:100]!r} not satisfiable for a blob of {size} bytes",
+        ErrorCode.RANGE_INVALID,
+        f"range {value[:100]!r} not satisfiable for a blob of {size} bytes",
         headers={"Content-Range": f"bytes */{size}"},
     )
     if not match[1]:  # the last N bytes

@@ -84,7 +84,9 @@ def _lock(upload_uuid: str) -> asyncio.Lock:
     return _locks.setdefault(upload_uuid, asyncio.Lock())
 
 
-async def _hashing(chunks: AsyncIterable[bytes], hasher: hashlib._Hash | None) -> AsyncIterator[bytes]:
+async def _hashing(
+    chunks: AsyncIterable[bytes], hasher: hashlib._Hash | None
+) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         if chunk:
             if hasher is not None:
@@ -124,7 +126,8 @@ def _record_size(state: UploadState, new_size: int) -> UploadState:
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID, "the upload changed or ended while this chunk was written"
+                ErrorCode.BLOB_UPLOAD_INVALID,
+                "the upload changed or ended while this chunk was written",
             )
     return UploadState(state.uuid, state.repository, new_size, state.storage_key)
 
@@ -148,7 +151,10 @@ async def append(
             )
         hasher = _hashers.take(state.uuid, state.size)
         new_size = await storage.append(state.storage_key, state.size, _hashing(chunks, hasher))
-        if content_range is not None and new_size - state.size != content_range[1] - content_range[0] + 1:
+        if (
+            content_range is not None
+            and new_size - state.size != content_range[1] - content_range[0] + 1
+        ):
             await storage.append(state.storage_key, state.size, _empty())  # undo the chunk
             raise RegistryError(
                 ErrorCode.BLOB_UPLOAD_INVALID,
@@ -195,7 +201,9 @@ async def complete(
         state = await asyncio.to_thread(find, state.repository, state.uuid)
         if final_chunk is not None:
             hasher = _hashers.take(state.uuid, state.size)
-            new_size = await storage.append(state.storage_key, state.size, _hashing(final_chunk, hasher))
+            new_size = await storage.append(
+                state.storage_key, state.size, _hashing(final_chunk, hasher)
+            )
             if new_size != state.size:
                 state = await asyncio.to_thread(_record_size, state, new_size)
             if hasher is not None:
@@ -204,10 +212,11 @@ async def complete(
         if actual != str(digest):
             await cancel(storage, state)
             raise RegistryError(
-                ErrorCode.DIGEST_INVALID, f"digest {digest} given, but the content has digest {actual}"
+                ErrorCode.DIGEST_INVALID,
+                f"digest {digest} given, but the content has digest {actual}",
             )
         return await _commit(storage, state, digest, request_id)
-    
+
 
 async def _commit(
     storage: StorageDriver, state: UploadState, digest: Digest, request_id: str | None
@@ -219,8 +228,13 @@ async def _commit(
     _locks.pop(state.uuid, None)
     event = Event(
         action="blob:upload:committed",
-        target=Target(repository=state.repository, digest=str(digest), size=state.size,
-                      upload_uuid=state.uuid, storage_key=final_key),
+        target=Target(
+            repository=state.repository,
+            digest=str(digest),
+            size=state.size,
+            upload_uuid=state.uuid,
+            storage_key=final_key,
+        ),
         request_id=request_id,
         source="blob-service",
     )
@@ -240,7 +254,9 @@ def _record_blob(state: UploadState, digest: Digest, final_key: str) -> None:
         session.execute(delete(Upload).where(Upload.uuid == state.uuid))
 
 
-async def cancel(storage: StorageDriver, state: UploadState, request_id: str | None = None) -> Event:
+async def cancel(
+    storage: StorageDriver, state: UploadState, request_id: str | None = None
+) -> Event:
     """End an upload and delete its data: the row first, then the object."""
 
     def drop_row() -> None:
@@ -253,7 +269,9 @@ async def cancel(storage: StorageDriver, state: UploadState, request_id: str | N
     await storage.delete(state.storage_key)
     return Event(
         action="blob:upload:cancelled",
-        target=Target(repository=state.repository, upload_uuid=state.uuid, storage_key=state.storage_key),
+        target=Target(
+            repository=state.repository, upload_uuid=state.uuid, storage_key=state.storage_key
+        ),
         request_id=request_id,
         source="blob-service",
     )
@@ -304,4 +322,3 @@ def upload_headers(state: UploadState) -> dict[str, str]:
         "Range": f"0-{last}",
         "Docker-Upload-UUID": state.uuid,
     }
-

@@ -40,6 +40,9 @@ def handle_event(payload: dict[str, Any]) -> str:
     event = Event.model_validate(payload)
     log.info(
         "event action=%s repository=%s digest=%s request_id=%s",
-        event.action, event.target.repository, event.target.digest, event.request_id,
+        event.action,
+        event.target.repository,
+        event.target.digest,
+        event.request_id,
     )
     return event.action

@@ -35,13 +35,17 @@ class PushedManifest:
 
 
 def _unknown(repository: str, reference: str) -> RegistryError:
-    return RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference!r} unknown to repository {repository!r}")
+    return RegistryError(
+        ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference!r} unknown to repository {repository!r}"
+    )
 
 
 def _find(session: Session, repository: Repository, reference: str) -> Manifest | None:
     if is_digest(reference):
         return session.scalars(
-            select(Manifest).where(Manifest.repository_id == repository.id, Manifest.digest == reference)
+            select(Manifest).where(
+                Manifest.repository_id == repository.id, Manifest.digest == reference
+            )
         ).first()
     return session.scalars(
         select(Manifest)
@@ -70,7 +74,9 @@ def get(repository: str, reference: str) -> StoredManifest:
         return StoredManifest(manifest.digest, manifest.media_type, manifest.content)
 
 
-def put(repository: str, reference: str, body: bytes, content_type: str | None, request_id: str | None) -> PushedManifest:
+def put(
+    repository: str, reference: str, body: bytes, content_type: str | None, request_id: str | None
+) -> PushedManifest:
     """Store a manifest under a tag or its digest. Every blob it references (and, for an
     index, every manifest) must already be in the repository; its subject need not be."""
     check_reference(reference)
@@ -79,7 +85,9 @@ def put(repository: str, reference: str, body: bytes, content_type: str | None, 
         wanted = parse_digest(reference)
         digest = f"{wanted.algorithm}:{hashlib.new(wanted.algorithm, body).hexdigest()}"
         if digest != reference:
-            raise RegistryError(ErrorCode.DIGEST_INVALID, f"manifest has digest {digest}, not {reference}")
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID, f"manifest has digest {digest}, not {reference}"
+            )
         tag = None
     else:
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
@@ -96,21 +104,31 @@ def put(repository: str, reference: str, body: bytes, content_type: str | None, 
             _set_tag(session, repo, tag, manifest)
     event = Event(
         action="manifest:pushed",
-        target=Target(repository=repository, digest=digest, tag=tag, size=len(body), media_type=parsed.media_type),
+        target=Target(
+            repository=repository,
+            digest=digest,
+            tag=tag,
+            size=len(body),
+            media_type=parsed.media_type,
+        ),
         request_id=request_id,
         source="manifest-service",
     )
     return PushedManifest(digest, parsed.subject.digest if parsed.subject else None, event)
 
 
-def _check_references(session: Session, repo: Repository, parsed: media_types.ParsedManifest) -> None:
+def _check_references(
+    session: Session, repo: Repository, parsed: media_types.ParsedManifest
+) -> None:
     blob_digests = sorted({d.digest for d in parsed.blobs})
     missing = set(blob_digests) - linked_digests(session, repo.id, blob_digests)
     child_digests = sorted({d.digest for d in parsed.manifests})
     if child_digests:
         present = set(
             session.scalars(
-                select(Manifest.digest).where(Manifest.repository_id == repo.id, Manifest.digest.in_(child_digests))
+                select(Manifest.digest).where(
+                    Manifest.repository_id == repo.id, Manifest.digest.in_(child_digests)
+                )
             )
         )
         missing |= set(child_digests) - present
@@ -121,7 +139,9 @@ def _check_references(session: Session, repo: Repository, parsed: media_types.Pa
         )
 
 
-def _insert(session: Session, repo: Repository, digest: str, body: bytes, parsed: media_types.ParsedManifest) -> Manifest:
+def _insert(
+    session: Session, repo: Repository, digest: str, body: bytes, parsed: media_types.ParsedManifest
+) -> Manifest:
     manifest = Manifest(
         repository_id=repo.id,
         digest=digest,
@@ -139,7 +159,8 @@ def _insert(session: Session, repo: Repository, digest: str, body: bytes, parsed
             references = {d.digest: False for d in parsed.blobs}
             references.update({d.digest: True for d in parsed.manifests})
             session.add_all(
-                ManifestReference(manifest_id=manifest.id, digest=d, is_manifest=m) for d, m in references.items()
+                ManifestReference(manifest_id=manifest.id, digest=d, is_manifest=m)
+                for d, m in references.items()
             )
     except IntegrityError:
         # The same manifest pushed at the same moment by another client.
@@ -178,14 +199,21 @@ def delete_reference(repository: str, reference: str, request_id: str | None) ->
             if manifest is None:
                 raise _unknown(repository, reference)
             session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
-            session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
+            session.execute(
+                delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id)
+            )
             session.delete(manifest)
             action, target = "manifest:deleted", Target(repository=repository, digest=reference)
         else:
             tag = session.get(Tag, (repo.id, reference))
             if tag is None:
                 raise _unknown(repository, reference)
-            digest = session.scalars(select(Manifest.digest).where(Manifest.id == tag.manifest_id)).one()
+            digest = session.scalars(
+                select(Manifest.digest).where(Manifest.id == tag.manifest_id)
+            ).one()
             session.delete(tag)
-            action, target = "tag:deleted", Target(repository=repository, tag=reference, digest=digest)
+            action, target = (
+                "tag:deleted",
+                Target(repository=repository, tag=reference, digest=digest),
+            )
     return Event(action=action, target=target, request_id=request_id, source="manifest-service")  # type: ignore[arg-type]

@@ -72,17 +72,23 @@ def _media_type(content_type: str | None, document: dict[str, Any]) -> str:
     given = (content_type or "").split(";", 1)[0].strip().lower()
     if given and given not in SUPPORTED:
         raise RegistryError(
-            ErrorCode.MANIFEST_INVALID, f"unsupported manifest media type {given[:200]!r}", status=415
+            ErrorCode.MANIFEST_INVALID,
+            f"unsupported manifest media type {given[:200]!r}",
+            status=415,
         )
     if given and declared and declared != given:
-        raise _invalid(f"Content-Type {given!r} does not match the manifest's mediaType {declared!r}")
+        raise _invalid(
+            f"Content-Type {given!r} does not match the manifest's mediaType {declared!r}"
+        )
     media_type = given or declared
     if not media_type:
         # The OCI image spec lets mediaType be absent: tell the kinds apart by their fields.
         media_type = OCI_INDEX if "manifests" in document else OCI_MANIFEST
     if media_type not in SUPPORTED:
         raise RegistryError(
-            ErrorCode.MANIFEST_INVALID, f"unsupported manifest media type {media_type[:200]!r}", status=415
+            ErrorCode.MANIFEST_INVALID,
+            f"unsupported manifest media type {media_type[:200]!r}",
+            status=415,
         )
     return media_type
 

@@ -14,11 +14,14 @@ def page_size(n: str | None) -> int:
     if n is None or n == "":
         return settings.default_page_size
     if not n.isdigit():
-        raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, not {n[:50]!r}")
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID, f"n must be a non-negative integer, not {n[:50]!r}"
+        )
     value = int(n)
     if value > settings.max_page_size:
         raise RegistryError(
-            ErrorCode.PAGINATION_NUMBER_INVALID, f"n may be at most {settings.max_page_size}, not {value}"
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            f"n may be at most {settings.max_page_size}, not {value}",
         )
     return value
 

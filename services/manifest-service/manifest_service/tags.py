@@ -15,7 +15,9 @@ def list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], boo
     with db.reading() as session:
         repo = find_repository(session, repository)
         if repo is None:
-            raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry")
+            raise RegistryError(
+                ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry"
+            )
         query = select(Tag.name).where(Tag.repository_id == repo.id).order_by(Tag.name).limit(n + 1)
         if last:
             query = query.where(Tag.name > last)

@@ -25,7 +25,9 @@ async def ping() -> Response:
     return JSONResponse({"status": "OK"})
 
 
-@router.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+@router.api_route(
+    "/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+)
 async def to_service(request: Request, client: Client) -> Response:
     raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
     raw_path = raw_path.split("?", 1)[0]

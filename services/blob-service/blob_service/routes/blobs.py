@@ -35,7 +35,9 @@ async def head_blob(name: RepositoryName, digest: PathDigest) -> Response:
 
 
 @router.get("/v2/{name:path}/blobs/{digest}")
-async def get_blob(name: RepositoryName, digest: PathDigest, request: Request, storage: Storage) -> Response:
+async def get_blob(
+    name: RepositoryName, digest: PathDigest, request: Request, storage: Storage
+) -> Response:
     info = await asyncio.to_thread(blobs.stat, name, digest)
     headers = _headers(info)
     wanted = request.headers.get("range")
@@ -46,7 +48,9 @@ async def get_blob(name: RepositoryName, digest: PathDigest, request: Request, s
     start, end = span
     headers["Content-Length"] = str(end - start + 1)
     headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
-    return StreamingResponse(storage.read(info.storage_key, start, end), status_code=206, headers=headers)
+    return StreamingResponse(
+        storage.read(info.storage_key, start, end), status_code=206, headers=headers
+    )
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)

@@ -30,7 +30,9 @@ def _created(name: str, blob: uploads.CommittedBlob, background: BackgroundTasks
 
 
 def _accepted(state: uploads.UploadState) -> Response:
-    return Response(status_code=202, headers={**uploads.upload_headers(state), "Content-Length": "0"})
+    return Response(
+        status_code=202, headers={**uploads.upload_headers(state), "Content-Length": "0"}
+    )
 
 
 @router.post("/v2/{name:path}/blobs/uploads/")
@@ -52,14 +54,18 @@ async def start_upload(
             return _created(name, mounted, background)
         # Not mountable: the spec says to start an ordinary upload instead.
     elif digest is not None:
-        blob = await uploads.monolithic(storage, name, parse_digest(digest), request.stream(), request_id)
+        blob = await uploads.monolithic(
+            storage, name, parse_digest(digest), request.stream(), request_id
+        )
         return _created(name, blob, background)
     state = await asyncio.to_thread(uploads.start, name)
     return _accepted(state)
 
 
 @router.patch("/v2/{name:path}/blobs/uploads/{upload_uuid}")
-async def upload_chunk(name: RepositoryName, upload_uuid: str, request: Request, storage: Storage) -> Response:
+async def upload_chunk(
+    name: RepositoryName, upload_uuid: str, request: Request, storage: Storage
+) -> Response:
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)
     header = request.headers.get("content-range")
     content_range = parse_content_range(header) if header else None
@@ -80,7 +86,9 @@ async def complete_upload(
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)
     if digest is None:
         raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
-    blob = await uploads.complete(storage, state, parse_digest(digest), request.stream(), request_id)
+    blob = await uploads.complete(
+        storage, state, parse_digest(digest), request.stream(), request_id
+    )
     return _created(name, blob, background)
 
 
@@ -92,7 +100,10 @@ async def upload_status(name: RepositoryName, upload_uuid: str) -> Response:
 
 @router.delete("/v2/{name:path}/blobs/uploads/{upload_uuid}")
 async def cancel_upload(
-    name: RepositoryName, upload_uuid: str, storage: Storage, request_id: RequestId,
+    name: RepositoryName,
+    upload_uuid: str,
+    storage: Storage,
+    request_id: RequestId,
     background: BackgroundTasks,
 ) -> Response:
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)

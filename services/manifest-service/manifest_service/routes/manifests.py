@@ -30,14 +30,17 @@ async def _serve(name: str, reference: str, request: Request, with_body: bool) -
     if not _accepts(",".join(request.headers.getlist("accept")), stored.media_type):
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
-            f"manifest {reference!r} is an index ({stored.media_type}), which the Accept header does not list",
+            f"manifest {reference!r} is an index ({stored.media_type}), "
+            "which the Accept header does not list",
         )
     headers = {
         "Docker-Content-Digest": stored.digest,
         "ETag": f'"{stored.digest}"',
         "Content-Length": str(len(stored.content)),
     }
-    return Response(stored.content if with_body else b"", media_type=stored.media_type, headers=headers)
+    return Response(
+        stored.content if with_body else b"", media_type=stored.media_type, headers=headers
+    )
 
 
 @router.get("/v2/{name:path}/manifests/{reference}")
@@ -52,7 +55,9 @@ async def head_manifest(name: RepositoryName, reference: str, request: Request) 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    too_large = RegistryError(ErrorCode.SIZE_INVALID, f"manifests are limited to {limit} bytes", status=413)
+    too_large = RegistryError(
+        ErrorCode.SIZE_INVALID, f"manifests are limited to {limit} bytes", status=413
+    )
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
@@ -65,7 +70,11 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 @router.put("/v2/{name:path}/manifests/{reference}")
 async def put_manifest(
-    name: RepositoryName, reference: str, request: Request, request_id: RequestId, background: BackgroundTasks
+    name: RepositoryName,
+    reference: str,
+    request: Request,
+    request_id: RequestId,
+    background: BackgroundTasks,
 ) -> Response:
     manifests.check_reference(reference)
     body = await _read_limited(request, get_settings().max_manifest_size)
