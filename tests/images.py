@@ -52,7 +52,9 @@ def layer(files: dict[str, bytes]) -> tuple[bytes, bytes]:
 
 
 def write_image(
-    layout: Layout, layers: list[dict[str, bytes]], architecture: str = "amd64", tag: str | None = "latest"
+    layout: Layout,
+    layers: list[dict[str, bytes]],
+    architecture: str = "amd64",
 ) -> dict[str, object]:
     """Add an image of ``layers`` to ``layout``; returns its manifest descriptor."""
     layer_descriptors = []
@@ -88,7 +90,9 @@ def finish(layout: Layout, manifests: list[dict[str, object]], tag: str = "lates
     index = {
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
-        "manifests": [{**m, "annotations": {"org.opencontainers.image.ref.name": tag}} for m in manifests],
+        "manifests": [
+            {**m, "annotations": {"org.opencontainers.image.ref.name": tag}} for m in manifests
+        ],
     }
     (layout.path / "index.json").write_text(json.dumps(index))
 
