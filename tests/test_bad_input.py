@@ -212,6 +212,30 @@ def test_refused_manifest_changes_nothing(registry: RegistryUnderTest, repo: str
     assert registry.http.head(f"/v2/{repo}/manifests/v1").headers["Docker-Content-Digest"] == digest
 
 
+def test_deeply_nested_manifest_is_manifest_invalid(registry: RegistryUnderTest, repo: str) -> None:
+    response = registry.push_manifest(repo, "deep", b"[" * 100_000)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_INVALID"]
+
+
+def test_range_positions_of_thousands_of_digits(registry: RegistryUnderTest, repo: str) -> None:
+    digest = registry.push_blob(repo, b"0123456789")
+    whole = registry.http.get(
+        f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=0-" + "9" * 3000}
+    )
+    assert whole.status_code == 206
+    assert whole.content == b"0123456789"
+    beyond = registry.http.get(
+        f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=" + "9" * 3000 + "-"}
+    )
+    assert beyond.status_code == 416
+    location = registry.http.post(f"/v2/{repo}/blobs/uploads/").headers["Location"]
+    chunk = registry.http.patch(
+        location, content=b"x", headers={"Content-Range": "1" * 3000 + "-" + "2" * 3000}
+    )
+    assert chunk.status_code == 416
+
+
 def test_no_request_logged_an_unhandled_error(registry: RegistryUnderTest) -> None:
     """Runs last in this module: none of the bad requests above reached the 500 handler."""
     for service in ("api-gateway", "blob-service", "manifest-service"):

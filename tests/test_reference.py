@@ -145,7 +145,7 @@ def test_example_names_are_accepted(name: str) -> None:
         "a@b",
         "a+b",
         "é",
-        "ａ",  # fullwidth a
+        "\uff41",  # fullwidth a
         "x" * 256,
         "/".join(["a"] * 128) + "a",  # 256 characters
         "a" * 1000,

@@ -7,8 +7,18 @@ import re
 
 from shared.errors import ErrorCode, RegistryError
 
-_CHUNK_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
-_BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# ASCII digits only, and at most 19 of them (the largest 64-bit size): a longer number is no
+# size a blob can have, and int() of thousands of digits is refused by Python.
+_NUMBER = "[0-9]{1,19}"
+_CHUNK_RANGE = re.compile(rf"(?:bytes[ =])?({_NUMBER})-({_NUMBER})(?:/(?:{_NUMBER}|\*))?")
+_BYTE_RANGE = re.compile(r"bytes=([0-9]+)?-([0-9]+)?")
+# A position past any blob's end: what a Range position of more than 19 digits means.
+_BEYOND = 2**63
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else _BEYOND
 
 
 def parse_content_range(value: str) -> tuple[int, int]:
@@ -35,21 +45,23 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     several ranges), which RFC 9110 lets a server ignore. An unsatisfiable range raises 416.
     """
     match = _BYTE_RANGE.fullmatch(value.strip())
-    if not match or (not match[1] and not match[2]):
+    if not match or (match[1] is None and match[2] is None):
         return None
     unsatisfiable = RegistryError(
         ErrorCode.RANGE_INVALID,
         f"range {value[:100]!r} not satisfiable for a blob of {size} bytes",
         headers={"Content-Range": f"bytes */{size}"},
     )
-    if not match[1]:  # the last N bytes
-        suffix = int(match[2])
-        if suffix == 0 or size == 0:
+    if match[1] is None:  # the last N bytes
+        suffix = _position(match[2])
+        if suffix == 0:
             raise unsatisfiable
+        if size == 0:
+            return None  # RFC 9110 section 14.1.2: the whole (empty) representation
         return max(0, size - suffix), size - 1
-    start = int(match[1])
-    end = int(match[2]) if match[2] else size - 1
-    if match[2] and end < start:
+    start = _position(match[1])
+    end = _position(match[2]) if match[2] is not None else size - 1
+    if match[2] is not None and end < start:
         return None  # syntactically invalid: ignored, per RFC 9110
     if start >= size:
         raise unsatisfiable

@@ -93,6 +93,13 @@ def _media_type(content_type: str | None, document: dict[str, Any]) -> str:
     return media_type
 
 
+def _artifact_type(document: dict[str, Any]) -> str | None:
+    value = document.get("artifactType")
+    if value is not None and not isinstance(value, str):
+        raise _invalid("artifactType must be a string")
+    return value or None
+
+
 def parse(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse and check a manifest as pushed; raise MANIFEST_INVALID (415 for a media type
     this registry does not store) when it is not one."""
@@ -100,17 +107,23 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise _invalid("manifest is not a JSON object")
     media_type = _media_type(content_type, document)
-    if document.get("schemaVersion") != 2:
-        raise _invalid("schemaVersion must be 2")
+    version = document.get("schemaVersion")
+    if type(version) is not int or version != 2:
+        raise _invalid("schemaVersion must be the integer 2")
     parsed = ParsedManifest(media_type=media_type)
     if media_type in IMAGE_MANIFESTS:
         if "config" not in document:
             raise _invalid("an image manifest needs a config descriptor")
         config = _descriptor(document["config"], "config")
-        layers = document.get("layers", [])
+        # Go clients write null for an empty list (image-spec's types have no omitempty).
+        layers = document.get("layers")
+        if layers is None:
+            layers = []
         if not isinstance(layers, list):
             raise _invalid("layers must be a list")
         parsed.blobs.append(config)
@@ -118,16 +131,18 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
             descriptor = _descriptor(layer, f"layers[{i}]")
             if descriptor.media_type not in FOREIGN_LAYERS:
                 parsed.blobs.append(descriptor)
-        artifact_type = document.get("artifactType") or config.media_type
+        artifact_type = _artifact_type(document) or config.media_type
     else:
-        children = document.get("manifests")
+        if "manifests" not in document:
+            raise _invalid("an index needs a manifests list")
+        children = document["manifests"]
+        if children is None:  # Go clients write null for an empty list
+            children = []
         if not isinstance(children, list):
             raise _invalid("an index needs a manifests list")
         for i, child in enumerate(children):
             parsed.manifests.append(_descriptor(child, f"manifests[{i}]"))
-        artifact_type = document.get("artifactType")
-    if artifact_type is not None and not isinstance(artifact_type, str):
-        raise _invalid("artifactType must be a string")
+        artifact_type = _artifact_type(document)
     parsed.artifact_type = artifact_type
     if "subject" in document and document["subject"] is not None:
         parsed.subject = _descriptor(document["subject"], "subject")
