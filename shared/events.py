@@ -70,6 +70,9 @@ def broker_options(broker_url: str) -> dict[str, Any]:
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # The worker takes one message at a time (acks_late, prefetch 1) and this transport
+            # waits a polling interval whenever it cannot hand out another: keep it short.
+            "polling_interval": 0.05,
         }
     return options
 
