@@ -62,13 +62,14 @@ def broker_options(broker_url: str) -> dict[str, Any]:
         from pathlib import Path
 
         folder = Path(broker_url.removeprefix("filesystem://") or "var/broker").resolve()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         options["broker_url"] = "filesystem://"
         options["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             # The worker takes one message at a time (acks_late, prefetch 1) and this transport
             # waits a polling interval whenever it cannot hand out another: keep it short.
