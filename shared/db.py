@@ -6,15 +6,19 @@ bytes stream, so no connection is held while a client uploads or downloads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_settings
+
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -75,3 +79,33 @@ def reading() -> Iterator[Session]:
     """A session for reads only."""
     with _sessionmaker(True)() as session, session.begin():
         yield session
+
+
+# MySQL/MariaDB errors after which the whole transaction may simply be run again: a deadlock
+# (1213) and a lock wait timeout (1205). InnoDB rolls the transaction back for both.
+_RETRYABLE = {1213, 1205}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` or an error it was raised while handling is a deadlock or lock timeout
+    (rolling back to a savepoint after a deadlock fails with "savepoint does not exist")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        args: tuple[Any, ...] = getattr(getattr(seen, "orig", seen), "args", ())
+        if args and args[0] in _RETRYABLE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retrying(work: Callable[[], T], attempts: int = 5) -> T:
+    """Run ``work`` (which opens its own transaction) again when the database chose it as a
+    deadlock victim, as concurrent pushes, deletes and garbage collection sometimes make it."""
+    for attempt in range(attempts):
+        try:
+            return work()
+        except OperationalError as exc:
+            if not is_retryable(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")

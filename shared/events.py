@@ -28,6 +28,7 @@ EVENT_TASK = "janitor.events.handle"
 Action = Literal[
     "blob:upload:committed",
     "blob:upload:cancelled",
+    "blob:mounted",
     "blob:deleted",
     "manifest:pushed",
     "manifest:deleted",

@@ -49,6 +49,10 @@ NAMING = {
 }
 
 
+BLOB_PRESENT = "present"
+BLOB_DELETING = "deleting"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -68,9 +72,14 @@ class Blob(Base):
 
     digest: Mapped[str] = mapped_column(String(150), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    # Where the bytes are now: the final content-addressed key, or the upload's temporary key
-    # until the object has been moved.
-    storage_key: Mapped[str] = mapped_column(String(512))
+    # Where the bytes are now: the upload's temporary key until the janitor has moved the
+    # object to its content-addressed key.
+    storage_key: Mapped[str] = mapped_column(String(512), index=True)
+    # "present", or "deleting" while garbage collection removes the object: a deleting blob is
+    # absent to every reader, and an upload of the same content brings it back.
+    state: Mapped[str] = mapped_column(
+        String(16), default=BLOB_PRESENT, server_default=BLOB_PRESENT
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -143,3 +152,42 @@ class Tag(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class BlobReview(Base):
+    """A blob that may have become unreferenced, to be looked at by garbage collection once
+    ``review_after`` has passed (see ``shared.reviews``)."""
+
+    __tablename__ = "gc_blob_reviews"
+    __table_args__ = (Index(None, "review_after"), TABLE_ARGS)
+
+    digest: Mapped[str] = mapped_column(String(150), primary_key=True)
+    review_after: Mapped[dt.datetime] = mapped_column(DateTime)
+    reason: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ManifestReview(Base):
+    """A manifest that may have become untagged and unreferenced."""
+
+    __tablename__ = "gc_manifest_reviews"
+    __table_args__ = (Index(None, "review_after"), TABLE_ARGS)
+
+    manifest_id: Mapped[int] = mapped_column(
+        ForeignKey("manifests.id", ondelete="CASCADE"), primary_key=True
+    )
+    review_after: Mapped[dt.datetime] = mapped_column(DateTime)
+    reason: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JobLease(Base):
+    """Who runs a singleton job (a periodic sweep) until when: several janitor replicas never
+    run the same sweep at once."""
+
+    __tablename__ = "job_leases"
+    __table_args__ = (TABLE_ARGS,)
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)

@@ -42,6 +42,20 @@ def _uvicorn(factory: str, host: str, port: int, log_level: str) -> list[str]:
     ]
 
 
+def _celery(command: str, *options: str, level: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "janitor.worker",
+        command,
+        "--loglevel",
+        level.upper(),
+        *options,
+    ]
+
+
 def processes(settings: Settings) -> list[Process]:
     level = settings.log_level
     return [
@@ -74,20 +88,12 @@ def processes(settings: Settings) -> list[Process]:
         ),
         Process(
             "janitor",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "janitor.worker",
-                "worker",
-                "--loglevel",
-                level.upper(),
-                "--concurrency",
-                "1",
-                "--hostname",
-                "janitor@%h",
-            ],
+            _celery("worker", "--concurrency", "1", "--hostname", "janitor@%h", level=level),
+            None,
+        ),
+        Process(
+            "janitor-beat",
+            _celery("beat", "--schedule", settings.beat_schedule_file, level=level),
             None,
         ),
     ]

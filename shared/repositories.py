@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.models import Blob, Repository, RepositoryBlob
+from shared.models import BLOB_PRESENT, Blob, Repository, RepositoryBlob
 
 
 def find_repository(session: Session, name: str) -> Repository | None:
@@ -23,8 +23,11 @@ def ensure_repository(session: Session, name: str) -> Repository:
             repository = Repository(name=name)
             session.add(repository)
     except IntegrityError:
-        repository = find_repository(session, name)
-        assert repository is not None
+        # Created meanwhile by a concurrent request. A locking read sees it: a plain one
+        # would read this transaction's snapshot (MySQL's REPEATABLE READ), from before.
+        repository = session.scalars(
+            select(Repository).where(Repository.name == name).with_for_update(read=True)
+        ).one()
     return repository
 
 
@@ -34,7 +37,7 @@ def linked_blob(session: Session, repository: str, digest: str) -> Blob | None:
         select(Blob)
         .join(RepositoryBlob, RepositoryBlob.blob_digest == Blob.digest)
         .join(Repository, Repository.id == RepositoryBlob.repository_id)
-        .where(Repository.name == repository, Blob.digest == digest)
+        .where(Repository.name == repository, Blob.digest == digest, Blob.state == BLOB_PRESENT)
     ).first()
 
 
@@ -50,13 +53,20 @@ def link_blob(session: Session, repository: Repository, digest: str) -> None:
 
 
 def linked_digests(session: Session, repository_id: int, digests: list[str]) -> set[str]:
+    """Which of ``digests`` the repository holds. The rows read stay share-locked until the
+    transaction ends, so garbage collection (which deletes links under an exclusive lock)
+    cannot remove them before a manifest that uses them is committed."""
     if not digests:
         return set()
     return set(
         session.scalars(
-            select(RepositoryBlob.blob_digest).where(
+            select(RepositoryBlob.blob_digest)
+            .join(Blob, Blob.digest == RepositoryBlob.blob_digest)
+            .where(
                 RepositoryBlob.repository_id == repository_id,
                 RepositoryBlob.blob_digest.in_(digests),
+                Blob.state == BLOB_PRESENT,
             )
+            .with_for_update(read=True)
         )
     )

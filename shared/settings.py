@@ -40,6 +40,20 @@ class Settings(BaseSettings):
     max_page_size: int = 10000
     default_page_size: int = 1000
 
+    # Garbage collection and housekeeping (the janitor).
+    gc_grace_seconds: int = 24 * 3600  # blobs and manifests younger than this are never collected
+    gc_interval_seconds: int = 3600
+    gc_untagged_manifests: bool = False  # also collect manifests no tag or index refers to
+    gc_batch_size: int = 1000  # reviews one sweep takes at most
+    upload_purge_age_seconds: int = 7 * 24 * 3600  # as the reference registry's upload purging
+    upload_purge_interval_seconds: int = 24 * 3600
+    reconcile_interval_seconds: int = 3600
+    reconcile_grace_seconds: int = 3600  # objects younger than this are never called orphans
+    promote_delay_seconds: int = 60
+    beat_schedule_file: str = str(
+        DATA_DIR / "celerybeat-schedule"
+    )  # reconcile moves blobs still at their upload key after this
+
     log_level: str = "info"
 
     def service_url(self, which: str) -> str:

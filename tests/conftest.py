@@ -74,6 +74,7 @@ def registry(
         "blob_service_port": str(blob_port),
         "manifest_service_port": str(manifest_port),
         "log_level": "info",
+        "beat_schedule_file": str(root / "celerybeat-schedule"),
     }
     env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
     settings = Settings(**values)  # type: ignore[arg-type]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,12 @@ class RegistryUnderTest:
 def error_codes(response: httpx.Response) -> list[str]:
     """The spec's error codes in an error response body."""
     return [error["code"] for error in response.json()["errors"]]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    """Wait for work the janitor does after a request has been answered."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.1)

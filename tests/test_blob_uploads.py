@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.registry import RegistryUnderTest, error_codes, sha256
+from tests.registry import RegistryUnderTest, error_codes, eventually, sha256
 
 
 def start_upload(registry: RegistryUnderTest, repo: str) -> str:
@@ -171,7 +171,11 @@ def test_digest_mismatch_is_refused_and_nothing_becomes_visible(
     assert registry.http.head(f"/v2/{repo}/blobs/{sha256(b'the real content')}").status_code == 404
     assert registry.http.get(location).status_code == 404
     upload_uuid = location.rsplit("/", 1)[1]
-    assert not any(upload_uuid in path for path in registry.stored_files())
+    # The janitor deletes the upload's data once it hears the upload was cancelled.
+    eventually(
+        lambda: not any(upload_uuid in path for path in registry.stored_files()),
+        what="upload data deleted",
+    )
 
 
 def test_put_without_digest_is_refused(registry: RegistryUnderTest, repo: str) -> None:
@@ -189,7 +193,10 @@ def test_cancel_deletes_the_session_and_its_data(registry: RegistryUnderTest, re
     response = registry.http.delete(location)
     assert response.status_code == 204
     assert registry.http.get(location).status_code == 404
-    assert not any(upload_uuid in path for path in registry.stored_files())
+    eventually(
+        lambda: not any(upload_uuid in path for path in registry.stored_files()),
+        what="upload data deleted",
+    )
     assert registry.query("SELECT COUNT(*) FROM uploads WHERE uuid = :u", u=upload_uuid)[0][0] == 0
 
 
@@ -219,9 +226,12 @@ def test_a_blob_is_stored_once_however_many_repositories_hold_it(
     registry.push_blob(f"{repo}/a", data)
     registry.push_blob(f"{repo}/b", data)
     hex_digest = sha256(data).split(":")[1]
-    assert [p for p in registry.stored_files() if hex_digest in p] == [
-        f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"
-    ]
+    # Once the janitor has moved the upload to the blob's key, and discarded the second copy.
+    eventually(
+        lambda: [p for p in registry.stored_files() if hex_digest in p]
+        == [f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"],
+        what="one object at the blob's key",
+    )
 
 
 def test_a_blob_is_not_readable_through_another_repository(

@@ -6,12 +6,21 @@ error, never a silent fallback.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from shared.settings import get_settings
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: dt.datetime  # UTC, naive like the database's timestamps
 
 
 class StorageError(Exception):
@@ -45,6 +54,10 @@ class StorageDriver(Protocol):
 
     async def delete(self, key: str) -> None:
         """Delete an object and what is under it; deleting what does not exist is no error."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a folder, ending with ``/``)."""
         ...
 
     def local_path(self, key: str) -> str | None:

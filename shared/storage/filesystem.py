@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
 import anyio
+
+from shared.storage import ObjectInfo
 
 READ_CHUNK = 1024 * 1024
 
@@ -66,6 +69,27 @@ class FilesystemDriver:
                     remaining -= len(chunk)
                 yield chunk
 
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        top = self._path(prefix) if prefix.strip("/") else self.root
+
+        def walk() -> list[ObjectInfo]:
+            found = []
+            for folder, _, files in os.walk(top):
+                for name in files:
+                    path = Path(folder, name)
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue  # deleted while listing
+                    modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)
+                    found.append(
+                        ObjectInfo(str(path.relative_to(self.root)), stat.st_size, modified)
+                    )
+            return found
+
+        for info in await anyio.to_thread.run_sync(walk):
+            yield info
+
     async def size(self, key: str) -> int | None:
         try:
             return self._path(key).stat().st_size
@@ -75,7 +99,10 @@ class FilesystemDriver:
     async def move(self, source: str, destination: str) -> None:
         dst = self._path(destination)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._path(source), dst)
+        src = self._path(source)
+        os.replace(src, dst)
+        with contextlib.suppress(OSError):
+            src.parent.rmdir()  # the upload folder, now empty
 
     async def delete(self, key: str) -> None:
         path = self._path(key)

@@ -25,3 +25,18 @@ def blob_key(digest: Digest) -> str:
 
 def upload_key(upload_uuid: str) -> str:
     return f"uploads/{upload_uuid}/data"
+
+
+def digest_of_blob_key(key: str) -> Digest | None:
+    """The digest whose blob lives at ``key``, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 5 or parts[0] != "blobs" or parts[4] != "data" or parts[3][:2] != parts[2]:
+        return None
+    return Digest(parts[1], parts[3])
+
+
+def upload_uuid_of_key(key: str) -> str | None:
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "uploads" or parts[2] != "data":
+        return None
+    return parts[1]

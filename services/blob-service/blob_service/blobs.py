@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sqlalchemy import delete
@@ -10,8 +11,10 @@ from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.events import Event, Target
 from shared.models import RepositoryBlob
-from shared.reference import Digest
+from shared.reference import Digest, parse_digest
 from shared.repositories import find_repository, linked_blob
+from shared.reviews import review_blobs
+from shared.storage import StorageDriver, keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,27 @@ def _unknown(repository: str, digest: Digest) -> RegistryError:
     )
 
 
+async def read(
+    storage: StorageDriver, info: BlobInfo, start: int = 0, end: int | None = None
+) -> AsyncIterator[bytes]:
+    """The blob's bytes. The database may still name the upload's object after the janitor has
+    moved it to the blob's own key: then the bytes are read from there."""
+    key = info.storage_key
+    if key != keys.blob_key(parse_digest(info.digest)) and await storage.size(key) is None:
+        key = keys.blob_key(parse_digest(info.digest))
+    try:
+        stream = storage.read(key, start, end)
+        first = await anext(stream, None)
+    except FileNotFoundError:
+        # Moved between the check above and the open.
+        stream = storage.read(keys.blob_key(parse_digest(info.digest)), start, end)
+        first = await anext(stream, None)
+    if first is not None:
+        yield first
+        async for chunk in stream:
+            yield chunk
+
+
 def stat(repository: str, digest: Digest) -> BlobInfo:
     with db.reading() as session:
         blob = linked_blob(session, repository, str(digest))
@@ -36,6 +60,10 @@ def stat(repository: str, digest: Digest) -> BlobInfo:
 
 
 def unlink(repository: str, digest: Digest, request_id: str | None) -> Event:
+    return db.retrying(lambda: _unlink_once(repository, digest, request_id))
+
+
+def _unlink_once(repository: str, digest: Digest, request_id: str | None) -> Event:
     """Delete a blob from a repository: the link goes; the bytes stay until garbage
     collection finds no repository and no manifest using them."""
     with db.transaction() as session:
@@ -49,6 +77,7 @@ def unlink(repository: str, digest: Digest, request_id: str | None) -> Event:
         )
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise _unknown(repository, digest)
+        review_blobs(session, [str(digest)], "unlinked")
     return Event(
         action="blob:deleted",
         target=Target(repository=repository, digest=str(digest)),

@@ -1,10 +1,12 @@
 """Blob uploads (OCI Distribution Spec, "Pushing blobs"): sessions, chunks, completion, mounts.
 
 An upload's bytes go to a temporary object (``uploads/<uuid>/data``) while its digest is
-computed from the stream. Completing it verifies the digest, moves the object to its
-content-addressed key and only then records the blob and links it to the repository, in one
-short transaction: nothing is visible before it is verified, and two clients pushing the same
-blob at once both end with the same intact object.
+computed from the stream. Completing it verifies the digest and only then records the blob
+(where its bytes are: still the upload's object) and links it to the repository, in one short
+transaction: nothing is visible before it is verified. The ``blob:upload:committed`` event then
+has the janitor move the object to its content-addressed key; reads follow the database
+meanwhile. When two clients push the same blob at once, the first to commit wins and the
+janitor discards the other's object.
 
 The running hash of an upload is kept in this process (keyed by upload uuid and offset), so
 completing an upload whose chunks all came through this process does not read the blob back.
@@ -26,10 +28,19 @@ from sqlalchemy.exc import IntegrityError
 
 from shared import db
 from shared.errors import ErrorCode, RegistryError
-from shared.events import Event, Target
-from shared.models import Blob, RepositoryBlob, Upload, utcnow
+from shared.events import Event, Target, publish
+from shared.models import (
+    BLOB_DELETING,
+    BLOB_PRESENT,
+    Blob,
+    Repository,
+    RepositoryBlob,
+    Upload,
+    utcnow,
+)
 from shared.reference import Digest
-from shared.repositories import ensure_repository, link_blob, linked_blob
+from shared.repositories import ensure_repository, link_blob
+from shared.reviews import review_blobs
 from shared.storage import StorageDriver, keys
 
 log = logging.getLogger(__name__)
@@ -210,7 +221,8 @@ async def complete(
                 _hashers.put(state.uuid, new_size, hasher)
         actual = await _digest_of(storage, state, digest.algorithm)
         if actual != str(digest):
-            await cancel(storage, state)
+            event = await cancel(storage, state, request_id)
+            await asyncio.to_thread(publish, event)
             raise RegistryError(
                 ErrorCode.DIGEST_INVALID,
                 f"digest {digest} given, but the content has digest {actual}",
@@ -221,9 +233,7 @@ async def complete(
 async def _commit(
     storage: StorageDriver, state: UploadState, digest: Digest, request_id: str | None
 ) -> CommittedBlob:
-    final_key = keys.blob_key(digest)
-    await storage.move(state.storage_key, final_key)
-    await asyncio.to_thread(_record_blob, state, digest, final_key)
+    await asyncio.to_thread(db.retrying, lambda: _record_blob(state, digest))
     _hashers.drop(state.uuid)
     _locks.pop(state.uuid, None)
     event = Event(
@@ -233,7 +243,7 @@ async def _commit(
             digest=str(digest),
             size=state.size,
             upload_uuid=state.uuid,
-            storage_key=final_key,
+            storage_key=state.storage_key,
         ),
         request_id=request_id,
         source="blob-service",
@@ -241,23 +251,37 @@ async def _commit(
     return CommittedBlob(str(digest), state.size, event)
 
 
-def _record_blob(state: UploadState, digest: Digest, final_key: str) -> None:
+def _record_blob(state: UploadState, digest: Digest) -> None:
     with db.transaction() as session:
-        if session.get(Blob, str(digest)) is None:
-            try:
-                with session.begin_nested():
-                    session.add(Blob(digest=str(digest), size=state.size, storage_key=final_key))
-            except IntegrityError:
-                pass  # the same blob committed at the same moment by another upload
+        # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
+        # uploads doing that before inserting deadlock each other.
+        blob = None
+        try:
+            with session.begin_nested():
+                session.add(
+                    Blob(digest=str(digest), size=state.size, storage_key=state.storage_key)
+                )
+        except IntegrityError:
+            # Known already. Locked, so that garbage collection (which locks the same row)
+            # cannot delete it between this check and the link below.
+            blob = session.get(Blob, str(digest), with_for_update=True, populate_existing=True)
+        if blob is not None and blob.state == BLOB_DELETING:
+            # Garbage collection is removing this content: these bytes bring it back.
+            blob.state = BLOB_PRESENT
+            blob.storage_key = state.storage_key
+            blob.size = state.size
         repository = ensure_repository(session, state.repository)
         link_blob(session, repository, str(digest))
         session.execute(delete(Upload).where(Upload.uuid == state.uuid))
+        # Pushed blobs that no manifest will use are collected once the grace period is over.
+        review_blobs(session, [str(digest)], "uploaded")
 
 
 async def cancel(
     storage: StorageDriver, state: UploadState, request_id: str | None = None
 ) -> Event:
-    """End an upload and delete its data: the row first, then the object."""
+    """End an upload. The row goes now; the ``blob:upload:cancelled`` event has the janitor
+    delete the data."""
 
     def drop_row() -> None:
         with db.transaction() as session:
@@ -266,7 +290,6 @@ async def cancel(
     await asyncio.to_thread(drop_row)
     _hashers.drop(state.uuid)
     _locks.pop(state.uuid, None)
-    await storage.delete(state.storage_key)
     return Event(
         action="blob:upload:cancelled",
         target=Target(
@@ -293,21 +316,28 @@ async def monolithic(
 
 
 def mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob | None:
+    return db.retrying(lambda: _mount_once(repository, digest, source))
+
+
+def _mount_once(repository: str, digest: Digest, source: str | None) -> CommittedBlob | None:
     """Link an existing blob into ``repository`` (cross-repository mount). With no ``source``
     the blob is mounted from whichever repository holds it. None when it cannot be mounted."""
     with db.transaction() as session:
+        query = select(Blob).where(Blob.digest == str(digest), Blob.state == BLOB_PRESENT)
         if source is not None:
-            blob = linked_blob(session, source, str(digest))
+            query = query.join(RepositoryBlob).join(Repository).where(Repository.name == source)
         else:
-            blob = session.scalars(
-                select(Blob).join(RepositoryBlob).where(Blob.digest == str(digest)).limit(1)
-            ).first()
+            query = query.join(RepositoryBlob)
+        # Locked against garbage collection until the link below is committed.
+        blob = session.scalars(query.limit(1).with_for_update()).first()
         if blob is None:
             return None
         target = ensure_repository(session, repository)
         link_blob(session, target, blob.digest)
+        # A mounted blob is about to be used by a manifest: push its review past the grace period.
+        review_blobs(session, [blob.digest], "mounted")
         event = Event(
-            action="blob:upload:committed",
+            action="blob:mounted",
             target=Target(repository=repository, digest=blob.digest, size=blob.size),
             source="blob-service",
         )

@@ -18,6 +18,7 @@ from shared.events import Event, Target
 from shared.models import Manifest, ManifestReference, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
 from shared.repositories import ensure_repository, find_repository, linked_digests
+from shared.reviews import review_blobs, review_manifests
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +93,20 @@ def put(
     else:
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
         tag = reference
-    with db.transaction() as session:
-        repo = ensure_repository(session, repository)
-        _check_references(session, repo, parsed)
-        manifest = session.scalars(
-            select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest)
-        ).first()
-        if manifest is None:
-            manifest = _insert(session, repo, digest, body, parsed)
-        if tag is not None:
-            _set_tag(session, repo, tag, manifest)
+
+    def store() -> None:
+        with db.transaction() as session:
+            repo = ensure_repository(session, repository)
+            _check_references(session, repo, parsed)
+            manifest = session.scalars(
+                select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest)
+            ).first()
+            if manifest is None:
+                manifest = _insert(session, repo, digest, body, parsed)
+            if tag is not None:
+                _set_tag(session, repo, tag, manifest)
+
+    db.retrying(store)
     event = Event(
         action="manifest:pushed",
         target=Target(
@@ -126,9 +131,9 @@ def _check_references(
     if child_digests:
         present = set(
             session.scalars(
-                select(Manifest.digest).where(
-                    Manifest.repository_id == repo.id, Manifest.digest.in_(child_digests)
-                )
+                select(Manifest.digest)
+                .where(Manifest.repository_id == repo.id, Manifest.digest.in_(child_digests))
+                .with_for_update(read=True)
             )
         )
         missing |= set(child_digests) - present
@@ -163,31 +168,43 @@ def _insert(
                 for d, m in references.items()
             )
     except IntegrityError:
-        # The same manifest pushed at the same moment by another client.
-        existing = session.scalars(
-            select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest)
+        # The same manifest pushed at the same moment by another client (a locking read sees
+        # its row; a plain one reads this transaction's older snapshot).
+        return session.scalars(
+            select(Manifest)
+            .where(Manifest.repository_id == repo.id, Manifest.digest == digest)
+            .with_for_update(read=True)
         ).one()
-        return existing
     return manifest
 
 
 def _set_tag(session: Session, repo: Repository, name: str, manifest: Manifest) -> None:
     tag = session.get(Tag, (repo.id, name), with_for_update=True)
     if tag is not None:
-        tag.manifest_id = manifest.id
-        tag.updated_at = utcnow()
+        _move_tag(session, tag, manifest)
         return
     try:
         with session.begin_nested():
             session.add(Tag(repository_id=repo.id, name=name, manifest_id=manifest.id))
     except IntegrityError:
-        tag = session.get(Tag, (repo.id, name), with_for_update=True)
+        tag = session.get(Tag, (repo.id, name), with_for_update=True, populate_existing=True)
         assert tag is not None
+        _move_tag(session, tag, manifest)
+
+
+def _move_tag(session: Session, tag: Tag, manifest: Manifest) -> None:
+    if tag.manifest_id != manifest.id:
+        # The manifest the tag leaves may now be untagged.
+        review_manifests(session, [tag.manifest_id], "tag moved")
         tag.manifest_id = manifest.id
-        tag.updated_at = utcnow()
+    tag.updated_at = utcnow()
 
 
 def delete_reference(repository: str, reference: str, request_id: str | None) -> Event:
+    return db.retrying(lambda: _delete_reference_once(repository, reference, request_id))
+
+
+def _delete_reference_once(repository: str, reference: str, request_id: str | None) -> Event:
     """Delete by digest: the manifest and every tag pointing at it. Delete by tag: the tag."""
     check_reference(reference)
     with db.transaction() as session:
@@ -198,11 +215,31 @@ def delete_reference(repository: str, reference: str, request_id: str | None) ->
             manifest = _find(session, repo, reference)
             if manifest is None:
                 raise _unknown(repository, reference)
+            references = session.execute(
+                select(ManifestReference.digest, ManifestReference.is_manifest).where(
+                    ManifestReference.manifest_id == manifest.id
+                )
+            ).all()
             session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
             session.execute(
                 delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id)
             )
             session.delete(manifest)
+            # What the manifest referenced may now be unreferenced.
+            review_blobs(
+                session, [d for d, is_manifest in references if not is_manifest], "manifest deleted"
+            )
+            children = [d for d, is_manifest in references if is_manifest]
+            if children:
+                review_manifests(
+                    session,
+                    session.scalars(
+                        select(Manifest.id).where(
+                            Manifest.repository_id == repo.id, Manifest.digest.in_(children)
+                        )
+                    ),
+                    "index deleted",
+                )
             action, target = "manifest:deleted", Target(repository=repository, digest=reference)
         else:
             tag = session.get(Tag, (repo.id, reference))
@@ -212,6 +249,7 @@ def delete_reference(repository: str, reference: str, request_id: str | None) ->
                 select(Manifest.digest).where(Manifest.id == tag.manifest_id)
             ).one()
             session.delete(tag)
+            review_manifests(session, [tag.manifest_id], "tag deleted")
             action, target = (
                 "tag:deleted",
                 Target(repository=repository, tag=reference, digest=digest),

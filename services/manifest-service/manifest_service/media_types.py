@@ -131,7 +131,7 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
             descriptor = _descriptor(layer, f"layers[{i}]")
             if descriptor.media_type not in FOREIGN_LAYERS:
                 parsed.blobs.append(descriptor)
-        artifact_type = _artifact_type(document) or config.media_type
+        parsed.artifact_type = _artifact_type(document) or config.media_type
     else:
         if "manifests" not in document:
             raise _invalid("an index needs a manifests list")
@@ -142,8 +142,7 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
             raise _invalid("an index needs a manifests list")
         for i, child in enumerate(children):
             parsed.manifests.append(_descriptor(child, f"manifests[{i}]"))
-        artifact_type = _artifact_type(document)
-    parsed.artifact_type = artifact_type
+        parsed.artifact_type = _artifact_type(document)
     if "subject" in document and document["subject"] is not None:
         parsed.subject = _descriptor(document["subject"], "subject")
     annotations = document.get("annotations")

@@ -44,12 +44,12 @@ async def get_blob(
     span = parse_range(wanted, info.size) if wanted else None
     if span is None:
         headers["Content-Length"] = str(info.size)
-        return StreamingResponse(storage.read(info.storage_key), headers=headers)
+        return StreamingResponse(blobs.read(storage, info), headers=headers)
     start, end = span
     headers["Content-Length"] = str(end - start + 1)
     headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
     return StreamingResponse(
-        storage.read(info.storage_key, start, end), status_code=206, headers=headers
+        blobs.read(storage, info, start, end), status_code=206, headers=headers
     )
 
 

@@ -1,0 +1,279 @@
+"""Online garbage collection: blobs no manifest references, and (by policy) manifests no tag,
+index or living subject refers to. The registry stays writable throughout.
+
+Mark: every blob that is unreferenced and older than the grace period gets a due review (most
+already have one: every change that can unreference a blob records one, see
+``shared.reviews``). Sweep: due reviews are taken one at a time with ``FOR UPDATE SKIP
+LOCKED``; for each, under the blob row's lock:
+
+1. the blob's repository links are deleted first: a manifest PUT that is checking them holds
+   them share-locked, so this waits for it to commit;
+2. a locking read then looks for any manifest referencing the blob, which sees every
+   committed PUT. If one exists the links are put back (savepoint rollback) and the blob kept;
+3. otherwise the blob is marked ``deleting`` (absent to every reader) and the transaction
+   commits. A manifest PUT that comes after sees no link and fails cleanly with
+   ``MANIFEST_BLOB_UNKNOWN``, and the client pushes the blob again;
+4. its objects are deleted under the row lock, and only then the row: a crash in between
+   leaves a ``deleting`` row that the next sweep or reconcile finishes, never a visible row
+   without bytes. An upload of the same content meanwhile revives the row instead.
+
+On SQLite every write transaction holds the database's write lock, which serialises the same
+steps with a single janitor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+
+from sqlalchemy import Select, delete, exists, select
+from sqlalchemy.orm import Session
+
+from janitor.report import Progress, Report
+from shared import db
+from shared.models import (
+    BLOB_DELETING,
+    BLOB_PRESENT,
+    Blob,
+    BlobReview,
+    Manifest,
+    ManifestReference,
+    ManifestReview,
+    RepositoryBlob,
+    Tag,
+    utcnow,
+)
+from shared.reference import parse_digest
+from shared.reviews import review_blobs, review_manifests
+from shared.settings import get_settings
+from shared.storage import StorageDriver, keys
+
+log = logging.getLogger(__name__)
+
+NOW = dt.timedelta(0)
+
+
+def _unreferenced_blobs(cutoff: dt.datetime) -> Select[str, int]:
+    """Blobs older than ``cutoff`` that no manifest in any repository references."""
+    return select(Blob.digest, Blob.size).where(
+        Blob.state == BLOB_PRESENT,
+        Blob.created_at < cutoff,
+        ~exists().where(ManifestReference.digest == Blob.digest),
+    )
+
+
+def mark(cutoff: dt.datetime, batch: int = 1000) -> int:
+    """Give every unreferenced blob older than ``cutoff`` that has no review a review due now
+    (a review already recorded keeps its time: a later one is there for a reason)."""
+    marked = 0
+    last = ""
+    while True:
+        with db.transaction() as session:
+            digests = list(
+                session.scalars(
+                    _unreferenced_blobs(cutoff)
+                    .with_only_columns(Blob.digest)
+                    .where(Blob.digest > last, ~exists().where(BlobReview.digest == Blob.digest))
+                    .order_by(Blob.digest)
+                    .limit(batch)
+                )
+            )
+            if not digests:
+                return marked
+            review_blobs(session, digests, "unreferenced", delay=NOW)
+        marked += len(digests)
+        last = digests[-1]
+
+
+def _due_by(grace: dt.timedelta) -> dt.datetime:
+    """Reviews were recorded due after the configured grace period; a run with a shorter one
+    (``registry-admin gc --grace 0s``) takes them that much earlier."""
+    configured = dt.timedelta(seconds=get_settings().gc_grace_seconds)
+    return utcnow() + max(NOW, configured - grace)
+
+
+def _review_next_blob(grace: dt.timedelta) -> tuple[str, str, int] | None:
+    """Take one due review and decide it. Returns (outcome, digest, size), or None when no
+    review is due."""
+    with db.transaction() as session:
+        review = session.scalars(
+            select(BlobReview)
+            .where(BlobReview.review_after <= _due_by(grace))
+            .order_by(BlobReview.review_after)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if review is None:
+            return None
+        digest = review.digest
+        blob = session.get(Blob, digest, with_for_update=True)
+        if blob is None or blob.state == BLOB_DELETING:
+            session.delete(review)
+            return ("deleting" if blob is not None else "gone", digest, 0)
+        if blob.created_at > utcnow() - grace:
+            review.review_after = blob.created_at + grace
+            return ("young", digest, blob.size)
+        savepoint = session.begin_nested()
+        session.execute(delete(RepositoryBlob).where(RepositoryBlob.blob_digest == digest))
+        referenced = session.scalars(
+            select(ManifestReference.manifest_id)
+            .where(ManifestReference.digest == digest)
+            .limit(1)
+            .with_for_update(read=True)
+        ).first()
+        if referenced is not None:
+            savepoint.rollback()
+            session.delete(review)
+            return ("referenced", digest, blob.size)
+        savepoint.commit()
+        blob.state = BLOB_DELETING
+        session.delete(review)
+        return ("delete", digest, blob.size)
+
+
+async def finish_deletion(storage: StorageDriver, digest: str) -> int | None:
+    """Delete the objects of a blob marked ``deleting``, then its row. Returns the bytes
+    freed, or None if the blob was not (or no longer) being deleted."""
+    with db.transaction() as session:
+        blob = session.get(Blob, digest, with_for_update=True)
+        if blob is None or blob.state != BLOB_DELETING:
+            return None
+        # The row lock is held while the objects go: a promote or an upload reviving the
+        # blob waits for this transaction, so neither can lose bytes to these deletes.
+        for key in {blob.storage_key, keys.blob_key(parse_digest(digest))}:
+            await storage.delete(key)
+        session.delete(blob)
+        return blob.size
+
+
+def _delete_manifest(session: Session, manifest: Manifest) -> None:
+    references = session.execute(
+        select(ManifestReference.digest, ManifestReference.is_manifest).where(
+            ManifestReference.manifest_id == manifest.id
+        )
+    ).all()
+    referrers = session.scalars(
+        select(Manifest.id).where(
+            Manifest.repository_id == manifest.repository_id,
+            Manifest.subject_digest == manifest.digest,
+        )
+    ).all()
+    children = [d for d, is_manifest in references if is_manifest]
+    child_ids = (
+        session.scalars(
+            select(Manifest.id).where(
+                Manifest.repository_id == manifest.repository_id, Manifest.digest.in_(children)
+            )
+        ).all()
+        if children
+        else []
+    )
+    session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
+    session.delete(manifest)
+    review_blobs(
+        session,
+        [d for d, is_manifest in references if not is_manifest],
+        "manifest collected",
+        delay=NOW,
+    )
+    review_manifests(session, [*child_ids, *referrers], "parent collected", delay=NOW)
+
+
+def _review_next_manifest(grace: dt.timedelta) -> tuple[str, str] | None:
+    with db.transaction() as session:
+        review = session.scalars(
+            select(ManifestReview)
+            .where(ManifestReview.review_after <= _due_by(grace))
+            .order_by(ManifestReview.review_after)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if review is None:
+            return None
+        manifest = session.get(Manifest, review.manifest_id, with_for_update=True)
+        if manifest is None:
+            session.delete(review)
+            return ("gone", "")
+        if manifest.created_at > utcnow() - grace:
+            review.review_after = manifest.created_at + grace
+            return ("young", manifest.digest)
+        tagged = session.scalars(
+            select(Tag.name)
+            .where(Tag.manifest_id == manifest.id)
+            .limit(1)
+            .with_for_update(read=True)
+        ).first()
+        parent = session.scalars(
+            select(ManifestReference.manifest_id)
+            .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+            .where(
+                ManifestReference.digest == manifest.digest,
+                ManifestReference.is_manifest,
+                Manifest.repository_id == manifest.repository_id,
+            )
+            .limit(1)
+            .with_for_update(read=True)
+        ).first()
+        subject = None
+        if manifest.subject_digest is not None:
+            subject = session.scalars(
+                select(Manifest.id).where(
+                    Manifest.repository_id == manifest.repository_id,
+                    Manifest.digest == manifest.subject_digest,
+                )
+            ).first()
+        session.delete(review)
+        if tagged is not None or parent is not None or subject is not None:
+            return ("referenced", manifest.digest)
+        digest = manifest.digest
+        _delete_manifest(session, manifest)
+        return ("delete", digest)
+
+
+async def collect_garbage(
+    storage: StorageDriver,
+    *,
+    grace: dt.timedelta,
+    untagged_manifests: bool = False,
+    dry_run: bool = False,
+    limit: int = 1000,
+    progress: Progress = None,
+) -> Report:
+    """Mark, then sweep at most ``limit`` due reviews. ``dry_run`` only reports what a run
+    would delete and how many bytes it would free."""
+    report = Report("collect_garbage", dry_run=dry_run)
+    cutoff = utcnow() - grace
+    if dry_run:
+        with db.reading() as session:
+            for digest, size in session.execute(_unreferenced_blobs(cutoff)).tuples():
+                report.tick(progress)
+                report.deleted += 1
+                report.bytes_freed += size
+                report.would_delete.append(digest)
+        return report
+    if untagged_manifests:
+        for _ in range(limit):
+            decided = db.retrying(lambda: _review_next_manifest(grace))
+            if decided is None:
+                break
+            report.tick(progress)
+            if decided[0] == "delete":
+                log.info("gc manifest deleted digest=%s", decided[1])
+    mark(cutoff)
+    for _ in range(limit):
+        decided_blob = db.retrying(lambda: _review_next_blob(grace))
+        if decided_blob is None:
+            break
+        outcome, digest, size = decided_blob
+        report.tick(progress)
+        if outcome in ("delete", "deleting"):
+            freed = await finish_deletion(storage, digest)
+            if freed is not None:
+                report.deleted += 1
+                report.bytes_freed += freed
+                log.info("gc blob deleted digest=%s bytes=%s", digest, freed)
+        elif outcome in ("referenced", "young"):
+            report.kept += 1
+    log.info("gc done %s", json.dumps(report.as_dict()))
+    return report

@@ -1,0 +1,98 @@
+"""Reconcile storage with the database: finish what a lost event or a killed worker left
+undone, and delete what no row knows.
+
+1. Blobs still at their upload's key well after their upload finished are moved (promote).
+2. Blobs left ``deleting`` by an interrupted sweep are deleted.
+3. Upload objects that no upload session and no blob uses (a cancelled upload whose event was
+   lost, a purge interrupted between row and object) are deleted.
+4. Blob objects that no blob row knows (a crash between storage and database) are deleted.
+5. Every unreferenced blob gets a garbage-collection review (the mark phase).
+
+Objects younger than the grace period are never called orphans: their rows may be about to be
+written. An object is deleted under the lock of the row that would own it, so a concurrent
+upload of the same content waits rather than losing its bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from sqlalchemy import select
+
+from janitor.gc import finish_deletion, mark
+from janitor.promotion import discard, promote
+from janitor.report import Progress, Report
+from shared import db
+from shared.models import BLOB_DELETING, BLOB_PRESENT, Blob, utcnow
+from shared.storage import StorageDriver, keys
+
+log = logging.getLogger(__name__)
+
+
+async def _delete_orphan_blob_object(storage: StorageDriver, digest: str, key: str) -> bool:
+    with db.transaction() as session:
+        # A locking read of a missing row also blocks its insertion (a gap lock on MySQL; the
+        # write lock on SQLite) until the object is gone.
+        if session.get(Blob, digest, with_for_update=True) is not None:
+            return False
+        await storage.delete(key)
+    return True
+
+
+async def reconcile(
+    storage: StorageDriver,
+    *,
+    grace: dt.timedelta,
+    promote_after: dt.timedelta,
+    gc_grace: dt.timedelta,
+    progress: Progress = None,
+) -> Report:
+    report = Report("reconcile")
+    now = utcnow()
+
+    with db.reading() as session:
+        stragglers = list(
+            session.scalars(
+                select(Blob.digest).where(
+                    Blob.state == BLOB_PRESENT,
+                    Blob.storage_key.like("uploads/%"),
+                    Blob.created_at < now - promote_after,
+                )
+            )
+        )
+        deleting = list(session.scalars(select(Blob.digest).where(Blob.state == BLOB_DELETING)))
+    for digest in stragglers:
+        report.tick(progress)
+        if await promote(storage, digest) == "moved":
+            report.moved += 1
+    for digest in deleting:
+        report.tick(progress)
+        freed = await finish_deletion(storage, digest)
+        if freed is not None:
+            report.deleted += 1
+            report.bytes_freed += freed
+
+    async for item in storage.list("uploads/"):
+        report.tick(progress)
+        if item.modified > now - grace or keys.upload_uuid_of_key(item.key) is None:
+            continue
+        if await discard(storage, item.key):
+            log.info("reconcile deleted orphan upload object key=%s", item.key)
+            report.deleted += 1
+            report.bytes_freed += item.size
+
+    async for item in storage.list("blobs/"):
+        report.tick(progress)
+        owner = keys.digest_of_blob_key(item.key)
+        if owner is None or item.modified > now - grace:
+            continue
+        if await _delete_orphan_blob_object(storage, str(owner), item.key):
+            log.info("reconcile deleted orphan blob object key=%s", item.key)
+            report.deleted += 1
+            report.bytes_freed += item.size
+        else:
+            report.kept += 1
+
+    mark(now - gc_grace)
+    return report

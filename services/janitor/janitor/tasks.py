@@ -1,0 +1,139 @@
+"""The janitor's Celery tasks: thin wrappers that run the housekeeping functions.
+
+Every task is idempotent (each function re-reads the database and does nothing when the work
+is done), acknowledged only after it ran (``acks_late``), retried with backoff on transient
+database and storage errors only, and bounded in time. Periodic sweeps hold a lease, so that
+several janitor replicas never run the same sweep at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from janitor import gc, leases, promotion, reconcile, uploads
+from janitor.report import Report
+from janitor.worker import app
+from shared.events import EVENT_TASK, Event
+from shared.settings import get_settings
+from shared.storage import StorageError, get_storage
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (DBAPIError, StorageError, ConnectionError, TimeoutError)
+SWEEP_LIMIT = (
+    3000  # seconds: the longest a sweep may run; the broker's visibility timeout is longer
+)
+
+common: dict[str, Any] = {
+    "acks_late": True,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
+@app.task(name=EVENT_TASK, time_limit=300, soft_time_limit=240, **common)
+def handle_event(payload: dict[str, Any]) -> str:
+    """The services' events: a committed upload is promoted, a cancelled one discarded. The
+    others need no immediate work (their garbage-collection reviews are in the database)."""
+    event = Event.model_validate(payload)
+    log.info(
+        "event action=%s repository=%s digest=%s request_id=%s",
+        event.action,
+        event.target.repository,
+        event.target.digest,
+        event.request_id,
+    )
+    storage = get_storage()
+    target = event.target
+    if event.action == "blob:upload:committed" and target.digest:
+        outcome = asyncio.run(promotion.promote(storage, target.digest, target.storage_key))
+        return f"promote {outcome}"
+    if event.action == "blob:upload:cancelled" and target.storage_key:
+        discarded = asyncio.run(promotion.discard(storage, target.storage_key))
+        return f"discard {discarded}"
+    return event.action
+
+
+@app.task(name="janitor.promote", time_limit=600, soft_time_limit=540, **common)
+def promote(digest: str, upload_key: str | None = None) -> str:
+    return asyncio.run(promotion.promote(get_storage(), digest, upload_key))
+
+
+@app.task(name="janitor.discard_upload", time_limit=300, soft_time_limit=240, **common)
+def discard_upload(storage_key: str) -> bool:
+    return asyncio.run(promotion.discard(get_storage(), storage_key))
+
+
+def _sweep(name: str, run: Any) -> dict[str, Any]:
+    with leases.lease(name, dt.timedelta(seconds=SWEEP_LIMIT + 60)) as mine:
+        if not mine:
+            return Report(name, skipped="another janitor holds its lease").as_dict()
+        report: Report = asyncio.run(run)
+    log.info("%s", report.summary())
+    return report.as_dict()
+
+
+@app.task(
+    name="janitor.purge_stale_uploads",
+    time_limit=SWEEP_LIMIT,
+    soft_time_limit=SWEEP_LIMIT - 60,
+    **common,
+)
+def purge_stale_uploads(older_than_seconds: int | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    age = dt.timedelta(
+        seconds=older_than_seconds
+        if older_than_seconds is not None
+        else settings.upload_purge_age_seconds
+    )
+    return _sweep("purge_stale_uploads", uploads.purge_stale_uploads(get_storage(), older_than=age))
+
+
+@app.task(
+    name="janitor.collect_garbage",
+    time_limit=SWEEP_LIMIT,
+    soft_time_limit=SWEEP_LIMIT - 60,
+    **common,
+)
+def collect_garbage(grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+    settings = get_settings()
+    grace = dt.timedelta(
+        seconds=grace_seconds if grace_seconds is not None else settings.gc_grace_seconds
+    )
+    return _sweep(
+        "collect_garbage",
+        gc.collect_garbage(
+            get_storage(),
+            grace=grace,
+            untagged_manifests=settings.gc_untagged_manifests,
+            dry_run=dry_run,
+            limit=settings.gc_batch_size,
+        ),
+    )
+
+
+@app.task(
+    name="janitor.reconcile", time_limit=SWEEP_LIMIT, soft_time_limit=SWEEP_LIMIT - 60, **common
+)
+def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
+    settings = get_settings()
+    grace = dt.timedelta(
+        seconds=grace_seconds if grace_seconds is not None else settings.reconcile_grace_seconds
+    )
+    return _sweep(
+        "reconcile",
+        reconcile.reconcile(
+            get_storage(),
+            grace=grace,
+            promote_after=dt.timedelta(seconds=settings.promote_delay_seconds),
+            gc_grace=dt.timedelta(seconds=settings.gc_grace_seconds),
+        ),
+    )
