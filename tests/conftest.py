@@ -8,6 +8,8 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pymysql
@@ -51,20 +53,22 @@ def _drop_mariadb_database(name: str) -> None:
     connection.close()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "mariadb"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def running_registry(
+    backend: str, root: Path, broker_url: str | None = None, **overrides: str
 ) -> Iterator[RegistryUnderTest]:
-    backend: str = request.param
-    root = tmp_path_factory.mktemp(f"registry-{backend}")
+    """A whole registry on ``backend`` ("sqlite": a SQLite file and the filesystem broker;
+    "mariadb": a fresh MariaDB database and Redis), its data under ``root``. ``overrides``
+    are settings (``gc_grace_seconds="5"``); ``broker_url`` picks another broker."""
     database_name = f"registry_test_{uuid.uuid4().hex[:8]}"
     if backend == "sqlite":
         database_url = f"sqlite:///{root / 'registry.db'}"
-        broker_url = f"filesystem://{root / 'broker'}"
+        broker_url = broker_url or f"filesystem://{root / 'broker'}"
     else:
         database_url = _mariadb_database(database_name)
-        redis.Redis.from_url(REDIS).flushdb()
-        broker_url = REDIS
+        if broker_url is None:
+            redis.Redis.from_url(REDIS).flushdb()
+            broker_url = REDIS
     port, blob_port, manifest_port = _free_ports(3)
     values = {
         "database_url": database_url,
@@ -75,6 +79,7 @@ def registry(
         "manifest_service_port": str(manifest_port),
         "log_level": "info",
         "beat_schedule_file": str(root / "celerybeat-schedule"),
+        **overrides,
     }
     env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -82,12 +87,21 @@ def registry(
     processes = start_all(settings, env=env, log_dir=root / "logs")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
-        yield RegistryUnderTest(backend, settings, client, root, processes)
+        yield RegistryUnderTest(backend, settings, client, root, processes, env)
     finally:
         client.close()
         stop_all(processes)
         if backend == "mariadb":
             _drop_mariadb_database(database_name)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "mariadb"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryUnderTest]:
+    backend: str = request.param
+    with running_registry(backend, tmp_path_factory.mktemp(f"registry-{backend}")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,10 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from shared.db import make_engine
+from shared.db import _sessionmaker, get_engine, make_engine
 from shared.processes import Process
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
+from shared.storage import get_storage
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -38,6 +42,7 @@ class RegistryUnderTest:
     http: httpx.Client
     root: Path
     processes: list[tuple[Process, subprocess.Popen[bytes]]]
+    env: dict[str, str]
 
     @property
     def url(self) -> str:
@@ -65,6 +70,82 @@ class RegistryUnderTest:
                 return list(connection.execute(text(sql), params))
         finally:
             engine.dispose()
+
+    def storage_matches_database(self) -> bool:
+        """Storage holds exactly the objects the database says it does: each blob's object
+        (where its row says it is) and the data of uploads in progress; nothing else."""
+        blobs = {key for (key,) in self.query("SELECT storage_key FROM blobs")}
+        uploads = {key for (key,) in self.query("SELECT storage_key FROM uploads")}
+        stored = self.stored_files()
+        return blobs <= stored and stored <= blobs | uploads
+
+    def storage_difference(self) -> str:
+        blobs = {key for (key,) in self.query("SELECT storage_key FROM blobs")}
+        uploads = {key for (key,) in self.query("SELECT storage_key FROM uploads")}
+        stored = self.stored_files()
+        return (
+            f"rows without objects: {sorted(blobs - stored)}; "
+            f"objects without rows: {sorted(stored - blobs - uploads)}"
+        )
+
+    @contextmanager
+    def configured(self) -> Iterator[None]:
+        """Run code of this process against this registry's database and storage, as the
+        janitor's own code does (settings come from the environment)."""
+        saved = dict(os.environ)
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("REGISTRY_")})
+        _clear_cached_configuration()
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            _clear_cached_configuration()
+
+    def admin(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run ``registry-admin`` against this registry, as an operator would."""
+        return subprocess.run(
+            [sys.executable, "-m", "janitor.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(popen for process, popen in self.processes if process.name == name)
+
+    def kill(self, name: str) -> None:
+        """Kill process ``name`` and its children with SIGKILL, as a crash would: nothing of
+        theirs runs after (the Celery worker's prefork children included)."""
+        popen = self.process(name)
+        if popen.poll() is not None:
+            return
+        popen.send_signal(signal.SIGSTOP)  # so that it forks no new child meanwhile
+        found = subprocess.run(
+            ["pgrep", "-P", str(popen.pid)], capture_output=True, text=True, check=False
+        )
+        for child in found.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+        popen.kill()
+        popen.wait()
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start process ``name`` again (after it died or was killed): the same command and
+        environment, its output appended to its log."""
+        index = next(i for i, (process, _) in enumerate(self.processes) if process.name == name)
+        process, old = self.processes[index]
+        if old.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        with open(self.root / "logs" / f"{name}.log", "ab") as output:
+            popen = subprocess.Popen(
+                process.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT
+            )
+        self.processes[index] = (process, popen)
+        wait_until_up(process, popen)
+        return popen
 
     def log(self, process: str) -> str:
         return (self.root / "logs" / f"{process}.log").read_text(errors="replace")
@@ -125,6 +206,13 @@ class RegistryUnderTest:
         return body, sha256(body)
 
 
+def _clear_cached_configuration() -> None:
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    _sessionmaker.cache_clear()
+    get_storage.cache_clear()
+
+
 def error_codes(response: httpx.Response) -> list[str]:
     """The spec's error codes in an error response body."""
     return [error["code"] for error in response.json()["errors"]]
@@ -137,3 +225,71 @@ def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A ``redis-server`` of a test's own, without persistence, that the test may stop and
+    start again on the same port (a broker outage); its queues are nobody else's."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        self.popen = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.popen = None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -134,7 +135,7 @@ def test_streamed_chunks_without_content_range_and_a_final_chunk_in_put(
 def test_chunked_transfer_encoding_body_is_accepted(registry: RegistryUnderTest, repo: str) -> None:
     data = os.urandom(200_000)
 
-    def body() -> object:
+    def body() -> Iterator[bytes]:
         for i in range(0, len(data), 65536):
             yield data[i : i + 65536]
 
@@ -228,8 +229,10 @@ def test_a_blob_is_stored_once_however_many_repositories_hold_it(
     hex_digest = sha256(data).split(":")[1]
     # Once the janitor has moved the upload to the blob's key, and discarded the second copy.
     eventually(
-        lambda: [p for p in registry.stored_files() if hex_digest in p]
-        == [f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"],
+        lambda: (
+            [p for p in registry.stored_files() if hex_digest in p]
+            == [f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data"]
+        ),
         what="one object at the blob's key",
     )
 

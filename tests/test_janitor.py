@@ -1,0 +1,233 @@
+"""The janitor, end to end through real events: the services publish, the Celery worker (on
+Redis, or the filesystem broker) promotes, discards, purges, collects and reconciles, and
+storage ends holding exactly what the database says."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from janitor import leases
+
+from tests.conftest import running_registry
+from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryUnderTest]:
+    """A registry of this module's own, so that its garbage collections touch no other test's
+    data; reconcile may move blobs at once."""
+    backend = request.param
+    with running_registry(
+        backend, tmp_path_factory.mktemp(f"janitor-{backend}"), promote_delay_seconds="0"
+    ) as running:
+        yield running
+
+
+def admin_ok(registry: RegistryUnderTest, *args: str) -> str:
+    result = registry.admin(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def settle(registry: RegistryUnderTest) -> None:
+    eventually(registry.storage_matches_database, what="storage matching the database")
+
+
+def blob_keys(registry: RegistryUnderTest) -> dict[str, str]:
+    return {digest: key for digest, key in registry.query("SELECT digest, storage_key FROM blobs")}
+
+
+def test_a_pushed_blob_is_moved_to_its_content_addressed_key(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    digest = registry.push_blob(repo, os.urandom(3000))
+    hex_digest = digest.split(":")[1]
+    eventually(
+        lambda: blob_keys(registry)[digest] == f"blobs/sha256/{hex_digest[:2]}/{hex_digest}/data",
+        what="the blob at its own key",
+    )
+    settle(registry)
+    assert not [p for p in registry.stored_files() if p.startswith("uploads/")]
+
+
+def test_a_blob_can_be_pulled_the_moment_its_upload_returned(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    data = os.urandom(100_000)
+    for _ in range(5):
+        digest = registry.push_blob(repo, data + os.urandom(8))
+        assert registry.http.get(f"/v2/{repo}/blobs/{digest}").status_code == 200
+
+
+def test_a_cancelled_upload_leaves_nothing(registry: RegistryUnderTest, repo: str) -> None:
+    location = registry.http.post(f"/v2/{repo}/blobs/uploads/").headers["Location"]
+    assert registry.http.patch(location, content=os.urandom(5000)).status_code == 202
+    assert registry.http.delete(location).status_code == 204
+    settle(registry)
+    assert location.rsplit("/", 1)[1] not in "".join(registry.stored_files())
+
+
+def test_stale_uploads_are_purged(registry: RegistryUnderTest, repo: str) -> None:
+    location = registry.http.post(f"/v2/{repo}/blobs/uploads/").headers["Location"]
+    assert registry.http.patch(location, content=b"abandoned" * 100).status_code == 202
+    fresh = admin_ok(registry, "purge-uploads")  # default age: a week
+    assert registry.http.get(location).status_code == 204, fresh
+    time.sleep(1.1)
+    summary = admin_ok(registry, "purge-uploads", "--older-than", "1s")
+    assert "deleted 1 (900 bytes)" in summary
+    assert registry.http.get(location).status_code == 404
+    settle(registry)
+
+
+def test_gc_dry_run_reports_and_deletes_nothing(registry: RegistryUnderTest, repo: str) -> None:
+    _, digest = registry.push_image(repo, "v1", [b"dry run layer"])
+    assert registry.http.delete(f"/v2/{repo}/manifests/{digest}").status_code == 202
+    before = registry.stored_files()
+    report = admin_ok(registry, "gc", "--dry-run", "--grace", "0s")
+    assert f"would delete {sha256(b'dry run layer')}" in report
+    assert registry.stored_files() == before
+
+
+def test_gc_deletes_what_no_manifest_references_and_keeps_the_rest(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    shared_layer = os.urandom(2000)
+    only_a = os.urandom(2000)
+    _, kept = registry.push_image(f"{repo}/b", "v1", [shared_layer, b"b's own"])
+    _, doomed = registry.push_image(f"{repo}/a", "v1", [shared_layer, only_a])
+    orphan = registry.push_blob(f"{repo}/c", os.urandom(1000))  # pushed, never used
+
+    # Young content is never collected, referenced or not.
+    admin_ok(registry, "gc")
+    assert registry.http.head(f"/v2/{repo}/c/blobs/{orphan}").status_code == 200
+
+    assert registry.http.delete(f"/v2/{repo}/a/manifests/{doomed}").status_code == 202
+    report = admin_ok(registry, "gc", "--grace", "0s")
+    assert "deleted" in report
+    stored_digests = set(blob_keys(registry))
+    assert sha256(only_a) not in stored_digests
+    assert orphan not in stored_digests
+    assert sha256(shared_layer) in stored_digests
+    # The surviving image pulls in full.
+    manifest = json.loads(registry.http.get(f"/v2/{repo}/b/manifests/{kept}").content)
+    for descriptor in [manifest["config"], *manifest["layers"]]:
+        assert (
+            sha256(registry.http.get(f"/v2/{repo}/b/blobs/{descriptor['digest']}").content)
+            == descriptor["digest"]
+        )
+    settle(registry)
+
+
+def test_a_manifest_put_after_gc_took_its_blob_fails_cleanly_and_a_repush_works(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    layer = os.urandom(1500)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    layer_digest = registry.push_blob(repo, layer)
+    config_digest = registry.push_blob(repo, config)
+    admin_ok(registry, "gc", "--grace", "0s")  # collects both: nothing references them yet
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": len(layer),
+            }
+        ],
+    }
+    refused = registry.push_manifest(repo, "v1", manifest)
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    registry.push_blob(repo, layer)
+    registry.push_blob(repo, config)
+    assert registry.push_manifest(repo, "v1", manifest).status_code == 201
+    assert registry.http.get(f"/v2/{repo}/blobs/{layer_digest}").content == layer
+
+
+def test_untagged_manifests_are_collected_only_by_policy(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    _, old = registry.push_image(repo, "latest", [b"old layer"])
+    _, new = registry.push_image(repo, "latest", [b"new layer"])  # moves the tag
+    _, child = registry.push_image(repo, "child", [b"child layer"])
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 1}],
+    }
+    assert registry.push_manifest(repo, "index", index, OCI_INDEX).status_code == 201
+    assert (
+        registry.http.delete(f"/v2/{repo}/manifests/child").status_code == 202
+    )  # untag; the index still holds it
+
+    admin_ok(registry, "gc", "--grace", "0s", "--no-untagged")
+    assert registry.http.head(f"/v2/{repo}/manifests/{old}").status_code == 200
+
+    admin_ok(registry, "gc", "--grace", "0s", "--untagged")
+    assert registry.http.head(f"/v2/{repo}/manifests/{old}").status_code == 404
+    assert sha256(b"old layer") not in blob_keys(registry)
+    assert registry.http.head(f"/v2/{repo}/manifests/{new}").status_code == 200
+    assert (
+        registry.http.head(f"/v2/{repo}/manifests/{child}").status_code == 200
+    )  # held by the index
+    assert sha256(b"child layer") in blob_keys(registry)
+    settle(registry)
+
+
+def test_reconcile_finds_orphaned_objects(registry: RegistryUnderTest) -> None:
+    stale = time.time() - 7200
+    orphans = [
+        registry.storage_root / "blobs" / "sha256" / "ab" / ("ab" + "0" * 62) / "data",
+        registry.storage_root / "uploads" / "00000000-0000-0000-0000-00000000dead" / "data",
+    ]
+    young = registry.storage_root / "blobs" / "sha256" / "cd" / ("cd" + "0" * 62) / "data"
+    for path in [*orphans, young]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"nobody knows me")
+    for path in orphans:
+        os.utime(path, (stale, stale))
+    admin_ok(registry, "reconcile")
+    assert not any(path.exists() for path in orphans)
+    assert young.exists()
+    young.unlink()
+    young.parent.rmdir()
+
+
+def test_a_lease_lets_one_janitor_run_a_sweep(registry: RegistryUnderTest) -> None:
+    with registry.configured():
+        ttl = dt.timedelta(seconds=2)
+        assert leases.acquire("test-sweep", ttl, owner="a")
+        assert not leases.acquire("test-sweep", ttl, owner="b")
+        assert leases.acquire("test-sweep", ttl, owner="a")  # the holder renews
+        time.sleep(2.1)
+        assert leases.acquire("test-sweep", ttl, owner="b")  # an expired lease is free
+        leases.release("test-sweep", owner="b")
+        assert leases.acquire("test-sweep", ttl, owner="a")
+        leases.release("test-sweep", owner="a")
+
+
+def test_beat_schedules_the_sweeps(tmp_path_factory: pytest.TempPathFactory, repo: str) -> None:
+    """With a short interval and grace, beat sends collect_garbage and the worker runs it: an
+    unreferenced blob disappears with nobody calling registry-admin."""
+    root = tmp_path_factory.mktemp("beat")
+    with running_registry("sqlite", root, gc_interval_seconds="2", gc_grace_seconds="1") as running:
+        digest = running.push_blob(repo, b"nobody will reference this")
+        eventually(
+            lambda: digest not in blob_keys(running), timeout=60, what="beat-driven collection"
+        )
+        eventually(running.storage_matches_database, what="storage matching the database")
+        assert "janitor.collect_garbage" in running.log("janitor-beat")
