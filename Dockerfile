@@ -3,16 +3,11 @@
 # shared/processes.py builds, written out in docker-compose.yml and deploy/k8s/base/.
 #
 #   docker build -t registry:latest .
-#   docker build -t registry-flower:latest --build-arg VENV_FROM=builder-flower .   # + Flower
 #
 # Note: "registry:latest" is also the name of Docker Hub's official Distribution image; push
 # this one under your own repository name rather than relying on the short name.
 
 ARG PYTHON_IMAGE=python:3.11-slim
-# Which stage's /opt/venv the final image gets: "builder" (the registry) or "builder-flower"
-# (the registry plus Flower, the Celery monitor; Flower is not in requirements.lock).
-ARG VENV_FROM=builder
-
 # ---- builder: pinned dependencies and the project, in a venv under /opt/venv ---------------
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
@@ -33,15 +28,6 @@ COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps .
 
-# ---- builder-flower: the same venv plus Flower (used by docker-compose.yml's flower) -------
-# Flower and what it adds are pinned here; everything it shares with the registry is held to
-# requirements.lock by the constraint.
-FROM builder AS builder-flower
-RUN pip install -c requirements.lock \
-        flower==2.2.0 tornado==6.6.1 prometheus-client==0.26.0 humanize==4.17.0 pytz==2026.6
-
-FROM ${VENV_FROM} AS venv
-
 # ---- runtime --------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
@@ -58,7 +44,7 @@ RUN groupadd --system --gid 10001 registry \
 # /var/lib/registry is the file storage root (REGISTRY_STORAGE_URL=file:///var/lib/registry);
 # a fresh named volume mounted there takes this ownership.
 
-COPY --from=venv /opt/venv /opt/venv
+COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # The source stays owned by root: the registry user reads it and writes nothing here.
 COPY pyproject.toml requirements.lock ./
