@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Make sure what the test suite talks to is installed and running: skopeo (a real registry
-# client), MariaDB and Redis. Starts the local servers when they are installed but stopped.
+# Make sure what the test suite talks to is installed and running: the real registry clients
+# (skopeo, containerd with ctr, podman), MariaDB and Redis. Starts the local servers when they
+# are installed but stopped; the client tests start their own containerd.
 set -euo pipefail
 
 need_apt=()
 command -v skopeo >/dev/null || need_apt+=(skopeo)
+{ command -v containerd >/dev/null && command -v ctr >/dev/null; } || need_apt+=(containerd)
+command -v podman >/dev/null || need_apt+=(podman)
 command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need_apt+=(mariadb-server)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -34,4 +37,6 @@ if ! up 6379; then
     --dir /var/lib/redis --logfile /var/log/redis/test.log
   wait_port 6379 Redis
 fi
-echo "test services ready: skopeo $(skopeo --version | awk '{print $3}'), MariaDB :3306, Redis :6379"
+echo "test services ready: skopeo $(skopeo --version | awk '{print $3}')," \
+  "containerd $(containerd --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}')," \
+  "MariaDB :3306, Redis :6379"
