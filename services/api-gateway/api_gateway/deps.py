@@ -8,7 +8,7 @@ import httpx
 from fastapi import Depends, Request
 
 
-def _client(request: Request) -> httpx.AsyncClient:
+async def _client(request: Request) -> httpx.AsyncClient:
     client: httpx.AsyncClient = request.app.state.http
     return client
 

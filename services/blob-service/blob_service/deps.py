@@ -1,4 +1,5 @@
-"""Dependencies of the blob service's routes."""
+"""Dependencies of the blob service's routes. All are coroutines: FastAPI would run plain
+functions in a thread pool, a thread hop per request for nothing."""
 
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ from shared.storage import StorageDriver, get_storage
 from shared.web import request_id
 
 
-def _name(name: Annotated[str, Path()]) -> str:
+async def _name(name: Annotated[str, Path()]) -> str:
     return validate_name(name)
 
 
-def _digest(digest: Annotated[str, Path()]) -> Digest:
+async def _digest(digest: Annotated[str, Path()]) -> Digest:
     return parse_digest(digest)
 
 
-def _request_id(request: Request) -> str:
+async def _request_id(request: Request) -> str:
     return request_id(request)
+
+
+async def _storage() -> StorageDriver:
+    return get_storage()
 
 
 RepositoryName = Annotated[str, Depends(_name)]
 PathDigest = Annotated[Digest, Depends(_digest)]
-Storage = Annotated[StorageDriver, Depends(get_storage)]
+Storage = Annotated[StorageDriver, Depends(_storage)]
 RequestId = Annotated[str, Depends(_request_id)]

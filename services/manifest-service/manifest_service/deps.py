@@ -10,11 +10,11 @@ from shared.reference import validate_name
 from shared.web import request_id
 
 
-def _name(name: Annotated[str, Path()]) -> str:
+async def _name(name: Annotated[str, Path()]) -> str:
     return validate_name(name)
 
 
-def _request_id(request: Request) -> str:
+async def _request_id(request: Request) -> str:
     return request_id(request)
 
 

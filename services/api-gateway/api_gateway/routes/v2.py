@@ -36,5 +36,5 @@ async def to_service(request: Request, client: Client) -> Response:
     return await forward(client, base_url, found.path, request, request.state.request_id)
 
 
-def assign_request_id(request: Request) -> None:
+async def assign_request_id(request: Request) -> None:
     request.state.request_id = request_id(request)
