@@ -56,9 +56,10 @@ class Event(BaseModel):
     schema_version: int = SCHEMA_VERSION
 
 
-def broker_options(broker_url: str) -> dict[str, Any]:
-    """Celery settings for ``broker_url``; ``filesystem://<folder>`` needs no server."""
-    options: dict[str, Any] = {"broker_url": broker_url}
+def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
+    """Celery settings for ``broker_url`` and ``queue``; ``filesystem://<folder>`` needs no
+    server."""
+    options: dict[str, Any] = {"broker_url": broker_url, "task_default_queue": queue}
     if broker_url.startswith("filesystem://"):
         from pathlib import Path
 
@@ -86,7 +87,7 @@ def _producer() -> Celery:
         broker_connection_timeout=2,
         broker_connection_retry_on_startup=False,
         task_serializer="json",
-        **broker_options(get_settings().broker_url),
+        **broker_options(get_settings().broker_url, get_settings().broker_queue),
     )
     return app
 

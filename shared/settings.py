@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DATA_DIR / 'registry.db'}"
     storage_url: str = f"file://{DATA_DIR / 'storage'}"
     broker_url: str = f"filesystem://{DATA_DIR / 'broker'}"
+    # The queue the services' events and the janitor's tasks go through: registries sharing a
+    # Redis keep apart by giving each its own.
+    broker_queue: str = "registry-janitor"
 
     # Where the services listen, and where the gateway finds them.
     gateway_host: str = "127.0.0.1"
@@ -31,6 +34,9 @@ class Settings(BaseSettings):
     manifest_service_host: str = "127.0.0.1"
     manifest_service_port: int = 5002
     blob_service_url: str = ""
+    # The gateway sends blob bytes from the storage itself when it is a filesystem it shares
+    # with the blob service (the same volume mounted in both); off: it relays them.
+    gateway_reads_storage: bool = True
     manifest_service_url: str = ""
 
     # Limits.

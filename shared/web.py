@@ -24,6 +24,15 @@ log = logging.getLogger("registry")
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 REQUEST_ID_HEADER = "X-Request-Id"
 
+# Between the gateway and the blob service only (the gateway drops any such header a client
+# sends): when the gateway can read the storage itself (a local filesystem), it asks the blob
+# service for a blob's location instead of its bytes, and sends the bytes from the file, the
+# way a web server honours X-Accel-Redirect. One copy of the bytes through Python, not two.
+INTERNAL_PREFIX = "x-registry-internal-"
+SERVE_LOCALLY_HEADER = INTERNAL_PREFIX + "serve-locally"
+STORAGE_KEY_HEADER = INTERNAL_PREFIX + "storage-key"
+BYTE_RANGE_HEADER = INTERNAL_PREFIX + "byte-range"
+
 
 def error_response(
     code: ErrorCode,

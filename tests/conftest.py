@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pymysql
 import pytest
-import redis
 
 from shared import migrate
 from shared.runner import start_all, stop_all
@@ -66,14 +65,14 @@ def running_registry(
         broker_url = broker_url or f"filesystem://{root / 'broker'}"
     else:
         database_url = _mariadb_database(database_name)
-        if broker_url is None:
-            redis.Redis.from_url(REDIS).flushdb()
-            broker_url = REDIS
+        broker_url = broker_url or REDIS
     port, blob_port, manifest_port = _free_ports(3)
     values = {
         "database_url": database_url,
         "storage_url": f"file://{root / 'storage'}",
         "broker_url": broker_url,
+        # Every registry under test has its own queue, even on a shared Redis.
+        "broker_queue": f"janitor-{uuid.uuid4().hex[:12]}",
         "gateway_port": str(port),
         "blob_service_port": str(blob_port),
         "manifest_service_port": str(manifest_port),

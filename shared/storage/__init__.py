@@ -66,6 +66,30 @@ class StorageDriver(Protocol):
         ...
 
 
+async def read_blob(
+    storage: StorageDriver, storage_key: str, digest: str, start: int = 0, end: int | None = None
+) -> AsyncIterator[bytes]:
+    """The bytes of blob ``digest``, which the database says are at ``storage_key``. The
+    janitor may have moved them to the blob's own key since: then they are read from there."""
+    from shared.reference import parse_digest
+    from shared.storage.keys import blob_key
+
+    final_key = blob_key(parse_digest(digest))
+    key = storage_key
+    if key != final_key and await storage.size(key) is None:
+        key = final_key
+    try:
+        stream = storage.read(key, start, end)
+        first = await anext(stream, None)
+    except FileNotFoundError:  # moved between the check above and the open
+        stream = storage.read(final_key, start, end)
+        first = await anext(stream, None)
+    if first is not None:
+        yield first
+        async for chunk in stream:
+            yield chunk
+
+
 @lru_cache
 def get_storage() -> StorageDriver:
     return open_storage(get_settings().storage_url)

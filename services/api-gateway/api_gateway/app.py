@@ -11,6 +11,7 @@ from api_gateway.limits import HeaderLimitMiddleware
 from api_gateway.proxy import make_client
 from api_gateway.routes import v2
 from shared.settings import get_settings
+from shared.storage import StorageDriver, get_storage
 from shared.web import ApiVersionMiddleware, configure_logging, install_error_handlers
 
 
@@ -18,7 +19,17 @@ from shared.web import ApiVersionMiddleware, configure_logging, install_error_ha
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with make_client() as client:
         app.state.http = client
+        app.state.local_storage = local_storage()
         yield
+
+
+def local_storage() -> StorageDriver | None:
+    """The storage, when this gateway may read it itself: a filesystem it shares with the
+    blob service (``REGISTRY_GATEWAY_READS_STORAGE``, on by default)."""
+    if not get_settings().gateway_reads_storage:
+        return None
+    storage = get_storage()
+    return storage if storage.local_path("blobs") is not None else None
 
 
 def create_app() -> FastAPI:

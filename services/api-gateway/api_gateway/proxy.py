@@ -1,21 +1,33 @@
 """Forwarding a request to a service and its answer back, streamed both ways.
 
-Bodies are never held: the client's request body is handed to httpx as an async iterator of
-chunks (with its ``Content-Length`` when it has one), and the service's answer is relayed chunk
-by chunk as it arrives.
+Bodies are never held: the client's request body is handed to the HTTP client as an async
+iterator of chunks (with its ``Content-Length`` when it has one), and the service's answer is
+relayed chunk by chunk as it arrives.
+
+The client is aiohttp's: its C parser and connection pool cost a fraction of httpx's per
+request, which on the gateway's hot path doubled manifest throughput (measured with ``wrk``,
+32 connections: 500 requests/s through httpx, 930 through aiohttp, 1000 straight to the
+service).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from shared.errors import ErrorCode, RegistryError
-from shared.web import REQUEST_ID_HEADER
+from shared.storage import StorageDriver, read_blob
+from shared.web import (
+    BYTE_RANGE_HEADER,
+    INTERNAL_PREFIX,
+    REQUEST_ID_HEADER,
+    SERVE_LOCALLY_HEADER,
+    STORAGE_KEY_HEADER,
+)
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and those the gateway sets itself.
 _DROP_REQUEST = {
@@ -42,11 +54,16 @@ _DROP_RESPONSE = {
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
-def make_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=5.0, read=300.0, write=300.0, pool=30.0),
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-        follow_redirects=False,
+RELAY_CHUNK = 1024 * 1024
+
+
+def make_client() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=300),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
@@ -57,45 +74,89 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 async def forward(
-    client: httpx.AsyncClient, base_url: str, path: str, request: Request, request_id: str
+    client: aiohttp.ClientSession,
+    base_url: str,
+    path: str,
+    request: Request,
+    request_id: str,
+    local_storage: StorageDriver | None = None,
 ) -> Response:
-    headers = [(k, v) for k, v in request.headers.items() if k not in _DROP_REQUEST]
+    """Forward ``request``. With ``local_storage`` (a blob GET, when the gateway can read the
+    storage itself), the service answers with the blob's location and the gateway sends the
+    bytes from there."""
+    headers = [
+        (k, v)
+        for k, v in request.headers.items()
+        if k not in _DROP_REQUEST and not k.startswith(INTERNAL_PREFIX)
+    ]
     headers.append((REQUEST_ID_HEADER.lower(), request_id))
+    if local_storage is not None:
+        headers.append((SERVE_LOCALLY_HEADER, "1"))
     if request.client is not None:
         headers.append(("x-forwarded-for", request.client.host))
     query = request.url.query
     url = f"{base_url}{path}" + (f"?{query}" if query else "")
-    content = _body(request) if request.method in _BODY_METHODS else None
-    if content is not None and request.headers.get("content-length") == "0":
-        content = None
-        headers.append(("content-length", "0"))
-    upstream_request = client.build_request(request.method, url, headers=headers, content=content)
+    body: AsyncIterator[bytes] | None = None
+    if request.method in _BODY_METHODS and request.headers.get("content-length") != "0":
+        body = _body(request)
     try:
-        upstream = await client.send(upstream_request, stream=True)
+        upstream = await client.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=None,
+            chunked=None,
+        )
     except ClientDisconnect:
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_INVALID, "the client closed the request before its body ended"
         ) from None
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except aiohttp.ClientConnectorError as exc:
         raise RegistryError(
             ErrorCode.UNAVAILABLE, f"the service is unreachable ({type(exc).__name__})"
         ) from None
-    except httpx.TransportError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise RegistryError(
             ErrorCode.UNAVAILABLE, f"the service failed to answer ({type(exc).__name__})"
         ) from None
-    response_headers = [
-        (k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _DROP_RESPONSE
-    ]
-    return _relay(upstream, response_headers)
+    if local_storage is not None and STORAGE_KEY_HEADER in upstream.headers:
+        return await _serve_locally(upstream, local_storage)
+    return _relay(upstream)
 
 
-def _relay(upstream: httpx.Response, headers: list[tuple[str, str]]) -> Response:
+async def _serve_locally(upstream: aiohttp.ClientResponse, storage: StorageDriver) -> Response:
+    key = upstream.headers[STORAGE_KEY_HEADER]
+    start, end = (int(n) for n in upstream.headers[BYTE_RANGE_HEADER].split("-"))
+    digest = upstream.headers["Docker-Content-Digest"]
+    await upstream.read()  # empty; frees the connection for the next request
+    upstream.release()
     response = StreamingResponse(
-        upstream.aiter_raw(),
-        status_code=upstream.status_code,
-        background=BackgroundTask(upstream.aclose),
+        read_blob(storage, key, digest, start, end), status_code=upstream.status
+    )
+    response.raw_headers = [
+        (k.lower(), v)
+        for k, v in upstream.raw_headers
+        if k.lower().decode("latin-1") not in _DROP_RESPONSE | {"content-length"}
+        and not k.lower().startswith(INTERNAL_PREFIX.encode())
+    ] + [(b"content-length", str(end - start + 1).encode())]
+    return response
+
+
+async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async for chunk in upstream.content.iter_any():
+        yield chunk
+
+
+def _relay(upstream: aiohttp.ClientResponse) -> Response:
+    response = StreamingResponse(
+        _chunks(upstream), status_code=upstream.status, background=BackgroundTask(upstream.release)
     )
     # Replace the headers wholesale: the service's Content-Length (or none) is the right one.
-    response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    response.raw_headers = [
+        (k.lower(), v)
+        for k, v in upstream.raw_headers
+        if k.lower().decode("latin-1") not in _DROP_RESPONSE
+    ]
     return response

@@ -23,10 +23,11 @@ class Route:
     pattern: re.Pattern[str]
     methods: frozenset[str]
     service: Service
+    blob_bytes: bool = False  # a GET here answers a blob's bytes (see proxy.forward)
 
 
-def _route(pattern: str, methods: str, service: Service) -> Route:
-    return Route(re.compile(pattern), frozenset(methods.split()), service)
+def _route(pattern: str, methods: str, service: Service, blob_bytes: bool = False) -> Route:
+    return Route(re.compile(pattern), frozenset(methods.split()), service, blob_bytes)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -35,7 +36,7 @@ ROUTES: tuple[Route, ...] = (
     _route(
         r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_uuid>[^/]+)", "GET PATCH PUT DELETE", "blob"
     ),
-    _route(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)", "GET HEAD DELETE", "blob"),
+    _route(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)", "GET HEAD DELETE", "blob", blob_bytes=True),
     _route(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)", "GET HEAD PUT DELETE", "manifest"),
     _route(r"/v2/(?P<name>.+)/tags/list", "GET", "manifest"),
     _route(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)", "GET", "manifest"),

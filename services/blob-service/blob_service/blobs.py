@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sqlalchemy import delete
@@ -11,10 +10,9 @@ from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.events import Event, Target
 from shared.models import RepositoryBlob
-from shared.reference import Digest, parse_digest
+from shared.reference import Digest
 from shared.repositories import find_repository, linked_blob
 from shared.reviews import review_blobs
-from shared.storage import StorageDriver, keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,27 +26,6 @@ def _unknown(repository: str, digest: Digest) -> RegistryError:
     return RegistryError(
         ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to repository {repository!r}"
     )
-
-
-async def read(
-    storage: StorageDriver, info: BlobInfo, start: int = 0, end: int | None = None
-) -> AsyncIterator[bytes]:
-    """The blob's bytes. The database may still name the upload's object after the janitor has
-    moved it to the blob's own key: then the bytes are read from there."""
-    key = info.storage_key
-    if key != keys.blob_key(parse_digest(info.digest)) and await storage.size(key) is None:
-        key = keys.blob_key(parse_digest(info.digest))
-    try:
-        stream = storage.read(key, start, end)
-        first = await anext(stream, None)
-    except FileNotFoundError:
-        # Moved between the check above and the open.
-        stream = storage.read(keys.blob_key(parse_digest(info.digest)), start, end)
-        first = await anext(stream, None)
-    if first is not None:
-        yield first
-        async for chunk in stream:
-            yield chunk
 
 
 def stat(repository: str, digest: Digest) -> BlobInfo:

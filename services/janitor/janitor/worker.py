@@ -34,7 +34,7 @@ app.conf.update(
         "reconcile": {"task": "janitor.reconcile", "schedule": settings.reconcile_interval_seconds},
     },
     beat_schedule_filename=settings.beat_schedule_file,
-    **broker_options(settings.broker_url),
+    **broker_options(settings.broker_url, settings.broker_queue),
 )
 app.conf.broker_transport_options = {
     **(app.conf.broker_transport_options or {}),

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from api_gateway import routing
-from api_gateway.deps import Client
+from api_gateway.deps import Client, LocalStorage
 from api_gateway.proxy import forward
 from shared.settings import get_settings
 from shared.web import request_id
@@ -28,12 +28,15 @@ async def ping() -> Response:
 @router.api_route(
     "/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 )
-async def to_service(request: Request, client: Client) -> Response:
+async def to_service(request: Request, client: Client, storage: LocalStorage) -> Response:
     raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
     raw_path = raw_path.split("?", 1)[0]
     found = routing.match(raw_path, request.method)
     base_url = get_settings().service_url(found.route.service)
-    return await forward(client, base_url, found.path, request, request.state.request_id)
+    serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
+    return await forward(
+        client, base_url, found.path, request, request.state.request_id, serve_locally
+    )
 
 
 async def assign_request_id(request: Request) -> None:

@@ -11,6 +11,8 @@ from blob_service import blobs
 from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_range
 from shared.events import publish
+from shared.storage import read_blob
+from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
 
 router = APIRouter()
 
@@ -42,15 +44,20 @@ async def get_blob(
     headers = _headers(info)
     wanted = request.headers.get("range")
     span = parse_range(wanted, info.size) if wanted else None
-    if span is None:
-        headers["Content-Length"] = str(info.size)
-        return StreamingResponse(blobs.read(storage, info), headers=headers)
-    start, end = span
+    status = 200
+    start, end = 0, info.size - 1
+    if span is not None:
+        start, end = span
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    if request.headers.get(SERVE_LOCALLY_HEADER) == "1" and info.size > 0:
+        # The gateway reads the bytes from storage itself (see shared.web).
+        headers[STORAGE_KEY_HEADER] = info.storage_key
+        headers[BYTE_RANGE_HEADER] = f"{start}-{end}"
+        return Response(status_code=status, headers=headers)
     headers["Content-Length"] = str(end - start + 1)
-    headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
-    return StreamingResponse(
-        blobs.read(storage, info, start, end), status_code=206, headers=headers
-    )
+    body = read_blob(storage, info.storage_key, info.digest, start, end) if info.size else iter(())
+    return StreamingResponse(body, status_code=status, headers=headers)
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)
