@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,6 +72,18 @@ def transaction() -> Iterator[Session]:
     """A session in a write transaction: committed when the block ends, rolled back on error."""
     with _sessionmaker(False)() as session, session.begin():
         yield session
+
+
+@lru_cache
+def _read_engine() -> Engine:
+    return get_engine().execution_options(readonly=True)
+
+
+@contextmanager
+def read_connection() -> Iterator[Connection]:
+    """A connection for one or two reads, without an ORM session."""
+    with _read_engine().connect() as connection:
+        yield connection
 
 
 @contextmanager

@@ -149,9 +149,14 @@ async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def _release(upstream: aiohttp.ClientResponse) -> None:
+    # A coroutine: Starlette runs a plain function given as a background task in a thread.
+    upstream.release()
+
+
 def _relay(upstream: aiohttp.ClientResponse) -> Response:
     response = StreamingResponse(
-        _chunks(upstream), status_code=upstream.status, background=BackgroundTask(upstream.release)
+        _chunks(upstream), status_code=upstream.status, background=BackgroundTask(_release, upstream)
     )
     # Replace the headers wholesale: the service's Content-Length (or none) is the right one.
     response.raw_headers = [
