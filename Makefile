@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-sqlite test-mysql check format install services clean
+.PHONY: help run test check format install services clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,7 +31,10 @@ check: $(STAMP) ## lint, format check and type check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared services/api-gateway/api_gateway services/blob-service/blob_service \
-		services/manifest-service/manifest_service services/janitor/janitor tests
+		services/manifest-service/manifest_service services/janitor/janitor tests bench
+
+bench: $(STAMP) ## benchmark against the reference registry (options: make bench ARGS="--quick")
+	$(BIN)/python -m bench.run $(ARGS)
 
 format: $(STAMP) ## format the code
 	$(BIN)/ruff format .
