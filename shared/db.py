@@ -6,6 +6,7 @@ bytes stream, so no connection is held while a client uploads or downloads.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,9 +68,19 @@ def _sessionmaker(readonly: bool) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+# SQLite has one writer at a time, and a writer that finds the lock taken sleeps in growing
+# steps (up to 100 ms) before trying again. Writers of one process queue here instead, so that
+# only writers of other processes ever meet SQLite's busy handler.
+_sqlite_writer = threading.Lock()
+
+
 @contextmanager
 def transaction() -> Iterator[Session]:
     """A session in a write transaction: committed when the block ends, rolled back on error."""
+    if get_engine().dialect.name == "sqlite":
+        with _sqlite_writer, _sessionmaker(False)() as session, session.begin():
+            yield session
+        return
     with _sessionmaker(False)() as session, session.begin():
         yield session
 

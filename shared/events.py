@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
+import time
 import uuid
 from functools import lru_cache
 from typing import Any, Literal
@@ -92,8 +95,52 @@ def _producer() -> Celery:
     return app
 
 
+class _Outbox:
+    """Events waiting to be sent, by one background thread per process: answering a client
+    never waits for the broker (Starlette's background tasks would hold the connection until
+    the send finished, delaying the client's next request on it)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=100_000)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, event: Event) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="event-outbox", daemon=True)
+                self._thread.start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            log.warning("event dropped, outbox full: action=%s id=%s", event.action, event.id)
+
+    def _run(self) -> None:
+        while (event := self._queue.get()) is not None:
+            publish(event)
+
+    def flush(self, timeout: float = 10) -> None:
+        """Send what is waiting (at shutdown)."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+_outbox = _Outbox()
+
+
+def publish_later(event: Event) -> None:
+    """Queue ``event`` for the janitor; call it only after the transaction has committed. An
+    event that cannot be sent is logged; reconcile finds the work it would have started."""
+    _outbox.put(event)
+
+
+def flush() -> None:
+    _outbox.flush()
+
+
 def publish(event: Event) -> None:
-    """Send ``event`` to the janitor. Call it only after the transaction has committed."""
+    """Send ``event`` to the janitor now. Call it only after the transaction has committed."""
     try:
         _producer().send_task(
             EVENT_TASK,

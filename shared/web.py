@@ -7,8 +7,11 @@ exception is logged with its traceback and answered 500 ``UNKNOWN`` with no trac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import events
 from shared.errors import ErrorCode, RegistryError, error_body
 
 log = logging.getLogger("registry")
@@ -132,6 +136,13 @@ class ApiVersionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+@asynccontextmanager
+async def service_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At shutdown, send the events still waiting in this process's outbox."""
+    yield
+    await asyncio.to_thread(events.flush)
 
 
 def configure_logging(level: str) -> None:

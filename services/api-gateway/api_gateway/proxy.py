@@ -156,7 +156,9 @@ async def _release(upstream: aiohttp.ClientResponse) -> None:
 
 def _relay(upstream: aiohttp.ClientResponse) -> Response:
     response = StreamingResponse(
-        _chunks(upstream), status_code=upstream.status, background=BackgroundTask(_release, upstream)
+        _chunks(upstream),
+        status_code=upstream.status,
+        background=BackgroundTask(_release, upstream),
     )
     # Replace the headers wholesale: the service's Content-Length (or none) is the right one.
     response.raw_headers = [

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shared import db
 from shared.errors import ErrorCode, RegistryError
-from shared.events import Event, Target, publish
+from shared.events import Event, Target, publish_later
 from shared.models import (
     BLOB_DELETING,
     BLOB_PRESENT,
@@ -222,7 +222,7 @@ async def complete(
         actual = await _digest_of(storage, state, digest.algorithm)
         if actual != str(digest):
             event = await cancel(storage, state, request_id)
-            await asyncio.to_thread(publish, event)
+            publish_later(event)
             raise RegistryError(
                 ErrorCode.DIGEST_INVALID,
                 f"digest {digest} given, but the content has digest {actual}",

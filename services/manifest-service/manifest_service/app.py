@@ -6,12 +6,19 @@ from fastapi import FastAPI
 
 from manifest_service.routes import catalog, manifests, referrers, tags
 from shared.settings import get_settings
-from shared.web import ApiVersionMiddleware, configure_logging, install_error_handlers
+from shared.web import (
+    ApiVersionMiddleware,
+    configure_logging,
+    install_error_handlers,
+    service_lifespan,
+)
 
 
 def create_app() -> FastAPI:
     configure_logging(get_settings().log_level)
-    app = FastAPI(title="manifest-service", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="manifest-service", docs_url=None, redoc_url=None, lifespan=service_lifespan
+    )
     app.include_router(catalog.router)
     app.include_router(manifests.router)
     app.include_router(tags.router)

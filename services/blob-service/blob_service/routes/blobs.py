@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from blob_service import blobs
 from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_range
-from shared.events import publish
+from shared.events import publish_later
 from shared.storage import read_blob
 from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
 
@@ -61,9 +61,7 @@ async def get_blob(
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)
-async def delete_blob(
-    name: RepositoryName, digest: PathDigest, request_id: RequestId, background: BackgroundTasks
-) -> Response:
+async def delete_blob(name: RepositoryName, digest: PathDigest, request_id: RequestId) -> Response:
     event = await asyncio.to_thread(blobs.unlink, name, digest, request_id)
-    background.add_task(publish, event)
+    publish_later(event)
     return Response(status_code=202, headers={"Content-Length": "0"})

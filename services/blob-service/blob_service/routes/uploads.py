@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from blob_service import uploads
 from blob_service.deps import RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_content_range
 from shared.errors import ErrorCode, RegistryError
-from shared.events import publish
+from shared.events import publish_later
 from shared.reference import parse_digest, validate_name
 
 router = APIRouter()
 
 
-def _created(name: str, blob: uploads.CommittedBlob, background: BackgroundTasks) -> Response:
-    background.add_task(publish, blob.event)
+def _created(name: str, blob: uploads.CommittedBlob) -> Response:
+    publish_later(blob.event)
     return Response(
         status_code=201,
         headers={
@@ -41,7 +41,6 @@ async def start_upload(
     request: Request,
     storage: Storage,
     request_id: RequestId,
-    background: BackgroundTasks,
     digest: Annotated[str | None, Query()] = None,
     mount: Annotated[str | None, Query()] = None,
     source: Annotated[str | None, Query(alias="from")] = None,
@@ -51,13 +50,13 @@ async def start_upload(
         source_name = validate_name(source) if source is not None else None
         mounted = await asyncio.to_thread(uploads.mount, name, mount_digest, source_name)
         if mounted is not None:
-            return _created(name, mounted, background)
+            return _created(name, mounted)
         # Not mountable: the spec says to start an ordinary upload instead.
     elif digest is not None:
         blob = await uploads.monolithic(
             storage, name, parse_digest(digest), request.stream(), request_id
         )
-        return _created(name, blob, background)
+        return _created(name, blob)
     state = await asyncio.to_thread(uploads.start, name)
     return _accepted(state)
 
@@ -80,7 +79,6 @@ async def complete_upload(
     request: Request,
     storage: Storage,
     request_id: RequestId,
-    background: BackgroundTasks,
     digest: Annotated[str | None, Query()] = None,
 ) -> Response:
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)
@@ -89,7 +87,7 @@ async def complete_upload(
     blob = await uploads.complete(
         storage, state, parse_digest(digest), request.stream(), request_id
     )
-    return _created(name, blob, background)
+    return _created(name, blob)
 
 
 @router.get("/v2/{name:path}/blobs/uploads/{upload_uuid}")
@@ -104,9 +102,8 @@ async def cancel_upload(
     upload_uuid: str,
     storage: Storage,
     request_id: RequestId,
-    background: BackgroundTasks,
 ) -> Response:
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)
     event = await uploads.cancel(storage, state, request_id)
-    background.add_task(publish, event)
+    publish_later(event)
     return Response(status_code=204)

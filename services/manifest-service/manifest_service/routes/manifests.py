@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from manifest_service import manifests, media_types
 from manifest_service.deps import RepositoryName, RequestId
 from shared.errors import ErrorCode, RegistryError
-from shared.events import publish
+from shared.events import publish_later
 from shared.settings import get_settings
 
 router = APIRouter()
@@ -74,14 +74,13 @@ async def put_manifest(
     reference: str,
     request: Request,
     request_id: RequestId,
-    background: BackgroundTasks,
 ) -> Response:
     manifests.check_reference(reference)
     body = await _read_limited(request, get_settings().max_manifest_size)
     pushed = await asyncio.to_thread(
         manifests.put, name, reference, body, request.headers.get("content-type"), request_id
     )
-    background.add_task(publish, pushed.event)
+    publish_later(pushed.event)
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
         "Docker-Content-Digest": pushed.digest,
@@ -93,9 +92,7 @@ async def put_manifest(
 
 
 @router.delete("/v2/{name:path}/manifests/{reference}")
-async def delete_manifest(
-    name: RepositoryName, reference: str, request_id: RequestId, background: BackgroundTasks
-) -> Response:
+async def delete_manifest(name: RepositoryName, reference: str, request_id: RequestId) -> Response:
     event = await asyncio.to_thread(manifests.delete_reference, name, reference, request_id)
-    background.add_task(publish, event)
+    publish_later(event)
     return Response(status_code=202, headers={"Content-Length": "0"})
