@@ -37,7 +37,14 @@ def admin_ok(registry: RegistryUnderTest, *args: str) -> str:
 
 
 def settle(registry: RegistryUnderTest) -> None:
-    eventually(registry.storage_matches_database, what="storage matching the database")
+    """Wait until the janitor has caught up: every blob at its own key, storage matching the
+    database."""
+
+    def settled() -> bool:
+        moved = not registry.query("SELECT 1 FROM blobs WHERE storage_key LIKE 'uploads/%'")
+        return moved and registry.storage_matches_database()
+
+    eventually(settled, what="the janitor caught up")
 
 
 def blob_keys(registry: RegistryUnderTest) -> dict[str, str]:
@@ -89,6 +96,7 @@ def test_stale_uploads_are_purged(registry: RegistryUnderTest, repo: str) -> Non
 def test_gc_dry_run_reports_and_deletes_nothing(registry: RegistryUnderTest, repo: str) -> None:
     _, digest = registry.push_image(repo, "v1", [b"dry run layer"])
     assert registry.http.delete(f"/v2/{repo}/manifests/{digest}").status_code == 202
+    settle(registry)  # the janitor has moved the new blobs to their keys
     before = registry.stored_files()
     report = admin_ok(registry, "gc", "--dry-run", "--grace", "0s")
     assert f"would delete {sha256(b'dry run layer')}" in report
