@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from shared import db
 from shared.models import Repository
 
+_FIRST_PAGE = select(Repository.name).order_by(Repository.name).limit(bindparam("limit"))
+_NEXT_PAGE = _FIRST_PAGE.where(Repository.name > bindparam("last"))
+
 
 def list_repositories(n: int, last: str | None) -> tuple[list[str], bool]:
-    with db.reading() as session:
-        query = select(Repository.name).order_by(Repository.name).limit(n + 1)
+    with db.read_connection() as connection:
         if last:
-            query = query.where(Repository.name > last)
-        names = list(session.scalars(query))
+            rows = connection.execute(_NEXT_PAGE, {"limit": n + 1, "last": last})
+        else:
+            rows = connection.execute(_FIRST_PAGE, {"limit": n + 1})
+        names = list(rows.scalars())
     return names[:n], len(names) > n
