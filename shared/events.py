@@ -139,6 +139,12 @@ def flush() -> None:
     _outbox.flush()
 
 
+def broker_connection_check() -> None:
+    """Raise unless the broker accepts a connection now (readiness)."""
+    with _producer().connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
 def publish(event: Event) -> None:
     """Send ``event`` to the janitor now. Call it only after the transaction has committed."""
     try:

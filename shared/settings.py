@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         DATA_DIR / "celerybeat-schedule"
     )  # reconcile moves blobs still at their upload key after this
 
+    # Where the janitor serves its Prometheus metrics (0: nowhere).
+    janitor_metrics_host: str = "127.0.0.1"
+    janitor_metrics_port: int = 5003
+
     log_level: str = "info"
 
     def service_url(self, which: str) -> str:

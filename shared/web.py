@@ -56,7 +56,8 @@ def error_response(
 
 
 def request_id(request: Request) -> str:
-    return request.headers.get(REQUEST_ID_HEADER) or str(uuid.uuid4())
+    assigned: str | None = getattr(request.state, "request_id", None)
+    return assigned or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -143,11 +144,3 @@ async def service_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """At shutdown, send the events still waiting in this process's outbox."""
     yield
     await asyncio.to_thread(events.flush)
-
-
-def configure_logging(level: str) -> None:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=level.upper(),
-        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )

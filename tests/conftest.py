@@ -66,7 +66,7 @@ def running_registry(
     else:
         database_url = _mariadb_database(database_name)
         broker_url = broker_url or REDIS
-    port, blob_port, manifest_port = _free_ports(3)
+    port, blob_port, manifest_port, janitor_metrics_port = _free_ports(4)
     values = {
         "database_url": database_url,
         "storage_url": f"file://{root / 'storage'}",
@@ -76,6 +76,7 @@ def running_registry(
         "gateway_port": str(port),
         "blob_service_port": str(blob_port),
         "manifest_service_port": str(manifest_port),
+        "janitor_metrics_port": str(janitor_metrics_port),
         "log_level": "info",
         "beat_schedule_file": str(root / "celerybeat-schedule"),
         **overrides,

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from api_gateway.limits import HeaderLimitMiddleware
 from api_gateway.proxy import make_client
 from api_gateway.routes import v2
+from shared import health
+from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.storage import StorageDriver, get_storage
-from shared.web import ApiVersionMiddleware, configure_logging, install_error_handlers
+from shared.web import ApiVersionMiddleware, install_error_handlers
+
+SERVICE = "api-gateway"
 
 
 @asynccontextmanager
@@ -32,15 +36,21 @@ def local_storage() -> StorageDriver | None:
     return storage if storage.local_path("blobs") is not None else None
 
 
+def _readiness() -> dict[str, health.Check]:
+    settings = get_settings()
+    checks = {
+        "blob-service": health.service_reachable(settings.service_url("blob")),
+        "manifest-service": health.service_reachable(settings.service_url("manifest")),
+    }
+    if local_storage() is not None:
+        checks["storage"] = health.storage
+    return checks
+
+
 def create_app() -> FastAPI:
-    configure_logging(get_settings().log_level)
-    app = FastAPI(
-        title="registry gateway",
-        docs_url=None,
-        redoc_url=None,
-        lifespan=lifespan,
-        dependencies=[Depends(v2.assign_request_id)],
-    )
+    configure_logging(get_settings().log_level, SERVICE)
+    app = FastAPI(title=SERVICE, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.include_router(health.health_router(_readiness()))
     app.include_router(v2.router)
     install_error_handlers(app)
     settings = get_settings()
@@ -50,4 +60,5 @@ def create_app() -> FastAPI:
         max_count=settings.max_header_count,
     )
     app.add_middleware(ApiVersionMiddleware)
+    app.add_middleware(ObservabilityMiddleware, service=SERVICE, assign_request_ids=True)
     return app

@@ -20,26 +20,43 @@ Service = Literal["blob", "manifest"]
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    name: str  # for metrics: the route, not the path (which names a repository)
     pattern: re.Pattern[str]
     methods: frozenset[str]
     service: Service
     blob_bytes: bool = False  # a GET here answers a blob's bytes (see proxy.forward)
 
 
-def _route(pattern: str, methods: str, service: Service, blob_bytes: bool = False) -> Route:
-    return Route(re.compile(pattern), frozenset(methods.split()), service, blob_bytes)
+def _route(
+    name: str, pattern: str, methods: str, service: Service, blob_bytes: bool = False
+) -> Route:
+    return Route(name, re.compile(pattern), frozenset(methods.split()), service, blob_bytes)
 
 
 ROUTES: tuple[Route, ...] = (
-    _route(r"/v2/_catalog", "GET", "manifest"),
-    _route(r"/v2/(?P<name>.+)/blobs/uploads/?", "POST", "blob"),
+    _route("catalog", r"/v2/_catalog", "GET", "manifest"),
+    _route("upload start", r"/v2/(?P<name>.+)/blobs/uploads/?", "POST", "blob"),
     _route(
-        r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_uuid>[^/]+)", "GET PATCH PUT DELETE", "blob"
+        "upload",
+        r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_uuid>[^/]+)",
+        "GET PATCH PUT DELETE",
+        "blob",
     ),
-    _route(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)", "GET HEAD DELETE", "blob", blob_bytes=True),
-    _route(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)", "GET HEAD PUT DELETE", "manifest"),
-    _route(r"/v2/(?P<name>.+)/tags/list", "GET", "manifest"),
-    _route(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)", "GET", "manifest"),
+    _route(
+        "blob",
+        r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)",
+        "GET HEAD DELETE",
+        "blob",
+        blob_bytes=True,
+    ),
+    _route(
+        "manifest",
+        r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)",
+        "GET HEAD PUT DELETE",
+        "manifest",
+    ),
+    _route("tags", r"/v2/(?P<name>.+)/tags/list", "GET", "manifest"),
+    _route("referrers", r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)", "GET", "manifest"),
 )
 
 # Forms of path traversal refused before any routing: a dot segment, an empty segment, a

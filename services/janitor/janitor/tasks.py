@@ -15,10 +15,11 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from janitor import gc, leases, promotion, reconcile, uploads
+from janitor import gc, leases, metrics, promotion, reconcile, uploads
 from janitor.report import Report
 from janitor.worker import app
 from shared.events import EVENT_TASK, Event
+from shared.observability import request_id_var
 from shared.settings import get_settings
 from shared.storage import StorageError, get_storage
 
@@ -44,6 +45,7 @@ def handle_event(payload: dict[str, Any]) -> str:
     """The services' events: a committed upload is promoted, a cancelled one discarded. The
     others need no immediate work (their garbage-collection reviews are in the database)."""
     event = Event.model_validate(payload)
+    request_id_var.set(event.request_id)
     log.info(
         "event action=%s repository=%s digest=%s request_id=%s",
         event.action,
@@ -75,8 +77,14 @@ def discard_upload(storage_key: str) -> bool:
 def _sweep(name: str, run: Any) -> dict[str, Any]:
     with leases.lease(name, dt.timedelta(seconds=SWEEP_LIMIT + 60)) as mine:
         if not mine:
+            run.close()
             return Report(name, skipped="another janitor holds its lease").as_dict()
         report: Report = asyncio.run(run)
+    if name == "collect_garbage":
+        metrics.GC_BYTES.inc(report.bytes_freed)
+        metrics.GC_BLOBS.inc(report.deleted)
+    elif name == "reconcile":
+        metrics.ORPHANS.inc(report.deleted)
     log.info("%s", report.summary())
     return report.as_dict()
 

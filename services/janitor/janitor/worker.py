@@ -4,14 +4,18 @@ periodic sweeps (garbage collection, stale upload purging, reconcile)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging
 
 from shared.events import broker_options
+from shared.observability import configure_logging
 from shared.settings import get_settings
 
 settings = get_settings()
 
-app = Celery("janitor", include=["janitor.tasks"])
+app = Celery("janitor", include=["janitor.tasks", "janitor.metrics"])
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -42,3 +46,9 @@ app.conf.broker_transport_options = {
     # that is still running, unacknowledged, to a second worker.
     "visibility_timeout": 7200,
 }
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    # JSON lines like the services', with the request id of the event being handled.
+    configure_logging(settings.log_level, "janitor")

@@ -32,12 +32,7 @@ async def to_service(request: Request, client: Client, storage: LocalStorage) ->
     raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
     raw_path = raw_path.split("?", 1)[0]
     found = routing.match(raw_path, request.method)
+    request.state.route_name = found.route.name
     base_url = get_settings().service_url(found.route.service)
     serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
-    return await forward(
-        client, base_url, found.path, request, request.state.request_id, serve_locally
-    )
-
-
-async def assign_request_id(request: Request) -> None:
-    request.state.request_id = request_id(request)
+    return await forward(client, base_url, found.path, request, request_id(request), serve_locally)

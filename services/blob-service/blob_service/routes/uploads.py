@@ -12,9 +12,11 @@ from blob_service.deps import RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_content_range
 from shared.errors import ErrorCode, RegistryError
 from shared.events import publish_later
+from shared.observability import UPLOADS_IN_PROGRESS
 from shared.reference import parse_digest, validate_name
 
 router = APIRouter()
+IN_PROGRESS = UPLOADS_IN_PROGRESS.labels("blob-service")
 
 
 def _created(name: str, blob: uploads.CommittedBlob) -> Response:
@@ -53,9 +55,10 @@ async def start_upload(
             return _created(name, mounted)
         # Not mountable: the spec says to start an ordinary upload instead.
     elif digest is not None:
-        blob = await uploads.monolithic(
-            storage, name, parse_digest(digest), request.stream(), request_id
-        )
+        with IN_PROGRESS.track_inprogress():
+            blob = await uploads.monolithic(
+                storage, name, parse_digest(digest), request.stream(), request_id
+            )
         return _created(name, blob)
     state = await asyncio.to_thread(uploads.start, name)
     return _accepted(state)
@@ -68,7 +71,8 @@ async def upload_chunk(
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)
     header = request.headers.get("content-range")
     content_range = parse_content_range(header) if header else None
-    state = await uploads.append(storage, state, request.stream(), content_range)
+    with IN_PROGRESS.track_inprogress():
+        state = await uploads.append(storage, state, request.stream(), content_range)
     return _accepted(state)
 
 
@@ -84,9 +88,10 @@ async def complete_upload(
     state = await asyncio.to_thread(uploads.find, name, upload_uuid)
     if digest is None:
         raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
-    blob = await uploads.complete(
-        storage, state, parse_digest(digest), request.stream(), request_id
-    )
+    with IN_PROGRESS.track_inprogress():
+        blob = await uploads.complete(
+            storage, state, parse_digest(digest), request.stream(), request_id
+        )
     return _created(name, blob)
 
 

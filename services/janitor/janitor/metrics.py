@@ -1,0 +1,65 @@
+"""The janitor's Prometheus metrics, served on ``REGISTRY_JANITOR_METRICS_PORT`` by the worker's
+pool process (the one that runs the tasks). Flower's ``/metrics`` adds Celery's own view:
+events, task runtimes and states across all workers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.signals import task_failure, task_postrun, task_prerun, worker_process_init
+from prometheus_client import Counter, Histogram, start_http_server
+
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+TASKS = Counter("registry_janitor_tasks_total", "Janitor tasks run", ["task", "outcome"])
+TASK_DURATION = Histogram(
+    "registry_janitor_task_duration_seconds",
+    "Time a janitor task ran",
+    ["task"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600),
+)
+GC_BYTES = Counter(
+    "registry_gc_bytes_reclaimed_total", "Bytes of storage freed by garbage collection"
+)
+GC_BLOBS = Counter("registry_gc_blobs_deleted_total", "Blobs deleted by garbage collection")
+ORPHANS = Counter(
+    "registry_reconcile_objects_deleted_total", "Orphaned objects deleted by reconcile"
+)
+
+_started: dict[str, float] = {}
+
+
+@worker_process_init.connect
+def _serve(**_: Any) -> None:
+    port = get_settings().janitor_metrics_port
+    if port:
+        try:
+            start_http_server(port, addr=get_settings().janitor_metrics_host)
+        except OSError as exc:  # a second worker on this machine: its metrics stay unserved
+            log.warning("janitor metrics not served on port %s: %s", port, exc)
+
+
+@task_prerun.connect
+def _started_task(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        _started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _finished_task(
+    task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any
+) -> None:
+    name = getattr(task, "name", "unknown")
+    TASKS.labels(name, (state or "unknown").lower()).inc()
+    began = _started.pop(task_id or "", None)
+    if began is not None:
+        TASK_DURATION.labels(name).observe(time.perf_counter() - began)
+
+
+@task_failure.connect
+def _failed_task(sender: Any = None, **_: Any) -> None:
+    log.warning("janitor task failed: %s", getattr(sender, "name", "unknown"))

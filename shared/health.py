@@ -1,0 +1,77 @@
+"""Liveness and readiness: ``/healthz`` answers while the process runs; ``/readyz`` answers 200
+only when what the service needs (database, storage, broker, the services behind it) answers,
+so that an orchestrator sends it traffic only then. ``/metrics`` is served beside them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from shared import db
+from shared.observability import metrics_response
+from shared.storage import get_storage
+
+Check = Callable[[], Awaitable[None]]
+TIMEOUT = 3.0
+
+
+async def database() -> None:
+    def ping() -> None:
+        with db.read_connection() as connection:
+            connection.execute(text("SELECT 1"))
+
+    await asyncio.to_thread(ping)
+
+
+async def storage() -> None:
+    await get_storage().size("healthz")
+
+
+async def broker() -> None:
+    from shared.events import broker_connection_check
+
+    await asyncio.to_thread(broker_connection_check)
+
+
+def health_router(checks: dict[str, Check]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), TIMEOUT)
+                results[name] = "ok"
+            except Exception as exc:  # any failure means: not ready
+                results[name] = f"failing: {type(exc).__name__}"
+        ready = all(result == "ok" for result in results.values())
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return metrics_response()
+
+    return router
+
+
+def service_reachable(url: str) -> Check:
+    async def check() -> None:
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session,
+            session.get(f"{url}/healthz") as response,
+        ):
+            if response.status != 200:
+                raise RuntimeError(f"{url} answered {response.status}")
+
+    return check

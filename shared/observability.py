@@ -1,0 +1,152 @@
+"""Metrics, structured logs and request ids, the same in every process.
+
+Metrics are Prometheus metrics, served at ``/metrics`` by each HTTP service (and by the janitor
+on its own port). Logs are JSON lines carrying the request id: the gateway gives every request
+one (or keeps the client's ``X-Request-Id``), passes it to the services, and the services put it
+into the events the janitor consumes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pythonjsonlogger.json import JsonFormatter
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+
+REQUESTS = Counter(
+    "registry_http_requests_total",
+    "HTTP requests answered",
+    ["service", "route", "method", "status"],
+)
+DURATION = Histogram(
+    "registry_http_request_duration_seconds",
+    "Time to answer an HTTP request, until the last byte of the answer was sent",
+    ["service", "route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+REQUEST_BYTES = Counter(
+    "registry_http_request_bytes_total", "Bytes of request bodies received", ["service"]
+)
+RESPONSE_BYTES = Counter(
+    "registry_http_response_bytes_total", "Bytes of response bodies sent", ["service"]
+)
+UPLOADS_IN_PROGRESS = Gauge(
+    "registry_uploads_in_progress",
+    "Upload requests (PATCH, PUT, POST with a body) being received",
+    ["service"],
+)
+
+
+def metrics_response() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class ObservabilityMiddleware:
+    """Counts and times every request by route (the route's pattern, not the path, so that
+    repository names do not make a label each), and sets the request id for the logs."""
+
+    def __init__(self, app: ASGIApp, service: str, assign_request_ids: bool = False) -> None:
+        self.app = app
+        self.service = service
+        # The gateway gives every request an id (the client's X-Request-Id, or a new one) and
+        # returns it; the services take the one the gateway sent.
+        self.assign_request_ids = assign_request_ids
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        received = 0
+        sent = 0
+        incoming = dict(scope["headers"]).get(b"x-request-id")
+        request_id = incoming.decode("latin-1")[:128] if incoming else None
+        if self.assign_request_ids:
+            request_id = request_id or uuid.uuid4().hex
+            scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if self.assign_request_ids and request_id is not None:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"x-request-id", request_id.encode()),
+                    ]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            route = _route_label(scope)
+            method = scope["method"]
+            REQUESTS.labels(self.service, route, method, str(status)).inc()
+            DURATION.labels(self.service, route, method).observe(time.perf_counter() - started)
+            REQUEST_BYTES.labels(self.service).inc(received)
+            RESPONSE_BYTES.labels(self.service).inc(sent)
+            request_id_var.reset(token)
+
+
+def _route_label(scope: Scope) -> str:
+    state = scope.get("state") or {}
+    if "route_name" in state:
+        return str(state["route_name"])
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def configure_logging(level: str, service: str) -> None:
+    """JSON lines on stderr for this process and the libraries it runs (uvicorn, Celery)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"service": service},
+        )
+    )
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # (uvicorn.access is left as uvicorn set it: off with --no-access-log.)
+    for name in ("uvicorn", "uvicorn.error", "celery", "kombu"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    for name in ("httpx", "aiohttp.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_fields(**fields: Any) -> dict[str, Any]:
+    """``extra=`` for a log call: structured fields beside the message."""
+    return {"extra": fields}
