@@ -5,7 +5,6 @@ are the digests of the uncompressed layers, a manifest, and ``index.json``."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -13,14 +12,9 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+from tests.registry import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, sha256
 
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+__all__ = ["OCI_CONFIG", "OCI_INDEX", "OCI_LAYER", "OCI_MANIFEST", "Layout", "sha256"]
 
 
 @dataclass
