@@ -70,6 +70,7 @@ def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         options["broker_url"] = "filesystem://"
+        options["broker_transport"] = "shared.filesystem_broker:Transport"
         options["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

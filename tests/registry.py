@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,8 +22,11 @@ from sqlalchemy import text
 
 from shared.db import _sessionmaker, get_engine, make_engine
 from shared.processes import Process
+from shared.runner import wait_until_up
 from shared.settings import Settings, get_settings
 from shared.storage import get_storage
+from shared.storage.oss import logical_key
+from tests.oss_server import OssTestServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -43,6 +49,9 @@ class RegistryUnderTest:
     root: Path
     processes: list[tuple[Process, subprocess.Popen[bytes]]]
     env: dict[str, str]
+    # Where the stored objects are, when not in <root>/storage: the OSS test server's folder.
+    storage_path: Path | None = None
+    oss: OssTestServer | None = None  # the OSS test server the storage is on (to inject faults)
 
     @property
     def url(self) -> str:
@@ -54,11 +63,13 @@ class RegistryUnderTest:
 
     @property
     def storage_root(self) -> Path:
-        return self.root / "storage"
+        return self.storage_path or self.root / "storage"
 
     def stored_files(self) -> set[str]:
+        """The keys of the stored objects. The OSS driver stores the chunks of an upload as
+        segment objects beside the upload's object: they count as that one object."""
         return {
-            str(p.relative_to(self.storage_root))
+            logical_key(p.relative_to(self.storage_root).as_posix())
             for p in self.storage_root.rglob("*")
             if p.is_file()
         }
