@@ -491,8 +491,8 @@ def test_a_gc_killed_in_the_middle_of_a_sweep_is_finished_by_the_next_one(
     )
     assert 0 < remaining < unreferenced_before
 
-    # The killed run still holds the sweep's lease (two hours for registry-admin, cli.py):
-    # until it expires every other gc, the janitor's periodic one included, is refused...
+    # The killed run still holds the sweep's lease until its heartbeat is missed (the lease
+    # lasts two minutes, janitor/leases.py): until then every other gc is refused...
     refused = registry.admin("gc", "--grace", "0s")
     assert refused.returncode == 3, refused.stderr[-2000:]
     assert "another janitor is running it now" in refused.stderr

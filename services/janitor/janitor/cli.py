@@ -3,10 +3,17 @@
     registry-admin gc [--dry-run] [--grace 24h]
     registry-admin purge-uploads [--older-than 7d]
     registry-admin reconcile [--grace 1h]
+    registry-admin user add NAME [--password-stdin] [--catalog] [--grant 'team-a/*=pull,push']
+    registry-admin user remove NAME
+    registry-admin user list
 
-Each command runs the same code as the janitor's task, against the configuration in the
-environment (``REGISTRY_*``), under the same lease (so it never runs beside the janitor's own
-sweep), with a progress bar and a summary of what was examined and freed.
+Each housekeeping command runs the same code as the janitor's task, against the configuration
+in the environment (``REGISTRY_*``), under the same lease (so it never runs beside the
+janitor's own sweep), with a progress bar and a summary of what was examined and freed.
+
+The ``user`` commands edit the users file (``REGISTRY_AUTH_USERS_FILE``, or ``--file``) that
+the gateway reloads on change: a password comes from a prompt (twice, not echoed) or from
+standard input with ``--password-stdin``, and only its bcrypt hash is written.
 """
 
 from __future__ import annotations
@@ -14,15 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import getpass
 import re
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from janitor import gc, leases, reconcile, uploads
 from janitor.report import Report
+from shared import users
 from shared.settings import get_settings
 from shared.storage import get_storage
 
@@ -38,7 +48,7 @@ def duration(text: str) -> dt.timedelta:
 
 
 def _run(name: str, work: Coroutine[Any, Any, Report], bar: tqdm) -> int:
-    with leases.lease(name, dt.timedelta(hours=2)) as mine:
+    with leases.lease(name) as mine:
         if not mine:
             work.close()
             print(f"{name}: another janitor is running it now; try again later", file=sys.stderr)
@@ -49,6 +59,96 @@ def _run(name: str, work: Coroutine[Any, Any, Report], bar: tqdm) -> int:
     if report.dry_run and report.would_delete:
         for digest in report.would_delete:
             print(f"  would delete {digest}")
+    return 0
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+def _grant(text: str) -> tuple[str, list[str]]:
+    """``PATTERN=ACTION,ACTION`` (``team-a/*=pull,push``)."""
+    pattern, equals, actions = text.partition("=")
+    listed = [a.strip() for a in actions.split(",") if a.strip()]
+    if not equals or not pattern or not listed or not set(listed) <= set(users.ACTIONS):
+        raise argparse.ArgumentTypeError(
+            f"not a grant: {text!r} (try 'team-a/*=pull,push'; actions: {', '.join(users.ACTIONS)})"
+        )
+    return pattern, listed
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to prompt on: pass the password with --password-stdin")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _user_command(args: argparse.Namespace) -> int:
+    path = Path(args.file or get_settings().auth_users_file)
+    if not str(path) or str(path) == ".":
+        print("registry-admin user: set REGISTRY_AUTH_USERS_FILE or pass --file", file=sys.stderr)
+        return 2
+    try:
+        document = users.read_document(path)
+        if args.user_command == "list":
+            return _list_users(users.parse(document))
+        names: dict[str, Any] = document.setdefault("users", {}) or {}
+        document["users"] = names
+        grants: list[Any] = document.setdefault("grants", []) or []
+        document["grants"] = grants
+        if args.user_command == "add":
+            password = _read_password(args.password_stdin)
+            entry: dict[str, Any] = {
+                "password_hash": users.hash_password(password, args.rounds),
+            }
+            if args.catalog:
+                entry["catalog"] = True
+            existed = args.name in names
+            names[args.name] = entry
+            for pattern, actions in args.grant:
+                grants.append({"repositories": [pattern], "users": [args.name], "actions": actions})
+            users.write_document(path, document)
+            print(f"{'updated' if existed else 'added'} user {args.name} in {path}")
+            return 0
+        if args.name not in names:
+            print(f"registry-admin user: no user {args.name} in {path}", file=sys.stderr)
+            return 1
+        del names[args.name]
+        kept = []
+        for grant in grants:
+            if isinstance(grant, dict) and isinstance(grant.get("users"), list):
+                grant["users"] = [u for u in grant["users"] if u != args.name]
+                if not grant["users"]:
+                    del grant["users"]
+                    if not grant.get("anonymous"):
+                        continue
+            kept.append(grant)
+        document["grants"] = kept
+        users.write_document(path, document)
+        print(f"removed user {args.name} from {path}")
+        return 0
+    except (users.UsersFileError, ValueError, OSError) as exc:
+        print(f"registry-admin user: {exc}", file=sys.stderr)
+        return 1
+
+
+def _list_users(store: users.UserStore) -> int:
+    """Each user with what they are granted (never a hash), then the anonymous grants."""
+    for name, user in sorted(store.users.items()):
+        granted = [
+            f"{','.join(g.patterns)}={','.join(a for a in users.ACTIONS if a in g.actions)}"
+            for g in store.grants
+            if g.applies_to(name)
+        ]
+        catalog = " catalog" if user.catalog else ""
+        print(f"{name}{catalog}: {' '.join(granted) or '(no grants)'}")
+    anonymous = [f"{','.join(g.patterns)}=pull" for g in store.grants if g.anonymous]
+    if anonymous:
+        print(f"(anonymous): {' '.join(anonymous)}")
     return 0
 
 
@@ -88,7 +188,39 @@ def main(argv: list[str] | None = None) -> int:
         default=dt.timedelta(seconds=settings.reconcile_grace_seconds),
         help="objects younger than this are never called orphans",
     )
+    user = commands.add_parser("user", help="add, remove or list the users of the users file")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for command, text in (
+        ("add", "add a user, or set an existing user's password"),
+        ("remove", "remove a user and their grants"),
+        ("list", "list the users and their grants"),
+    ):
+        sub = user_commands.add_parser(command, help=text)
+        sub.add_argument("--file", help="the users file (default: REGISTRY_AUTH_USERS_FILE)")
+        if command == "list":
+            continue
+        sub.add_argument("name")
+        if command == "add":
+            sub.add_argument(
+                "--password-stdin",
+                action="store_true",
+                help="read the password from standard input (one line) instead of a prompt",
+            )
+            sub.add_argument(
+                "--catalog", action="store_true", help="the user may list /v2/_catalog"
+            )
+            sub.add_argument(
+                "--grant",
+                type=_grant,
+                action="append",
+                default=[],
+                metavar="PATTERN=ACTIONS",
+                help="grant actions on repositories matching a glob: 'team-a/*=pull,push'",
+            )
+            sub.add_argument("--rounds", type=int, default=12, help="bcrypt cost (default 12)")
     args = parser.parse_args(argv)
+    if args.command == "user":
+        return _user_command(args)
 
     storage = get_storage()
     bar = tqdm(desc=args.command, unit=" items", file=sys.stderr)

@@ -75,7 +75,7 @@ def discard_upload(storage_key: str) -> bool:
 
 
 def _sweep(name: str, run: Any) -> dict[str, Any]:
-    with leases.lease(name, dt.timedelta(seconds=SWEEP_LIMIT + 60)) as mine:
+    with leases.lease(name) as mine:
         if not mine:
             run.close()
             return Report(name, skipped="another janitor holds its lease").as_dict()
