@@ -34,7 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=5000
-# PORT is read only by the HEALTHCHECK below: set it to the service's port (5001, 5002).
+# PORT is read only by the HEALTHCHECK below: set it to the service's port (5001, 5002) when
+# running one of those with `docker run` (docker-compose.yml gives each its own healthcheck).
 
 RUN groupadd --system --gid 10001 registry \
     && useradd --system --uid 10001 --gid registry --no-create-home \
@@ -52,14 +53,14 @@ COPY shared ./shared
 COPY services ./services
 
 USER 10001:10001
-EXPOSE 5000 5001 5002
+EXPOSE 5000 5001 5002 5003 5555
 
-# Any HTTP answer under 500 counts: the gateway answers GET /v2/ with 200, while blob-service
-# and manifest-service (reached only through the gateway) have no /v2/ route and answer 404.
-# urllib.request.urlopen would raise on that 404, hence http.client. Services without HTTP
-# (janitor, migrate) disable or override this check where they are started.
+# Liveness: GET /healthz answers 200 while the process runs (every HTTP service has it; the
+# image has no curl, and urllib raises on anything but 2xx). Services without HTTP (janitor,
+# beat, migrate) disable or override this check where they are started; Kubernetes ignores it
+# and probes /healthz and /readyz itself.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import http.client, os, sys; c = http.client.HTTPConnection('127.0.0.1', int(os.environ.get('PORT', '5000')), timeout=4); c.request('GET', '/v2/'); sys.exit(0 if c.getresponse().status < 500 else 1)"
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '5000'), timeout=4)"
 
 # The public process by default; every other one is started with its own command.
 CMD ["python", "-m", "uvicorn", "api_gateway.app:create_app", "--factory", \

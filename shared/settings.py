@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DATA_DIR = Path("var")
@@ -22,6 +23,13 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DATA_DIR / 'registry.db'}"
     storage_url: str = f"file://{DATA_DIR / 'storage'}"
     broker_url: str = f"filesystem://{DATA_DIR / 'broker'}"
+    # Aliyun OSS storage (``oss://`` storage URLs): the access key, or a mounted secret file
+    # holding it (JSON, read again when it changes); and whether blob downloads may be
+    # redirected to signed OSS URLs.
+    oss_access_key_id: str = ""
+    oss_access_key_secret: SecretStr = SecretStr("")
+    oss_credentials_file: str = ""
+    oss_redirect: bool = False
     # The queue the services' events and the janitor's tasks go through: registries sharing a
     # Redis keep apart by giving each its own.
     broker_queue: str = "registry-janitor"

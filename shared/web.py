@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import events
 from shared.errors import ErrorCode, RegistryError, error_body
+from shared.storage import StorageError
 
 log = logging.getLogger("registry")
 
@@ -100,6 +101,17 @@ def install_error_handlers(app: FastAPI) -> None:
             head=request.method == "HEAD",
         )
 
+    async def storage_failed(request: Request, exc: Exception) -> Response:
+        # The storage backend failed (after the driver's own retries): nothing was recorded,
+        # and the client may send the request again.
+        log.warning("storage error method=%s path=%s: %s", request.method, request.url.path, exc)
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            "the storage backend is unavailable; retry the request",
+            headers={"Retry-After": "1"},
+            head=request.method == "HEAD",
+        )
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error(
             "unhandled error method=%s path=%s", request.method, request.url.path, exc_info=exc
@@ -110,6 +122,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
+    app.add_exception_handler(StorageError, storage_failed)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -1,5 +1,7 @@
-"""Fixtures: the whole registry, started as real processes, once on SQLite with the filesystem
-broker and once on MariaDB with Redis. Every test that takes ``registry`` runs on both."""
+"""Fixtures: the whole registry, started as real processes: on SQLite with the filesystem
+broker, on MariaDB with Redis, and on SQLite with the filesystem broker and its storage on a
+protocol-level OSS server (``tests/oss_server.py``). Every test that takes ``registry`` runs on
+all three."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,6 +20,7 @@ import pytest
 from shared import migrate
 from shared.runner import start_all, stop_all
 from shared.settings import Settings
+from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
 from tests.registry import RegistryUnderTest
 
 MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
@@ -57,10 +60,38 @@ def running_registry(
     backend: str, root: Path, broker_url: str | None = None, **overrides: str
 ) -> Iterator[RegistryUnderTest]:
     """A whole registry on ``backend`` ("sqlite": a SQLite file and the filesystem broker;
-    "mariadb": a fresh MariaDB database and Redis), its data under ``root``. ``overrides``
-    are settings (``gc_grace_seconds="5"``); ``broker_url`` picks another broker."""
+    "mariadb": a fresh MariaDB database and Redis; "oss": as "sqlite", with the storage on an
+    OSS test server of its own), its data under ``root``. ``overrides`` are settings
+    (``gc_grace_seconds="5"``); ``broker_url`` picks another broker."""
+    with ExitStack() as stack:
+        storage: dict[str, str] = {"storage_url": f"file://{root / 'storage'}"}
+        storage_path: Path | None = None
+        oss: OssTestServer | None = None
+        if backend == "oss":
+            oss = stack.enter_context(OssTestServer(root / "oss"))
+            storage = {
+                "storage_url": f"oss://registry/storage?endpoint={oss.endpoint}",
+                "oss_access_key_id": DEFAULT_KEY_ID,
+                "oss_access_key_secret": DEFAULT_KEY_SECRET,
+            }
+            # The server keeps each object as a file: tests look at them as on a filesystem.
+            storage_path = oss.bucket_path("registry") / "storage"
+        with _running_registry(backend, root, broker_url, storage, overrides) as running:
+            running.storage_path = storage_path
+            running.oss = oss
+            yield running
+
+
+@contextmanager
+def _running_registry(
+    backend: str,
+    root: Path,
+    broker_url: str | None,
+    storage: dict[str, str],
+    overrides: dict[str, str],
+) -> Iterator[RegistryUnderTest]:
     database_name = f"registry_test_{uuid.uuid4().hex[:8]}"
-    if backend == "sqlite":
+    if backend in ("sqlite", "oss"):
         database_url = f"sqlite:///{root / 'registry.db'}"
         broker_url = broker_url or f"filesystem://{root / 'broker'}"
     else:
@@ -69,7 +100,7 @@ def running_registry(
     port, blob_port, manifest_port, janitor_metrics_port = _free_ports(4)
     values = {
         "database_url": database_url,
-        "storage_url": f"file://{root / 'storage'}",
+        **storage,
         "broker_url": broker_url,
         # Every registry under test has its own queue, even on a shared Redis.
         "broker_queue": f"janitor-{uuid.uuid4().hex[:12]}",
@@ -95,7 +126,7 @@ def running_registry(
             _drop_mariadb_database(database_name)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "mariadb"])
+@pytest.fixture(scope="session", params=["sqlite", "mariadb", "oss"])
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RegistryUnderTest]:

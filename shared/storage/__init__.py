@@ -1,7 +1,8 @@
 """Object storage behind one small interface, chosen by the ``REGISTRY_STORAGE_URL`` setting.
 
-``file:///var/lib/registry`` selects the local filesystem driver. An unknown scheme is an
-error, never a silent fallback.
+``file:///var/lib/registry`` selects the local filesystem driver,
+``oss://<bucket>/<prefix>?endpoint=<url>`` the Aliyun OSS driver (``shared.storage.oss``). An
+unknown scheme is an error, never a silent fallback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,8 @@ class StorageError(Exception):
     """The storage backend failed; the request may be retried."""
 
 
-class ObjectNotFound(StorageError):
-    pass
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """There is no such object (a ``FileNotFoundError`` too, as the filesystem driver raises)."""
 
 
 class StorageDriver(Protocol):
@@ -95,10 +96,14 @@ def get_storage() -> StorageDriver:
     return open_storage(get_settings().storage_url)
 
 
-def open_storage(url: str) -> StorageDriver:
+def open_storage(url: str, settings: Settings | None = None) -> StorageDriver:
     parts = urlsplit(url)
     if parts.scheme == "file":
         from shared.storage.filesystem import FilesystemDriver
 
         return FilesystemDriver(parts.netloc + parts.path)
-    raise ValueError(f"unknown storage scheme {parts.scheme!r} in {url!r} (known: file)")
+    if parts.scheme == "oss":
+        from shared.storage.oss import OssDriver
+
+        return OssDriver.from_url(url, settings or get_settings())
+    raise ValueError(f"unknown storage scheme {parts.scheme!r} in {url!r} (known: file, oss)")
