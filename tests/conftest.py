@@ -21,7 +21,7 @@ from shared import migrate
 from shared.runner import start_all, stop_all
 from shared.settings import Settings
 from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
-from tests.registry import RegistryUnderTest
+from tests.registry import RedisServer, RegistryUnderTest
 
 MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
@@ -124,6 +124,22 @@ def _running_registry(
         stop_all(processes)
         if backend == "mariadb":
             _drop_mariadb_database(database_name)
+
+
+@contextmanager
+def isolated_registry(backend: str, root: Path, **overrides: str) -> Iterator[RegistryUnderTest]:
+    """``running_registry``; on MariaDB with a Redis of its own, so that nothing else done
+    to the shared Redis (flushed or restarted by another test session) reaches this registry,
+    and none of its events (those a killed worker held, say) stays behind there."""
+    if backend != "mariadb":
+        with running_registry(backend, root, **overrides) as registry:
+            yield registry
+        return
+    with (
+        RedisServer() as redis_server,
+        running_registry(backend, root, broker_url=redis_server.url, **overrides) as registry,
+    ):
+        yield registry
 
 
 @pytest.fixture(scope="session", params=["sqlite", "mariadb", "oss"])

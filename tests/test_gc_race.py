@@ -16,20 +16,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import running_registry
+from tests.conftest import isolated_registry
 from tests.registry import (
     OCI_CONFIG,
     OCI_LAYER,
     OCI_MANIFEST,
-    RedisServer,
     RegistryUnderTest,
     eventually,
     sha256,
@@ -54,30 +51,14 @@ UNREFERENCED_BLOBS = (
 )
 
 
-@contextmanager
-def registry_stack(backend: str, root: Path, **overrides: str) -> Iterator[RegistryUnderTest]:
-    """``running_registry``; on MariaDB with a Redis of its own, so that nothing else done
-    to the shared Redis (flushed or restarted by another test session) reaches this registry,
-    and none of its events (those a killed worker held, say) stays behind there."""
-    if backend == "sqlite":
-        with running_registry(backend, root, **overrides) as registry:
-            yield registry
-        return
-    with (
-        RedisServer() as redis_server,
-        running_registry(backend, root, broker_url=redis_server.url, **overrides) as registry,
-    ):
-        yield registry
-
-
-@pytest.fixture(params=["sqlite", "mariadb"])
+@pytest.fixture(params=["sqlite", "mariadb", "oss"])
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RegistryUnderTest]:
     """A registry of its own whose unreferenced blobs become collectable two seconds after
     they were pushed (and, with ``gc --grace 1s``, after one)."""
     backend: str = request.param
-    with registry_stack(
+    with isolated_registry(
         backend, tmp_path_factory.mktemp(f"gc-race-{backend}"), gc_grace_seconds="2"
     ) as running:
         yield running

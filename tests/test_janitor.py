@@ -17,7 +17,7 @@ from tests.conftest import running_registry
 from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
 
 
-@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+@pytest.fixture(scope="module", params=["sqlite", "mariadb", "oss"])
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RegistryUnderTest]:
