@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,30 @@ class Settings(BaseSettings):
     beat_schedule_file: str = str(
         DATA_DIR / "celerybeat-schedule"
     )  # reconcile moves blobs still at their upload key after this
+
+    # Authentication and authorization at the gateway (README, "Security"). "none": anonymous
+    # full access, and the gateway does no work for it; "htpasswd": HTTP Basic against the users
+    # file; "token": bearer tokens (Docker registry token specification), issued by the
+    # gateway at /auth/token or by an external issuer trusted by its public key.
+    auth: Literal["none", "htpasswd", "token"] = "none"
+    auth_users_file: str = ""  # users (bcrypt hashes) and grants, YAML or JSON; reloaded on change
+    auth_realm: str = "registry"  # the Basic realm
+    auth_service: str = "registry"  # the token's audience and the challenge's service
+    auth_token_realm: str = ""  # the token endpoint's URL (default: this gateway's /auth/token)
+    auth_token_issuer: str = "registry-token-issuer"
+    auth_token_private_key_file: str = ""  # PEM, RSA or EC: the gateway issues tokens with it
+    auth_token_public_key_file: str = ""  # PEM public keys or certificates of trusted issuers
+    auth_token_ttl_seconds: int = 300
+    auth_refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # Shared between the gateway and the services: with it set, the services answer only
+    # requests that carry it (health and metrics excepted).
+    internal_secret: SecretStr = SecretStr("")
+    # Rate limits at the gateway, in-process token buckets (0: off). Burst 0: the rate, at least 1.
+    rate_limit_client_per_second: float = 0.0
+    rate_limit_client_burst: int = 0
+    rate_limit_repository_per_second: float = 0.0
+    rate_limit_repository_burst: int = 0
+    max_concurrent_uploads_per_client: int = 0  # upload requests (POST, PATCH, PUT) at once
 
     # Where the janitor serves its Prometheus metrics (0: nowhere).
     janitor_metrics_host: str = "127.0.0.1"

@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from janitor import leases
 
+from janitor import leases
 from tests.conftest import running_registry
 from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
 

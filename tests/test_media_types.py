@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from manifest_service.media_types import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -18,7 +19,6 @@ from manifest_service.media_types import (
     ParsedManifest,
     parse,
 )
-
 from shared.errors import ErrorCode, RegistryError
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from blob_service.ranges import parse_content_range, parse_range
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from blob_service.ranges import parse_content_range, parse_range
 from shared.errors import ErrorCode, RegistryError
 
 UNSATISFIABLE = "416"

@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api_gateway.limits import HeaderLimitMiddleware
+from api_gateway import auth
+from api_gateway.limits import ClientRateLimitMiddleware, HeaderLimitMiddleware, request_limits
 from api_gateway.proxy import make_client
-from api_gateway.routes import v2
-from shared import health
+from api_gateway.routes import token, v2
+from shared import health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.storage import StorageDriver, get_storage
@@ -51,14 +52,29 @@ def create_app() -> FastAPI:
     configure_logging(get_settings().log_level, SERVICE)
     app = FastAPI(title=SERVICE, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.include_router(health.health_router(_readiness()))
-    app.include_router(v2.router)
-    install_error_handlers(app)
     settings = get_settings()
+    # Authentication, limits and the internal secret: each only when configured, so that the
+    # default (anonymous) gateway's routes do no work for them.
+    setup = auth.configure(settings)
+    if setup.issuer is not None:
+        app.include_router(token.build_router(setup.issuer))
+    app.include_router(
+        v2.build_router(
+            setup.guard, request_limits(settings), internal_auth.gateway_headers(settings)
+        )
+    )
+    install_error_handlers(app)
     app.add_middleware(
         HeaderLimitMiddleware,
         max_bytes=settings.max_header_bytes,
         max_count=settings.max_header_count,
     )
+    if settings.rate_limit_client_per_second > 0:
+        app.add_middleware(
+            ClientRateLimitMiddleware,
+            rate=settings.rate_limit_client_per_second,
+            burst=settings.rate_limit_client_burst,
+        )
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=SERVICE, assign_request_ids=True)
     return app

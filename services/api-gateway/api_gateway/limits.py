@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import ErrorCode
+from api_gateway.routing import Match
+from shared.errors import ErrorCode, RegistryError
+from shared.settings import Settings
 from shared.web import error_response
 
 
@@ -31,3 +39,141 @@ class HeaderLimitMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+# --- rate limits and concurrent uploads (off unless configured) -------------------------------
+#
+# In-process token buckets: each gateway replica counts on its own, so with N replicas a
+# client gets up to N times the rate (a shared store such as Redis would make it exact, at a
+# round trip per request). Buckets of clients that went quiet are dropped as the table grows.
+
+RATE_LIMITED = Counter(
+    "registry_rate_limited_total", "Requests refused with 429 by the gateway, by limit", ["limit"]
+)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UPLOAD_ROUTES = frozenset({"upload start", "upload"})
+UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
+
+
+class TokenBuckets:
+    """One token bucket per key: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        if rate <= 0:
+            raise ValueError("a rate limit needs a positive rate")
+        self.rate = rate
+        self.burst = float(burst if burst > 0 else max(1, math.ceil(rate)))
+        self.max_keys = max_keys
+        self._buckets: dict[str, list[float]] = {}  # key -> [tokens, when]
+
+    def take(self, key: str) -> float:
+        """0 when a request for ``key`` may go now, else the seconds until it may."""
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            self._buckets[key] = [self.burst - 1, now]
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1:
+            bucket[0] = tokens - 1
+            return 0.0
+        bucket[0] = tokens
+        return (1 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = self.burst / self.rate
+        for key in [k for k, (_, when) in self._buckets.items() if now - when >= full]:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:
+            self._buckets.clear()
+
+
+def too_many(limit: str, wait: float, detail: str) -> RegistryError:
+    RATE_LIMITED.labels(limit).inc()
+    return RegistryError(
+        ErrorCode.TOOMANYREQUESTS, detail, headers={"Retry-After": str(max(1, math.ceil(wait)))}
+    )
+
+
+class ClientRateLimitMiddleware:
+    """429 ``TOOMANYREQUESTS`` with ``Retry-After`` for a client (its address, as uvicorn sees
+    it: behind an ingress, have uvicorn trust the ingress's X-Forwarded-For) above its rate.
+    Health, readiness and metrics are not counted."""
+
+    def __init__(self, app: ASGIApp, rate: float, burst: int) -> None:
+        self.app = app
+        self.buckets = TokenBuckets(rate, burst)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            client = scope.get("client")
+            wait = self.buckets.take(client[0] if client else "")
+            if wait > 0:
+                error = too_many("client", wait, "too many requests from this client")
+                response = error_response(
+                    error.code,
+                    error.detail,
+                    headers=error.headers,
+                    head=scope["method"] == "HEAD",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestLimits:
+    """The limits the gateway's route applies once it knows the repository: its rate, and the
+    client's uploads in progress."""
+
+    def __init__(self, repository_rate: float, repository_burst: int, uploads: int) -> None:
+        self.repositories = (
+            TokenBuckets(repository_rate, repository_burst) if repository_rate > 0 else None
+        )
+        self.max_uploads = uploads
+        self._uploads: dict[str, int] = {}
+
+    def admit(self, request: Request, match: Match) -> Callable[[], None] | None:
+        """Raise 429 when the request is over a limit; else the function to call when it is
+        done (for an upload that counts), or None."""
+        if self.repositories is not None and match.name is not None:
+            wait = self.repositories.take(match.name)
+            if wait > 0:
+                raise too_many("repository", wait, "too many requests for this repository")
+        if (
+            self.max_uploads <= 0
+            or match.route.name not in UPLOAD_ROUTES
+            or request.method not in UPLOAD_METHODS
+        ):
+            return None
+        client = request.client.host if request.client is not None else ""
+        count = self._uploads.get(client, 0)
+        if count >= self.max_uploads:
+            raise too_many(
+                "uploads", 1, f"at most {self.max_uploads} uploads at once from one client"
+            )
+        self._uploads[client] = count + 1
+
+        def done() -> None:
+            left = self._uploads.get(client, 1) - 1
+            if left > 0:
+                self._uploads[client] = left
+            else:
+                self._uploads.pop(client, None)
+
+        return done
+
+
+def request_limits(settings: Settings) -> RequestLimits | None:
+    if (
+        settings.rate_limit_repository_per_second <= 0
+        and settings.max_concurrent_uploads_per_client <= 0
+    ):
+        return None
+    return RequestLimits(
+        settings.rate_limit_repository_per_second,
+        settings.rate_limit_repository_burst,
+        settings.max_concurrent_uploads_per_client,
+    )

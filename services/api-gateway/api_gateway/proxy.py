@@ -12,7 +12,7 @@ service).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from starlette.background import BackgroundTask
@@ -29,8 +29,10 @@ from shared.web import (
     STORAGE_KEY_HEADER,
 )
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1) and those the gateway sets itself.
+# Hop-by-hop headers (RFC 9110 section 7.6.1), those the gateway sets itself, and the client's
+# credentials (checked here; the services never see them, so never log them).
 _DROP_REQUEST = {
+    "authorization",
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -52,6 +54,9 @@ _DROP_RESPONSE = {
     "server",
 }
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# A request of another method is forwarded without a body, so without a length: a service
+# told to expect bytes that never come would wait for them (a GET or HEAD with a body).
+_DROP_REQUEST_NO_BODY = _DROP_REQUEST | {"content-length"}
 
 
 RELAY_CHUNK = 1024 * 1024
@@ -80,21 +85,28 @@ async def forward(
     request: Request,
     request_id: str,
     local_storage: StorageDriver | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    query: str | None = None,
 ) -> Response:
     """Forward ``request``. With ``local_storage`` (a blob GET, when the gateway can read the
     storage itself), the service answers with the blob's location and the gateway sends the
-    bytes from there."""
+    bytes from there. ``extra_headers`` are added (the internal secret); ``query`` replaces
+    the client's query string (a mount the client may not make, made an upload)."""
+    drop = _DROP_REQUEST if request.method in _BODY_METHODS else _DROP_REQUEST_NO_BODY
     headers = [
         (k, v)
         for k, v in request.headers.items()
-        if k not in _DROP_REQUEST and not k.startswith(INTERNAL_PREFIX)
+        if k not in drop and not k.startswith(INTERNAL_PREFIX)
     ]
     headers.append((REQUEST_ID_HEADER.lower(), request_id))
     if local_storage is not None:
         headers.append((SERVE_LOCALLY_HEADER, "1"))
     if request.client is not None:
         headers.append(("x-forwarded-for", request.client.host))
-    query = request.url.query
+    if extra_headers:
+        headers.extend(extra_headers)
+    if query is None:
+        query = request.url.query
     url = f"{base_url}{path}" + (f"?{query}" if query else "")
     body: AsyncIterator[bytes] | None = None
     if request.method in _BODY_METHODS and request.headers.get("content-length") != "0":

@@ -68,6 +68,7 @@ _TRAVERSAL = re.compile(r"(^|/)\.\.?(/|$)|//|\\|%2e|%2f|%5c|%00", re.IGNORECASE)
 class Match:
     route: Route
     path: str
+    name: str | None  # the repository's (None for the catalog)
 
 
 def match(raw_path: str, method: str) -> Match:
@@ -86,7 +87,7 @@ def match(raw_path: str, method: str) -> Match:
             validate_name(name)
         if method in route.methods:
             path = raw_path if not raw_path.endswith("/uploads") else raw_path + "/"
-            return Match(route, path)
+            return Match(route, path, name)
         allowed |= route.methods
     if allowed:
         raise RegistryError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from manifest_service.routes import catalog, manifests, referrers, tags
-from shared import health
+from shared import health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.web import ApiVersionMiddleware, install_error_handlers, service_lifespan
@@ -22,6 +22,7 @@ def create_app() -> FastAPI:
     app.include_router(tags.router)
     app.include_router(referrers.router)
     install_error_handlers(app)
+    internal_auth.install(app, get_settings())
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=SERVICE)
     return app
