@@ -61,6 +61,11 @@ class StorageDriver(Protocol):
         """Every object whose key starts with ``prefix`` (a folder, ending with ``/``)."""
         ...
 
+    async def redirect_url(self, key: str, expires: int = 600) -> str | None:
+        """A time-limited URL a client may GET the object from directly, when the driver can
+        give one and is configured to; else None."""
+        ...
+
     def local_path(self, key: str) -> str | None:
         """A filesystem path to the object, when the driver has one (lets a server send it
         with ``sendfile``)."""

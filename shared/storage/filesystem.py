@@ -27,6 +27,9 @@ class FilesystemDriver:
             raise ValueError(f"key {key!r} is outside the storage root")
         return path
 
+    async def redirect_url(self, key: str, expires: int = 600) -> str | None:
+        return None  # served by the registry (the gateway sends the file itself)
+
     def local_path(self, key: str) -> str | None:
         return str(self._path(key))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -11,7 +12,7 @@ from blob_service import blobs
 from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_range
 from shared.events import publish_later
-from shared.storage import read_blob
+from shared.storage import keys, read_blob
 from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
 
 router = APIRouter()
@@ -55,9 +56,34 @@ async def get_blob(
         headers[STORAGE_KEY_HEADER] = info.storage_key
         headers[BYTE_RANGE_HEADER] = f"{start}-{end}"
         return Response(status_code=status, headers=headers)
+    if info.size > 0 and info.storage_key == keys.blob_key(digest):
+        # Storage that serves clients itself (OSS with REGISTRY_OSS_REDIRECT): the client
+        # fetches the bytes from there, as the reference registry's redirect option does.
+        url = await storage.redirect_url(info.storage_key)
+        if url is not None:
+            return Response(
+                status_code=307,
+                headers={
+                    "Location": url,
+                    "Docker-Content-Digest": info.digest,
+                    "Content-Length": "0",
+                },
+            )
     headers["Content-Length"] = str(end - start + 1)
-    body = read_blob(storage, info.storage_key, info.digest, start, end) if info.size else iter(())
-    return StreamingResponse(body, status_code=status, headers=headers)
+    if info.size == 0:
+        return Response(status_code=status, headers=headers)
+    body = read_blob(storage, info.storage_key, info.digest, start, end)
+    # The first bytes are read before the answer starts: a storage failure then gets a
+    # retryable 503, not a 200 whose body stops short.
+    first = await anext(body, b"")
+    return StreamingResponse(_chain(first, body), status_code=status, headers=headers)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)
