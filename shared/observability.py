@@ -12,7 +12,6 @@ import contextvars
 import logging
 import time
 import uuid
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pythonjsonlogger.json import JsonFormatter
@@ -145,8 +144,3 @@ def configure_logging(level: str, service: str) -> None:
         logger.propagate = True
     for name in ("httpx", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def log_fields(**fields: Any) -> dict[str, Any]:
-    """``extra=`` for a log call: structured fields beside the message."""
-    return {"extra": fields}

@@ -31,16 +31,6 @@ def ensure_repository(session: Session, name: str) -> Repository:
     return repository
 
 
-def linked_blob(session: Session, repository: str, digest: str) -> Blob | None:
-    """The blob ``digest`` if ``repository`` holds it."""
-    return session.scalars(
-        select(Blob)
-        .join(RepositoryBlob, RepositoryBlob.blob_digest == Blob.digest)
-        .join(Repository, Repository.id == RepositoryBlob.repository_id)
-        .where(Repository.name == repository, Blob.digest == digest, Blob.state == BLOB_PRESENT)
-    ).first()
-
-
 def link_blob(session: Session, repository: Repository, digest: str) -> None:
     exists = session.get(RepositoryBlob, (repository.id, digest))
     if exists is not None:

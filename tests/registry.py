@@ -75,9 +75,11 @@ class RegistryUnderTest:
         }
 
     def query(self, sql: str, **params: Any) -> list[Any]:
+        # A read-only engine: on SQLite a plain one would take the write lock (BEGIN IMMEDIATE)
+        # for every poll and compete with the janitor for it.
         engine = make_engine(self.settings.database_url)
         try:
-            with engine.connect() as connection:
+            with engine.execution_options(readonly=True).connect() as connection:
                 return list(connection.execute(text(sql), params))
         finally:
             engine.dispose()
