@@ -22,12 +22,14 @@ from shared.settings import get_settings
 T = TypeVar("T")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, lock_timeout: int = 30) -> Engine:
+    """An engine for ``url``; a transaction waits up to ``lock_timeout`` seconds for a lock
+    another transaction holds, then fails with ``OperationalError``."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         # Several processes share one SQLite file: WAL lets readers go on while one writes,
         # and the busy timeout makes a writer wait for the lock instead of failing.
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        kwargs["connect_args"] = {"timeout": lock_timeout, "check_same_thread": False}
         engine = create_engine(url, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -36,7 +38,7 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={lock_timeout * 1000}")
             cursor.close()
             # Let SQLAlchemy's "begin" hook below issue BEGIN itself.
             dbapi_connection.isolation_level = None
@@ -52,12 +54,17 @@ def make_engine(url: str) -> Engine:
 
         return engine
     kwargs.update(pool_size=10, max_overflow=20, pool_recycle=3600)
+    if url.startswith("mysql"):
+        kwargs["connect_args"] = {
+            "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(lock_timeout)}"
+        }
     return create_engine(url, **kwargs)
 
 
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(get_settings().database_url)
+    settings = get_settings()
+    return make_engine(settings.database_url, settings.database_lock_timeout_seconds)
 
 
 @lru_cache

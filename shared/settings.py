@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{DATA_DIR / 'registry.db'}"
     storage_url: str = f"file://{DATA_DIR / 'storage'}"
     broker_url: str = f"filesystem://{DATA_DIR / 'broker'}"
+    # How long a transaction waits for a lock another one holds (SQLite's busy timeout, InnoDB's
+    # lock wait timeout) before the request is answered 503 and may be retried.
+    database_lock_timeout_seconds: int = 30
     # Aliyun OSS storage (``oss://`` storage URLs): the access key, or a mounted secret file
     # holding it (JSON, read again when it changes); and whether blob downloads may be
     # redirected to signed OSS URLs.

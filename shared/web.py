@@ -2,7 +2,9 @@
 request ids and logs.
 
 All errors leave in the spec's body ``{"errors": [{code, message, detail}]}``; an unexpected
-exception is logged with its traceback and answered 500 ``UNKNOWN`` with no trace in the body.
+exception is logged with its traceback and answered 500 ``UNKNOWN`` with no trace in the body;
+an unreachable or locked database and a failing storage backend are answered 503 ``UNAVAILABLE``
+with ``Retry-After``, as nothing was recorded and the request may be sent again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -112,6 +116,18 @@ def install_error_handlers(app: FastAPI) -> None:
             head=request.method == "HEAD",
         )
 
+    async def database_failed(request: Request, exc: Exception) -> Response:
+        # The database could not be reached, or a lock was not granted in time (SQLite's busy
+        # timeout, InnoDB's lock wait after the retries): the transaction was rolled back, and
+        # the client may send the request again.
+        log.error("database error method=%s path=%s: %s", request.method, request.url.path, exc)
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            "the database is unavailable; retry the request",
+            headers={"Retry-After": "1"},
+            head=request.method == "HEAD",
+        )
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error(
             "unhandled error method=%s path=%s", request.method, request.url.path, exc_info=exc
@@ -123,6 +139,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(StorageError, storage_failed)
+    app.add_exception_handler(OperationalError, database_failed)
+    app.add_exception_handler(PoolTimeout, database_failed)
     app.add_exception_handler(Exception, unexpected)
 
 

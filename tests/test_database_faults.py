@@ -1,0 +1,95 @@
+"""When the database does not grant a lock in time (another process holds it longer than
+``REGISTRY_DATABASE_LOCK_TIMEOUT_SECONDS``), the client is answered 503 ``UNAVAILABLE`` with
+``Retry-After``, nothing of the request is recorded, and sending it again works: never a 500."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import text
+
+from shared.db import make_engine
+from tests.conftest import running_registry
+from tests.registry import OCI_CONFIG, OCI_MANIFEST, RegistryUnderTest, error_codes, sha256
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryUnderTest]:
+    backend: str = request.param
+    root = tmp_path_factory.mktemp(f"database-faults-{backend}")
+    with running_registry(backend, root, database_lock_timeout_seconds="1") as running:
+        yield running
+
+
+@contextmanager
+def locked(registry: RegistryUnderTest, repo: str) -> Iterator[None]:
+    """Another transaction holds the lock the registry needs to write to ``repo``: SQLite's
+    write lock (``BEGIN IMMEDIATE``), or on MariaDB the repository's row."""
+    engine = make_engine(registry.settings.database_url)
+    try:
+        with engine.begin() as connection:
+            if registry.backend == "mariadb":
+                connection.execute(
+                    text("SELECT id FROM repositories WHERE name = :name FOR UPDATE"),
+                    {"name": repo},
+                ).one()
+            yield
+    finally:
+        engine.dispose()
+
+
+def test_a_push_kept_waiting_for_a_lock_is_answered_503_and_sent_again(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    registry.push_blob(repo, b"makes the repository")
+    data = os.urandom(5000)
+    with locked(registry, repo):
+        answer = registry.http.post(
+            f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(data)}, content=data
+        )
+    assert answer.status_code == 503, answer.text
+    assert error_codes(answer) == ["UNAVAILABLE"]
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+    assert registry.http.head(f"/v2/{repo}/blobs/{sha256(data)}").status_code == 404
+    assert registry.query("SELECT digest FROM blobs WHERE digest = :d", d=sha256(data)) == []
+
+    again = registry.http.post(
+        f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(data)}, content=data
+    )
+    assert again.status_code == 201, again.text
+    assert registry.http.get(f"/v2/{repo}/blobs/{sha256(data)}").content == data
+
+
+def test_a_manifest_put_kept_waiting_for_a_lock_is_answered_503_and_sent_again(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    config = b"{}"
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": registry.push_blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [],
+        }
+    ).encode()
+    with locked(registry, repo):
+        answer = registry.push_manifest(repo, "v1", manifest)
+    assert answer.status_code == 503, answer.text
+    assert error_codes(answer) == ["UNAVAILABLE"]
+    assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 404
+    assert registry.http.get(f"/v2/{repo}/tags/list").json()["tags"] in (None, [])
+
+    again = registry.push_manifest(repo, "v1", manifest)
+    assert again.status_code == 201, again.text
+    assert registry.http.get(f"/v2/{repo}/manifests/v1").content == manifest
