@@ -33,7 +33,6 @@ Action = Literal[
     "blob:upload:cancelled",
     "blob:mounted",
     "blob:deleted",
-    "manifest:pushed",
     "manifest:deleted",
     "tag:deleted",
 ]

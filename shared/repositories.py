@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.models import BLOB_PRESENT, Blob, Repository, RepositoryBlob
+from shared.models import BLOB_PRESENT, Base, Blob, Repository, RepositoryBlob, utcnow
 
 
 def find_repository(session: Session, name: str) -> Repository | None:
@@ -31,6 +31,27 @@ def ensure_repository(session: Session, name: str) -> Repository:
     return repository
 
 
+_REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"))
+_INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
+_INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
+
+
+def ensure_repository_id(connection: Connection, name: str) -> int:
+    """``ensure_repository`` in Core, for hot paths that need only the id."""
+    found: int | None = connection.execute(_REPOSITORY_ID, {"name": name}).scalar()
+    if found is not None:
+        return found
+    try:
+        with connection.begin_nested():
+            result = connection.execute(_INSERT_REPOSITORY, {"name": name, "created_at": utcnow()})
+            assert result.inserted_primary_key is not None
+            return int(result.inserted_primary_key[0])
+    except IntegrityError:
+        # Created meanwhile by a concurrent request: a locking read sees it (see above).
+        locking = _REPOSITORY_ID.with_for_update(read=True)
+        return int(connection.execute(locking, {"name": name}).scalar_one())
+
+
 def link_blob(session: Session, repository: Repository, digest: str) -> None:
     exists = session.get(RepositoryBlob, (repository.id, digest))
     if exists is not None:
@@ -42,21 +63,25 @@ def link_blob(session: Session, repository: Repository, digest: str) -> None:
         pass  # linked meanwhile by a concurrent request: the outcome is the same
 
 
-def linked_digests(session: Session, repository_id: int, digests: list[str]) -> set[str]:
+def linked_digests(
+    session: Session | Connection, repository_id: int, digests: list[str]
+) -> set[str]:
     """Which of ``digests`` the repository holds. The rows read stay share-locked until the
     transaction ends, so garbage collection (which deletes links under an exclusive lock)
     cannot remove them before a manifest that uses them is committed."""
     if not digests:
         return set()
-    return set(
-        session.scalars(
-            select(RepositoryBlob.blob_digest)
-            .join(Blob, Blob.digest == RepositoryBlob.blob_digest)
-            .where(
-                RepositoryBlob.repository_id == repository_id,
-                RepositoryBlob.blob_digest.in_(digests),
-                Blob.state == BLOB_PRESENT,
-            )
-            .with_for_update(read=True)
-        )
+    params = {"repository_id": repository_id, "digests": digests}
+    return set(session.execute(_LINKED, params).scalars())
+
+
+_LINKED = (
+    select(RepositoryBlob.blob_digest)
+    .join(Blob, Blob.digest == RepositoryBlob.blob_digest)
+    .where(
+        RepositoryBlob.repository_id == bindparam("repository_id"),
+        RepositoryBlob.blob_digest.in_(bindparam("digests", expanding=True)),
+        Blob.state == BLOB_PRESENT,
     )
+    .with_for_update(read=True)
+)

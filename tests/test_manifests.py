@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from tests.registry import (
@@ -234,6 +237,50 @@ def test_same_manifest_under_several_tags(registry: RegistryUnderTest, repo: str
         response = registry.push_manifest(repo, tag, body)
         assert response.status_code == 201
         assert response.headers["Location"] == f"/v2/{repo}/manifests/{digest}"
+
+
+def test_concurrent_pushes_of_one_manifest_and_tags_all_succeed_once(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    """Clients pushing the same manifest at the same moment, under one tag, under their own
+    tags and by digest, into a repository that does not exist yet: every push is answered 201,
+    and the repository holds one manifest with every tag on it."""
+    body, digest = registry.push_image(f"{repo}/source", "v1")
+    source = json.loads(body)
+    blobs = [source["config"], *source["layers"]]
+    for blob in blobs:
+        mounted = registry.http.post(
+            f"/v2/{repo}/blobs/uploads/", params={"mount": blob["digest"], "from": f"{repo}/source"}
+        )
+        assert mounted.status_code == 201, mounted.text
+    references = ["shared"] * 4 + [f"own-{i}" for i in range(4)] + [digest] * 2
+    start = threading.Barrier(len(references))
+
+    def push(reference: str) -> int:
+        with httpx.Client(base_url=registry.url, timeout=30) as client:
+            client.get("/v2/")  # connected before the start
+            start.wait()
+            answer = client.put(
+                f"/v2/{repo}/manifests/{reference}",
+                content=body,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            return answer.status_code
+
+    with ThreadPoolExecutor(len(references)) as pool:
+        statuses = list(pool.map(push, references))
+    assert statuses == [201] * len(references)
+    tags = registry.http.get(f"/v2/{repo}/tags/list").json()["tags"]
+    assert sorted(tags) == sorted({"shared", *(f"own-{i}" for i in range(4))})
+    for tag in tags:
+        head = registry.http.head(f"/v2/{repo}/manifests/{tag}")
+        assert head.headers["Docker-Content-Digest"] == digest
+    rows = registry.query(
+        "SELECT COUNT(*) FROM manifests m JOIN repositories r ON r.id = m.repository_id"
+        " WHERE r.name = :name",
+        name=repo,
+    )
+    assert rows == [(1,)]
 
 
 def test_delete_by_tag_removes_only_the_tag(registry: RegistryUnderTest, repo: str) -> None:

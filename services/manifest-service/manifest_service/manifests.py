@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,9 +15,9 @@ from manifest_service import media_types
 from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.events import Event, Target
-from shared.models import Manifest, ManifestReference, Repository, Tag, utcnow
+from shared.models import Base, Manifest, ManifestReference, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
-from shared.repositories import ensure_repository, find_repository, linked_digests
+from shared.repositories import ensure_repository_id, find_repository, linked_digests
 from shared.reviews import review_blobs, review_manifests
 
 
@@ -32,7 +32,6 @@ class StoredManifest:
 class PushedManifest:
     digest: str
     subject: str | None
-    event: Event
 
 
 def _unknown(repository: str, reference: str) -> RegistryError:
@@ -90,9 +89,7 @@ _BY_DIGEST = (
 )
 
 
-def put(
-    repository: str, reference: str, body: bytes, content_type: str | None, request_id: str | None
-) -> PushedManifest:
+def put(repository: str, reference: str, body: bytes, content_type: str | None) -> PushedManifest:
     """Store a manifest under a tag or its digest. Every blob it references (and, for an
     index, every manifest) must already be in the repository; its subject need not be."""
     check_reference(reference)
@@ -110,109 +107,141 @@ def put(
         tag = reference
 
     def store() -> None:
+        # The push path in Core statements (no ORM unit of work): about six round trips.
         with db.transaction() as session:
-            repo = ensure_repository(session, repository)
-            _check_references(session, repo, parsed)
-            manifest = session.scalars(
-                select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest)
-            ).first()
-            if manifest is None:
-                manifest = _insert(session, repo, digest, body, parsed)
+            connection = session.connection()
+            repository_id = ensure_repository_id(connection, repository)
+            _check_references(connection, repository_id, repository, parsed)
+            manifest_id = connection.execute(
+                _MANIFEST_ID, {"repository_id": repository_id, "digest": digest}
+            ).scalar()
+            if manifest_id is None:
+                manifest_id = _insert(connection, repository_id, digest, body, parsed)
             if tag is not None:
-                _set_tag(session, repo, tag, manifest)
+                _set_tag(session, connection, repository_id, tag, manifest_id)
 
     db.retrying(store)
-    event = Event(
-        action="manifest:pushed",
-        target=Target(
-            repository=repository,
-            digest=digest,
-            tag=tag,
-            size=len(body),
-            media_type=parsed.media_type,
-        ),
-        request_id=request_id,
-        source="manifest-service",
-    )
-    return PushedManifest(digest, parsed.subject.digest if parsed.subject else None, event)
+    # No event: a push leaves the janitor nothing to do (the blobs it references are already
+    # in place), and one per push would cost the worker more than the push itself.
+    return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+
+_MANIFEST_ID = select(Manifest.id).where(
+    Manifest.repository_id == bindparam("repository_id"), Manifest.digest == bindparam("digest")
+)
+_INSERT_MANIFEST = insert(Base.metadata.tables["manifests"])
+_INSERT_REFERENCES = insert(Base.metadata.tables["manifest_references"])
+_INSERT_TAG = insert(Base.metadata.tables["tags"])
+_MOVE_TAG = (
+    update(Base.metadata.tables["tags"])
+    .where(Tag.repository_id == bindparam("key_repository"), Tag.name == bindparam("key_name"))
+    .values(manifest_id=bindparam("manifest_id"), updated_at=bindparam("updated_at"))
+)
+_TAGGED = (
+    select(Tag.manifest_id)
+    .where(Tag.repository_id == bindparam("repository_id"), Tag.name == bindparam("name"))
+    .with_for_update()
+)
 
 
 def _check_references(
-    session: Session, repo: Repository, parsed: media_types.ParsedManifest
+    connection: Connection,
+    repository_id: int,
+    repository: str,
+    parsed: media_types.ParsedManifest,
 ) -> None:
     blob_digests = sorted({d.digest for d in parsed.blobs})
-    missing = set(blob_digests) - linked_digests(session, repo.id, blob_digests)
+    missing = set(blob_digests) - linked_digests(connection, repository_id, blob_digests)
     child_digests = sorted({d.digest for d in parsed.manifests})
     if child_digests:
         present = set(
-            session.scalars(
+            connection.execute(
                 select(Manifest.digest)
-                .where(Manifest.repository_id == repo.id, Manifest.digest.in_(child_digests))
+                .where(Manifest.repository_id == repository_id, Manifest.digest.in_(child_digests))
                 .with_for_update(read=True)
-            )
+            ).scalars()
         )
         missing |= set(child_digests) - present
     if missing:
         raise RegistryError(
             ErrorCode.MANIFEST_BLOB_UNKNOWN,
-            f"repository {repo.name!r} does not hold {', '.join(sorted(missing)[:20])}",
+            f"repository {repository!r} does not hold {', '.join(sorted(missing)[:20])}",
         )
 
 
 def _insert(
-    session: Session, repo: Repository, digest: str, body: bytes, parsed: media_types.ParsedManifest
-) -> Manifest:
-    manifest = Manifest(
-        repository_id=repo.id,
-        digest=digest,
-        media_type=parsed.media_type,
-        artifact_type=parsed.artifact_type,
-        subject_digest=parsed.subject.digest if parsed.subject else None,
-        annotations=json.dumps(parsed.annotations) if parsed.annotations else None,
-        size=len(body),
-        content=body,
-    )
+    connection: Connection,
+    repository_id: int,
+    digest: str,
+    body: bytes,
+    parsed: media_types.ParsedManifest,
+) -> int:
+    references = {d.digest: False for d in parsed.blobs}
+    references.update({d.digest: True for d in parsed.manifests})
     try:
-        with session.begin_nested():
-            session.add(manifest)
-            session.flush()
-            references = {d.digest: False for d in parsed.blobs}
-            references.update({d.digest: True for d in parsed.manifests})
-            session.add_all(
-                ManifestReference(manifest_id=manifest.id, digest=d, is_manifest=m)
-                for d, m in references.items()
+        with connection.begin_nested():
+            inserted = connection.execute(
+                _INSERT_MANIFEST,
+                {
+                    "repository_id": repository_id,
+                    "digest": digest,
+                    "media_type": parsed.media_type,
+                    "artifact_type": parsed.artifact_type,
+                    "subject_digest": parsed.subject.digest if parsed.subject else None,
+                    "annotations": json.dumps(parsed.annotations) if parsed.annotations else None,
+                    "size": len(body),
+                    "content": body,
+                    "created_at": utcnow(),
+                },
             )
+            assert inserted.inserted_primary_key is not None
+            manifest_id = int(inserted.inserted_primary_key[0])
+            if references:
+                connection.execute(
+                    _INSERT_REFERENCES,
+                    [
+                        {"manifest_id": manifest_id, "digest": d, "is_manifest": m}
+                        for d, m in references.items()
+                    ],
+                )
     except IntegrityError:
         # The same manifest pushed at the same moment by another client (a locking read sees
         # its row; a plain one reads this transaction's older snapshot).
-        return session.scalars(
-            select(Manifest)
-            .where(Manifest.repository_id == repo.id, Manifest.digest == digest)
-            .with_for_update(read=True)
-        ).one()
-    return manifest
+        return int(
+            connection.execute(
+                _MANIFEST_ID.with_for_update(read=True),
+                {"repository_id": repository_id, "digest": digest},
+            ).scalar_one()
+        )
+    return manifest_id
 
 
-def _set_tag(session: Session, repo: Repository, name: str, manifest: Manifest) -> None:
-    tag = session.get(Tag, (repo.id, name), with_for_update=True)
-    if tag is not None:
-        _move_tag(session, tag, manifest)
-        return
-    try:
-        with session.begin_nested():
-            session.add(Tag(repository_id=repo.id, name=name, manifest_id=manifest.id))
-    except IntegrityError:
-        tag = session.get(Tag, (repo.id, name), with_for_update=True, populate_existing=True)
-        assert tag is not None
-        _move_tag(session, tag, manifest)
-
-
-def _move_tag(session: Session, tag: Tag, manifest: Manifest) -> None:
-    if tag.manifest_id != manifest.id:
+def _set_tag(
+    session: Session, connection: Connection, repository_id: int, name: str, manifest_id: int
+) -> None:
+    key = {"repository_id": repository_id, "name": name}
+    current = connection.execute(_TAGGED, key).scalar()
+    if current is None:
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    _INSERT_TAG, {**key, "manifest_id": manifest_id, "updated_at": utcnow()}
+                )
+            return
+        except IntegrityError:
+            current = connection.execute(_TAGGED, key).scalar_one()
+    if current != manifest_id:
         # The manifest the tag leaves may now be untagged.
-        review_manifests(session, [tag.manifest_id], "tag moved")
-        tag.manifest_id = manifest.id
-    tag.updated_at = utcnow()
+        review_manifests(session, [current], "tag moved")
+    connection.execute(
+        _MOVE_TAG,
+        {
+            "key_repository": repository_id,
+            "key_name": name,
+            "manifest_id": manifest_id,
+            "updated_at": utcnow(),
+        },
+    )
 
 
 def delete_reference(repository: str, reference: str, request_id: str | None) -> Event:

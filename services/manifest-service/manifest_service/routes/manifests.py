@@ -73,14 +73,12 @@ async def put_manifest(
     name: RepositoryName,
     reference: str,
     request: Request,
-    request_id: RequestId,
 ) -> Response:
     manifests.check_reference(reference)
     body = await _read_limited(request, get_settings().max_manifest_size)
     pushed = await asyncio.to_thread(
-        manifests.put, name, reference, body, request.headers.get("content-type"), request_id
+        manifests.put, name, reference, body, request.headers.get("content-type")
     )
-    publish_later(pushed.event)
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
         "Docker-Content-Digest": pushed.digest,
