@@ -1,9 +1,10 @@
 """The deployment files hold together: the Kubernetes base and overlays, docker-compose.yml, the
-Dockerfile and the Grafana dashboard. No cluster and no Docker engine here: the manifests are
-rendered with `kubectl kustomize` (offline), validated against the Kubernetes API's schemas
-(kubernetes-validate), and checked against each other and against the code: the commands are
-those shared.processes builds, the variables are Settings fields, the probe paths are routes the
-apps serve, the dashboard's metrics are metrics something exports."""
+services' Dockerfiles and the Grafana dashboard. No cluster and no Docker engine here: the
+manifests are rendered with `kubectl kustomize` (offline), validated against the Kubernetes API's
+schemas (kubernetes-validate), and checked against each other and against the code: the commands
+are those shared.processes builds, the variables are Settings fields, the probe paths are routes
+the apps serve, each process runs its own service's image, the dashboard's metrics are metrics
+something exports."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -60,6 +62,23 @@ SERVICES = {*HTTP_SERVICES, "flower"}
 FLOWER_PORT = 5555
 FLOWER_PATHS = {"/healthcheck", "/metrics"}  # Flower's own routes the probes and scrapes use
 MIGRATE_MODULE = "shared.migrate"
+# One image per service folder, built by services/<folder>/Dockerfile: the process each image
+# runs by default (its CMD), and the image each process runs (processes by their
+# docker-compose.yml names; the Job registry-migrate is "migrate").
+IMAGE_DEFAULTS = {
+    "api-gateway": "api-gateway",
+    "blob-service": "blob-service",
+    "manifest-service": "manifest-service",
+    "janitor": "janitor",
+}
+IMAGE_OF = {
+    **{name: name for name in HTTP_SERVICES},
+    "janitor": "janitor",
+    "janitor-beat": "janitor",
+    "flower": "janitor",
+    "migrate": "janitor",
+}
+DOCKERFILES = {folder: ROOT / "services" / folder / "Dockerfile" for folder in IMAGE_DEFAULTS}
 STORAGE_USERS = {"api-gateway", "blob-service", "janitor"}  # who opens a file:// storage
 # Variables with no usable default in production: these, and every one whose default is a path
 # under ./var, which is in the image's read-only working directory.
@@ -464,7 +483,7 @@ def test_containers_get_only_real_settings_and_every_required_one(name: str) -> 
 
 def test_every_variable_named_in_the_deployment_files_is_a_setting() -> None:
     # Comments included: the commented alternatives (OSS, ...) must name real settings too.
-    files = [ROOT / "docker-compose.yml", ROOT / "Dockerfile", *K8S.rglob("*.yaml")]
+    files = [ROOT / "docker-compose.yml", *DOCKERFILES.values(), *K8S.rglob("*.yaml")]
     for path in files:
         names = set(re.findall(r"\bREGISTRY_[A-Z][A-Z_]*[A-Z]\b", path.read_text()))
         assert names <= SETTINGS, (path.relative_to(ROOT), names - SETTINGS)
@@ -639,6 +658,10 @@ def _images(docs: tuple[Doc, ...]) -> set[str]:
 def test_dev_runs_one_small_replica_of_each_tagged_dev() -> None:
     dev, base = render("dev"), render("base")
     assert {image.rsplit(":", 1)[1] for image in _images(dev)} == {"dev"}
+    # Only the tag changes: the images built locally under the base's names.
+    assert {image.rsplit(":", 1)[0] for image in _images(dev)} == {
+        image.rsplit(":", 1)[0] for image in _images(base)
+    }
     assert not of_kind(dev, "HorizontalPodAutoscaler")
     for deployment_name, deployment in of_kind(dev, "Deployment").items():
         assert deployment["spec"]["replicas"] == 1, deployment_name
@@ -654,7 +677,13 @@ def test_dev_runs_one_small_replica_of_each_tagged_dev() -> None:
 
 def test_prod_runs_more_replicas_with_autoscaling() -> None:
     prod, base = render("prod"), render("base")
-    assert "registry:latest" not in _images(prod)
+    for image in _images(prod):
+        # Never a short name (it means Docker Hub, where "registry" is another project's image)
+        # nor the tag latest.
+        repository, tag = image.rsplit(":", 1)
+        host = repository.split("/", 1)[0]
+        assert "/" in repository and ("." in host or ":" in host), image
+        assert tag != "latest", image
     base_hpas = of_kind(base, "HorizontalPodAutoscaler")
     for hpa_name, hpa in of_kind(prod, "HorizontalPodAutoscaler").items():
         assert hpa["spec"]["minReplicas"] >= 3, hpa_name
@@ -730,7 +759,9 @@ def test_probe_and_metrics_paths_are_routes_of_the_app(deployment_name: str) -> 
     for name in KUSTOMIZATIONS:
         wanted |= _probed_paths(of_kind(render(name), "Deployment")[deployment_name])
     compose = _compose()["services"][deployment_name]["healthcheck"]["test"]
-    wanted |= set(re.findall(r"http://127\.0\.0\.1:\d+(/[a-z]+)", " ".join(compose)))
+    image = _healthcheck(_final_stage(IMAGE_OF[deployment_name]))
+    for check in (compose, image):
+        wanted |= set(re.findall(r"http://127\.0\.0\.1:\d+(/[a-z]+)", " ".join(check)))
     assert wanted <= routes, f"{deployment_name} does not serve {sorted(wanted - routes)}"
 
 
@@ -886,28 +917,375 @@ def test_compose_beat_schedule_is_on_the_tmpfs() -> None:
     assert any(schedule.startswith(f"{path}/") for path in beat["tmpfs"]), schedule
 
 
-# ---- Dockerfile ---------------------------------------------------------------------------------
+# ---- images: the services' Dockerfiles, and which process runs which ---------------------------
+
+# Nothing that compiles belongs in a final stage (the builder compiles crcmod's C extension).
+BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|cc|make|build-essential|libc6-dev|python3-dev)\b")
+SLIM_PYTHON = re.compile(r"python:3\.\d+(\.\d+)?-slim(-[a-z]+)?")
+LOCK, DEV_LOCK = "requirements.lock", "requirements-dev.lock"
 
 
-def _dockerfile_instruction(keyword: str) -> str:
-    """The instruction starting with ``keyword``, its continuation lines joined."""
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"{keyword} "))
-    parts = []
-    for line in lines[start:]:
-        parts.append(line.rstrip("\\").strip())
-        if not line.endswith("\\"):
-            break
-    return " ".join(parts)[len(keyword) + 1 :]
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str  # upper case
+    flags: dict[str, str]  # --name=value before the arguments (COPY --from, HEALTHCHECK --timeout)
+    value: str  # the arguments, continuation lines joined
 
 
-def test_dockerfile_runs_the_gateway_and_checks_healthz() -> None:
-    command = json.loads(_dockerfile_instruction("CMD"))
-    gateway = settings_from({"REGISTRY_GATEWAY_HOST": "0.0.0.0", "REGISTRY_GATEWAY_PORT": "5000"})
-    assert command == expected_commands(gateway)["api-gateway"]
-    healthcheck = _dockerfile_instruction("HEALTHCHECK")
-    assert "/healthz" in healthcheck and "urllib.request.urlopen" in healthcheck
-    assert "/v2/" not in healthcheck
+@dataclass(frozen=True)
+class Stage:
+    base: str  # the FROM image, build arguments substituted
+    name: str | None
+    instructions: list[Instruction]
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def last(self, keyword: str) -> Instruction:
+        found = self.all(keyword)
+        assert found, f"no {keyword} in the stage FROM {self.base}"
+        return found[-1]
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Docker's reading: comment lines dropped (inside continuations too), a line ending with a
+    backslash continued on the next."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1].strip() + " "
+            continue
+        lines.append(current + line)
+        current = ""
+    assert not current, "the last instruction is continued into nothing"
+    return lines
+
+
+def _instruction(line: str) -> Instruction:
+    keyword, _, rest = line.partition(" ")
+    flags: dict[str, str] = {}
+    rest = rest.strip()
+    while rest.startswith("--"):
+        flag, _, rest = rest.partition(" ")
+        name, _, value = flag[2:].partition("=")
+        flags[name] = value
+        rest = rest.strip()
+    return Instruction(keyword.upper(), flags, rest)
+
+
+@functools.cache
+def _stages(folder: str) -> tuple[Stage, ...]:
+    """The stages of services/<folder>/Dockerfile, in order."""
+    arguments: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in _logical_lines(DOCKERFILES[folder].read_text()):
+        instruction = _instruction(line)
+        if instruction.keyword == "FROM":
+            words = instruction.value.split()
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: arguments[m.group(1)], words[0])
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            assert len(words) in (1, 3), instruction
+            stages.append(Stage(base, name, []))
+        elif not stages:
+            assert instruction.keyword == "ARG", f"{folder}: {instruction.keyword} before FROM"
+            name, _, default = instruction.value.partition("=")
+            arguments[name] = default
+        else:
+            stages[-1].instructions.append(instruction)
+    assert stages, f"{folder}: no FROM"
+    return tuple(stages)
+
+
+def _final_stage(folder: str) -> Stage:
+    return _stages(folder)[-1]
+
+
+def _exec_form(instruction: Instruction) -> list[str]:
+    """A CMD's JSON array (the exec form: the process gets SIGTERM itself, not a shell)."""
+    command = json.loads(instruction.value)
+    assert isinstance(command, list) and all(isinstance(a, str) for a in command), instruction
+    return command
+
+
+def _healthcheck(stage: Stage) -> list[str]:
+    """The stage's HEALTHCHECK command: the exec form's array, or the shell form's words."""
+    kind, _, command = stage.last("HEALTHCHECK").value.partition(" ")
+    assert kind == "CMD", "the check is disabled (HEALTHCHECK NONE)"
+    if command.startswith("["):
+        return _exec_form(Instruction("CMD", {}, command))
+    return shlex.split(command)
+
+
+def _shell_commands(run: Instruction) -> list[list[str]]:
+    """The words of each command of a shell-form RUN (``a && b; c``: a, b and c)."""
+    commands: list[list[str]] = [[]]
+    for word in shlex.split(run.value):
+        if word in ("&&", "||", ";"):
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [command for command in commands if command]
+
+
+def _copies(stage: Stage) -> list[tuple[list[str], str, str | None]]:
+    """(sources, destination, --from) of each COPY and ADD."""
+    found = []
+    for instruction in stage.instructions:
+        if instruction.keyword in ("COPY", "ADD"):
+            *sources, destination = shlex.split(instruction.value)
+            found.append((sources, destination, instruction.flags.get("from")))
+    return found
+
+
+def _env(stage: Stage) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage.all("ENV"):
+        env |= dict(pair.split("=", 1) for pair in shlex.split(instruction.value))
+    return env
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert match, duration
+    return float(match.group(1)) * {"ms": 1e-3, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _option(command: Sequence[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def _default_settings(process: str) -> Settings:
+    """The settings the process gets in the Kubernetes base: what its image is made for."""
+    base = render("base")
+    workload = workloads(base)["registry-migrate" if process == "migrate" else process]
+    return settings_from(container_env(base, main_container(workload)))
+
+
+def test_each_service_has_its_own_dockerfile_and_there_is_no_other() -> None:
+    folders = {path.name for path in (ROOT / "services").iterdir() if path.is_dir()}
+    assert folders == set(IMAGE_DEFAULTS) == set(IMAGE_OF.values())
+    # services/<name>/Dockerfile, and no other (the single image every process once shared
+    # is gone: nothing builds it any more).
+    found = set()
+    for directory, subdirectories, files in os.walk(ROOT):
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".") and d != "var"]
+        found |= {Path(directory, file) for file in files if file == "Dockerfile"}
+    assert found == set(DOCKERFILES.values())
+    # Every process of the registry runs from one of the images.
+    assert set(IMAGE_OF) == {p.name for p in processes(settings_from({}))} | {"flower", "migrate"}
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGE_DEFAULTS))
+def test_dockerfile_is_multi_stage_with_no_build_tools_in_the_final_slim_stage(
+    folder: str,
+) -> None:
+    stages = _stages(folder)
+    assert len(stages) >= 2, f"{folder}: one stage"
+    final, earlier = stages[-1], stages[:-1]
+    assert SLIM_PYTHON.fullmatch(final.base), f"{folder}: final stage FROM {final.base}"
+    # FROM an earlier stage, it would keep that stage's compiler.
+    assert final.base not in {stage.name for stage in earlier}, folder
+    for instruction in final.all("RUN"):
+        assert not BUILD_TOOLS.search(instruction.value), f"{folder}: {instruction.value}"
+    # The dependencies come from a builder stage, in the venv that is on the PATH.
+    venvs = [(src, dst) for src, dst, stage in _copies(final) if stage]
+    assert venvs, f"{folder}: the final stage copies nothing from a builder"
+    builders = {stage.name for stage in earlier}
+    for sources, destination in venvs:
+        # At the same path: a venv's scripts name its interpreter by absolute path.
+        assert sources == [destination], (folder, sources, destination)
+    assert {stage for _, _, stage in _copies(final) if stage} <= builders, folder
+    path = _env(final).get("PATH", "").split(":")
+    assert path[0] in {f"{destination}/bin" for _, destination in venvs}, (folder, path)
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGE_DEFAULTS))
+def test_dockerfile_installs_the_pinned_dependencies(folder: str) -> None:
+    earlier = _stages(folder)[:-1]
+    copied = {source for stage in earlier for sources, _, _ in _copies(stage) for source in sources}
+    assert LOCK in copied, folder
+    kinds = []
+    for stage in earlier:
+        for run in stage.all("RUN"):
+            for command in _shell_commands(run):
+                if "pip" not in command[:3] or "install" not in command:
+                    continue
+                words = command[command.index("install") + 1 :]
+                locks = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "-r"]
+                targets = [w for w in words if not w.startswith("-") and w not in locks]
+                # Either the lock, or the project itself without its dependencies: nothing
+                # unpinned comes in.
+                if locks:
+                    assert locks == [LOCK] and not targets, (folder, command)
+                    kinds.append("lock")
+                else:
+                    assert targets == ["."] and "--no-deps" in words, (folder, command)
+                    kinds.append("project")
+    assert sorted(kinds) == ["lock", "project"], (folder, kinds)
+
+
+def test_the_images_pins_are_those_the_tests_run_on() -> None:
+    def pins(name: str) -> dict[str, str]:
+        text = (ROOT / name).read_text()
+        return dict(re.findall(r"^([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?)==(\S+)", text, re.MULTILINE))
+
+    image, tests = pins(LOCK), pins(DEV_LOCK)
+    assert image, LOCK
+    different = {name: (v, tests.get(name)) for name, v in image.items() if tests.get(name) != v}
+    assert not different, f"{LOCK} and {DEV_LOCK} disagree: {different}"
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGE_DEFAULTS))
+def test_dockerfile_copies_shared_and_only_its_own_service(folder: str) -> None:
+    own = f"services/{folder}"
+    allowed = {"pyproject.toml", LOCK, "shared", own}
+    copied: set[str] = set()
+    for stage in _stages(folder):
+        assert not stage.all("ADD"), f"{folder}: ADD (COPY says what it does)"
+        for sources, _, from_stage in _copies(stage):
+            if from_stage is None:
+                copied |= {source.rstrip("/") for source in sources}
+    assert copied == allowed, f"{folder}: copies {sorted(copied - allowed)}"
+
+
+def _dockerignore_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern (Go's filepath.Match, plus ``**`` for any number of folders)."""
+    parts = re.split(r"(\*\*/?|\*|\?)", pattern.strip("/"))
+    regex = "".join(
+        {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+        for part in parts
+    )
+    return re.compile(regex)
+
+
+def test_dockerignore_keeps_what_the_dockerfiles_copy() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "exceptions are not read here"
+    compiled = [_dockerignore_pattern(pattern) for pattern in patterns]
+    for folder in IMAGE_DEFAULTS:
+        for stage in _stages(folder):
+            for sources, _, from_stage in _copies(stage):
+                for source in [] if from_stage else sources:
+                    # Excluded when it, or a folder it is in, matches.
+                    parts = source.strip("/").split("/")
+                    for path in ("/".join(parts[:i]) for i in range(1, len(parts) + 1)):
+                        hits = [p.pattern for p in compiled if p.fullmatch(path)]
+                        assert not hits, f"{folder} copies {source}; .dockerignore: {hits}"
+    # And the context leaves out the local state and the tests.
+    for path in (".git", ".venv", "var", "tests", "services/janitor/janitor/__pycache__"):
+        assert any(p.fullmatch(path) for p in compiled), path
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGE_DEFAULTS))
+def test_dockerfile_runs_as_a_non_root_user(folder: str) -> None:
+    final = _final_stage(folder)
+    user = final.last("USER").value
+    uid = user.split(":", 1)[0]
+    # Numeric: Kubernetes can check runAsNonRoot against it with no runAsUser.
+    assert uid.isdigit() and int(uid) != 0, f"{folder}: USER {user}"
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGE_DEFAULTS))
+def test_dockerfile_command_is_the_one_shared_processes_builds(folder: str) -> None:
+    final = _final_stage(folder)
+    assert not final.all("ENTRYPOINT"), folder  # Kubernetes' command replaces it, Compose's not
+    process = IMAGE_DEFAULTS[folder]
+    command = _exec_form(final.last("CMD"))
+    assert command == expected_commands(_default_settings(process))[process], folder
+    if folder in HTTP_SERVICES:
+        exposed = {word.split("/")[0] for i in final.all("EXPOSE") for word in i.value.split()}
+        assert _option(command, "--port") in exposed, folder
+
+
+@pytest.mark.parametrize("folder", sorted(HTTP_SERVICES))
+def test_http_service_dockerfile_checks_its_own_healthz(folder: str) -> None:
+    final = _final_stage(folder)
+    port = _option(_exec_form(final.last("CMD")), "--port")
+    check = _healthcheck(final)
+    assert check[:2] == ["python", "-c"], check  # the image has no curl
+    assert "urllib.request.urlopen" in check[2], check
+    assert re.search(rf"'http://127\.0\.0\.1:{port}/healthz'", check[2]), (folder, check)
+    # The request gives up before Docker kills the check.
+    request_timeout = re.search(r"\btimeout=(\d+(?:\.\d+)?)\)", check[2])
+    assert request_timeout, f"{folder}: the request has no timeout"
+    assert float(request_timeout.group(1)) < _seconds(final.last("HEALTHCHECK").flags["timeout"])
+
+
+def test_janitor_dockerfile_checks_that_its_worker_answers() -> None:
+    final = _final_stage("janitor")
+    command = _exec_form(final.last("CMD"))
+    check = _healthcheck(final)
+    # celery -A <the worker's app> inspect ping, addressed to the node the worker names itself
+    # (--hostname janitor@%h: %h is the host name, $HOSTNAME in the container's shell).
+    celery = check.index("celery")
+    app = _option(command, "-A")
+    assert check[celery + 1 : celery + 5] == ["-A", app, "inspect", "ping"], check
+    node = _option(command, "--hostname").replace("%h", "$HOSTNAME")
+    assert _option(check, "--destination") == node, check
+    ping_timeout = float(_option(check, "--timeout"))
+    assert ping_timeout < _seconds(final.last("HEALTHCHECK").flags["timeout"]), check
+
+
+def _compose_images() -> dict[str, str]:
+    """The image each registry service of docker-compose.yml runs."""
+    services = _compose()["services"]
+    return {name: services[name]["image"] for name in IMAGE_OF}
+
+
+def _one_image_per_dockerfile(images: Mapping[str, str]) -> dict[str, str]:
+    """``images`` (process: image) as folder: image, checking that the processes of one folder
+    share one image and that no two folders share one."""
+    by_folder: dict[str, set[str]] = {}
+    for process, image in images.items():
+        by_folder.setdefault(IMAGE_OF[process], set()).add(image)
+    assert all(len(found) == 1 for found in by_folder.values()), by_folder
+    single = {folder: found.pop() for folder, found in by_folder.items()}
+    assert len(set(single.values())) == len(single), f"two Dockerfiles, one image: {single}"
+    return single
+
+
+def test_compose_builds_each_image_from_its_service_dockerfile() -> None:
+    services = _compose()["services"]
+    for name, folder in IMAGE_OF.items():
+        service = services[name]
+        build = service["build"]
+        assert build == {"context": ".", "dockerfile": f"services/{folder}/Dockerfile"}, name
+        assert service["pull_policy"] == "build", name  # a short name: never pulled
+        assert "user" not in service, name  # the image's non-root user
+        if IMAGE_DEFAULTS[folder] != name:
+            # Not the image's own process: its HEALTHCHECK is not this process's.
+            assert "healthcheck" in service, name
+    assert set(_one_image_per_dockerfile(_compose_images())) == set(IMAGE_DEFAULTS)
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_kubernetes_runs_each_process_on_its_services_image(name: str) -> None:
+    docs = render(name)
+    images: dict[str, str] = {}
+    for workload_name, workload in workloads(docs).items():
+        process = "migrate" if workload_name == "registry-migrate" else workload_name
+        images[process] = main_container(workload)["image"]
+        # The user the image runs as, which the pods assert.
+        uid = _final_stage(IMAGE_OF[process]).last("USER").value.split(":", 1)[0]
+        security = pod_spec(workload).get("securityContext", {})
+        run_as = main_container(workload).get("securityContext", {}).get("runAsUser")
+        assert str(run_as or security.get("runAsUser")) == uid, workload_name
+    assert set(images) == set(IMAGE_OF)
+    per_folder = _one_image_per_dockerfile(images)
+    compose = _one_image_per_dockerfile(_compose_images())
+    # One release: every image of a render carries the same tag.
+    assert len({image.rsplit(":", 1)[1] for image in per_folder.values()}) == 1, per_folder
+    for folder, image in per_folder.items():
+        # The base runs the images docker-compose.yml builds; an overlay retags them or moves
+        # them to another repository, but keeps each one's name.
+        if name == "base":
+            assert image == compose[folder], folder
+        repository = image.rsplit(":", 1)[0]
+        assert repository.rsplit("/", 1)[-1] == compose[folder].rsplit(":", 1)[0], folder
 
 
 # ---- the Grafana dashboard ----------------------------------------------------------------------
