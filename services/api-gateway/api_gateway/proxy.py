@@ -60,6 +60,9 @@ _DROP_REQUEST_NO_BODY = _DROP_REQUEST | {"content-length"}
 
 
 RELAY_CHUNK = 1024 * 1024
+# Answers up to this size (by their Content-Length) are read whole and passed on in one piece;
+# larger ones (blobs) are relayed as they arrive. Manifests are at most 4 MiB.
+SMALL_ANSWER = 4 * 1024 * 1024
 
 
 def make_client() -> aiohttp.ClientSession:
@@ -135,6 +138,8 @@ async def forward(
         ) from None
     if local_storage is not None and STORAGE_KEY_HEADER in upstream.headers:
         return await _serve_locally(upstream, local_storage)
+    if request.method == "HEAD" or _is_small(upstream):
+        return await _pass_on(upstream)
     return _relay(upstream)
 
 
@@ -166,16 +171,41 @@ async def _release(upstream: aiohttp.ClientResponse) -> None:
     upstream.release()
 
 
+def _is_small(upstream: aiohttp.ClientResponse) -> bool:
+    length = upstream.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= SMALL_ANSWER
+
+
+def _answer_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    # The service's headers, wholesale: its Content-Length (or none) is the right one.
+    return [
+        (k.lower(), v)
+        for k, v in upstream.raw_headers
+        if k.lower().decode("latin-1") not in _DROP_RESPONSE
+    ]
+
+
+async def _pass_on(upstream: aiohttp.ClientResponse) -> Response:
+    """A small answer (an error, a manifest, a listing, a HEAD's headers) read whole and sent
+    in one piece: no relay task per request, which is most of a proxied request's cost."""
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RegistryError(
+            ErrorCode.UNAVAILABLE, f"the service failed to answer ({type(exc).__name__})"
+        ) from None
+    finally:
+        upstream.release()
+    response = Response(body, status_code=upstream.status)
+    response.raw_headers = _answer_headers(upstream)
+    return response
+
+
 def _relay(upstream: aiohttp.ClientResponse) -> Response:
     response = StreamingResponse(
         _chunks(upstream),
         status_code=upstream.status,
         background=BackgroundTask(_release, upstream),
     )
-    # Replace the headers wholesale: the service's Content-Length (or none) is the right one.
-    response.raw_headers = [
-        (k.lower(), v)
-        for k, v in upstream.raw_headers
-        if k.lower().decode("latin-1") not in _DROP_RESPONSE
-    ]
+    response.raw_headers = _answer_headers(upstream)
     return response

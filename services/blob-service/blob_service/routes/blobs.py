@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from blob_service import blobs
 from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_range
+from shared import db
 from shared.events import publish_later
 from shared.storage import keys, read_blob
 from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
@@ -33,7 +34,7 @@ def _headers(info: blobs.BlobInfo) -> dict[str, str]:
 
 @router.head("/v2/{name:path}/blobs/{digest}")
 async def head_blob(name: RepositoryName, digest: PathDigest) -> Response:
-    info = await asyncio.to_thread(blobs.stat, name, digest)
+    info = await db.run_read(blobs.stat, name, digest)
     return Response(headers={**_headers(info), "Content-Length": str(info.size)})
 
 
@@ -41,7 +42,7 @@ async def head_blob(name: RepositoryName, digest: PathDigest) -> Response:
 async def get_blob(
     name: RepositoryName, digest: PathDigest, request: Request, storage: Storage
 ) -> Response:
-    info = await asyncio.to_thread(blobs.stat, name, digest)
+    info = await db.run_read(blobs.stat, name, digest)
     headers = _headers(info)
     wanted = request.headers.get("range")
     span = parse_range(wanted, info.size) if wanted else None

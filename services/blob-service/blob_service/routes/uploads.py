@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from blob_service import uploads
 from blob_service.deps import RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_content_range
+from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.events import publish_later
 from shared.observability import UPLOADS_IN_PROGRESS
@@ -68,7 +69,7 @@ async def start_upload(
 async def upload_chunk(
     name: RepositoryName, upload_uuid: str, request: Request, storage: Storage
 ) -> Response:
-    state = await asyncio.to_thread(uploads.find, name, upload_uuid)
+    state = await db.run_read(uploads.find, name, upload_uuid)
     header = request.headers.get("content-range")
     content_range = parse_content_range(header) if header else None
     with IN_PROGRESS.track_inprogress():
@@ -85,7 +86,7 @@ async def complete_upload(
     request_id: RequestId,
     digest: Annotated[str | None, Query()] = None,
 ) -> Response:
-    state = await asyncio.to_thread(uploads.find, name, upload_uuid)
+    state = await db.run_read(uploads.find, name, upload_uuid)
     if digest is None:
         raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
     with IN_PROGRESS.track_inprogress():
@@ -97,7 +98,7 @@ async def complete_upload(
 
 @router.get("/v2/{name:path}/blobs/uploads/{upload_uuid}")
 async def upload_status(name: RepositoryName, upload_uuid: str) -> Response:
-    state = await asyncio.to_thread(uploads.find, name, upload_uuid)
+    state = await db.run_read(uploads.find, name, upload_uuid)
     return Response(status_code=204, headers=uploads.upload_headers(state))
 
 
@@ -108,7 +109,7 @@ async def cancel_upload(
     storage: Storage,
     request_id: RequestId,
 ) -> Response:
-    state = await asyncio.to_thread(uploads.find, name, upload_uuid)
+    state = await db.run_read(uploads.find, name, upload_uuid)
     event = await uploads.cancel(storage, state, request_id)
     publish_later(event)
     return Response(status_code=204)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from manifest_service import catalog
 from manifest_service.pagination import next_link, page_size
+from shared import db
 
 router = APIRouter()
 
@@ -20,7 +20,7 @@ async def list_repositories(
     last: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
     size = page_size(n)
-    names, more = await asyncio.to_thread(catalog.list_repositories, size, last)
+    names, more = await db.run_read(catalog.list_repositories, size, last)
     headers = {}
     if more and names:
         headers["Link"] = next_link("/v2/_catalog", size, names[-1])

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Request, Response
 
 from manifest_service import manifests, media_types
 from manifest_service.deps import RepositoryName, RequestId
+from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.events import publish_later
+from shared.reference import validate_name
 from shared.settings import get_settings
 
 router = APIRouter()
@@ -26,7 +28,7 @@ def _accepts(accept: str, media_type: str) -> bool:
 
 
 async def _serve(name: str, reference: str, request: Request, with_body: bool) -> Response:
-    stored = await asyncio.to_thread(manifests.get, name, reference)
+    stored = await db.run_read(manifests.get, name, reference)
     if not _accepts(",".join(request.headers.getlist("accept")), stored.media_type):
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
@@ -43,14 +45,15 @@ async def _serve(name: str, reference: str, request: Request, with_body: bool) -
     )
 
 
-@router.get("/v2/{name:path}/manifests/{reference}")
-async def get_manifest(name: RepositoryName, reference: str, request: Request) -> Response:
-    return await _serve(name, reference, request, with_body=True)
+async def read_manifest(request: Request) -> Response:
+    """GET and HEAD: the hottest route of a registry, a plain Starlette route (nothing for
+    FastAPI's dependency machinery to resolve)."""
+    name = validate_name(request.path_params["name"])
+    reference: str = request.path_params["reference"]
+    return await _serve(name, reference, request, with_body=request.method == "GET")
 
 
-@router.head("/v2/{name:path}/manifests/{reference}")
-async def head_manifest(name: RepositoryName, reference: str, request: Request) -> Response:
-    return await _serve(name, reference, request, with_body=False)
+router.add_route("/v2/{name:path}/manifests/{reference}", read_manifest, methods=["GET", "HEAD"])
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

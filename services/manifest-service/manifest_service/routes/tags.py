@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,6 +10,7 @@ from fastapi.responses import JSONResponse
 from manifest_service import tags
 from manifest_service.deps import RepositoryName
 from manifest_service.pagination import next_link, page_size
+from shared import db
 
 router = APIRouter()
 
@@ -22,7 +22,7 @@ async def list_tags(
     last: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
     size = page_size(n)
-    names, more = await asyncio.to_thread(tags.list_tags, name, size, last)
+    names, more = await db.run_read(tags.list_tags, name, size, last)
     headers = {}
     if more and names:
         headers["Link"] = next_link(f"/v2/{name}/tags/list", size, names[-1])
