@@ -28,7 +28,7 @@ import oss2
 import pytest
 
 from shared.settings import Settings
-from shared.storage import ObjectNotFound, StorageDriver, StorageError, open_storage
+from shared.storage import ObjectNotFound, StorageDriver, StorageError, filesystem, open_storage
 from shared.storage.filesystem import FilesystemDriver
 from shared.storage.oss import OssDriver, logical_key, segment_key
 from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
@@ -370,6 +370,27 @@ def test_list(storage: Storage) -> None:
 def test_local_path(storage: Storage) -> None:
     path = storage.driver.local_path("blobs")
     assert (path is not None) == (storage.kind == "filesystem")
+
+
+def test_the_filesystem_driver_reads_bytes_the_page_cache_lacks(tmp_path: Path) -> None:
+    """Bytes in the page cache are read on the event loop; bytes that must come from the disk
+    are read in a worker thread. Both give the stored bytes."""
+    driver = FilesystemDriver(str(tmp_path))
+    data = os.urandom(3 * 1024 * KiB + 123)
+    assert run(driver.append("blob", 0, chunks(data))) == len(data)
+    path = driver.local_path("blob")
+    assert path is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages, which the kernel may drop
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not filesystem._in_page_cache(fd, 0, len(data) - 1)
+        assert run(read_all(driver, "blob", 1000, len(data) - 1000)) == data[1000:-999]
+        assert run(read_all(driver, "blob")) == data
+        assert filesystem._in_page_cache(fd, 0, len(data) - 1)  # read once, now cached
+        assert run(read_all(driver, "blob", 5, 2 * 1024 * KiB)) == data[5 : 2 * 1024 * KiB + 1]
+    finally:
+        os.close(fd)
 
 
 # --- the OSS driver against the test server ------------------------------------------------
