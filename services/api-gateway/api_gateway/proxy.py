@@ -61,7 +61,8 @@ _DROP_REQUEST_NO_BODY = _DROP_REQUEST | {"content-length"}
 
 RELAY_CHUNK = 1024 * 1024
 # Answers up to this size (by their Content-Length) are read whole and passed on in one piece;
-# larger ones (blobs) are relayed as they arrive. Manifests are at most 4 MiB.
+# larger ones are relayed as they arrive, and so are blobs of any size. Manifests are at most
+# 4 MiB.
 SMALL_ANSWER = 4 * 1024 * 1024
 
 
@@ -90,11 +91,13 @@ async def forward(
     local_storage: StorageDriver | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
     query: str | None = None,
+    blob_bytes: bool = False,
 ) -> Response:
     """Forward ``request``. With ``local_storage`` (a blob GET, when the gateway can read the
     storage itself), the service answers with the blob's location and the gateway sends the
     bytes from there. ``extra_headers`` are added (the internal secret); ``query`` replaces
-    the client's query string (a mount the client may not make, made an upload)."""
+    the client's query string (a mount the client may not make, made an upload). A blob's
+    bytes (``blob_bytes``) are always relayed as they come, whatever their size."""
     drop = _DROP_REQUEST if request.method in _BODY_METHODS else _DROP_REQUEST_NO_BODY
     headers = [
         (k, v)
@@ -138,7 +141,7 @@ async def forward(
         ) from None
     if local_storage is not None and STORAGE_KEY_HEADER in upstream.headers:
         return await _serve_locally(upstream, local_storage)
-    if request.method == "HEAD" or _is_small(upstream):
+    if request.method == "HEAD" or (not blob_bytes and _is_small(upstream)):
         return await _pass_on(upstream)
     return _relay(upstream)
 

@@ -68,6 +68,7 @@ def build_router(
                 request,
                 request_id(request),
                 serve_locally,
+                blob_bytes=found.route.blob_bytes,
             )
 
         router.add_route("/{path:path}", to_service, methods=METHODS)
@@ -92,6 +93,7 @@ def build_router(
                 serve_locally,
                 extra_headers,
                 query,
+                blob_bytes=found.route.blob_bytes,
             )
         finally:
             if done is not None:
