@@ -21,6 +21,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
@@ -86,13 +87,34 @@ class _HashCache:
         self._items.pop(upload_uuid, None)
 
 
+class _UploadLocks:
+    """Chunks of one upload are applied one at a time in this process: a lock per upload,
+    kept only while a request holds it or waits for it (an abandoned upload leaves none)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, upload_uuid: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(upload_uuid, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[upload_uuid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[upload_uuid]
+            if users == 1:
+                del self._locks[upload_uuid]
+            else:
+                self._locks[upload_uuid] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 _hashers = _HashCache()
-_locks: dict[str, asyncio.Lock] = {}
-
-
-def _lock(upload_uuid: str) -> asyncio.Lock:
-    # Chunks of one upload are applied one at a time in this process.
-    return _locks.setdefault(upload_uuid, asyncio.Lock())
+_locks = _UploadLocks()
 
 
 async def _hashing(
@@ -151,7 +173,7 @@ async def append(
 ) -> UploadState:
     """Append one chunk (a PATCH). With ``content_range`` the chunk must start where the
     upload ends (else 416) and be exactly as long as the range says (else 416, nothing kept)."""
-    async with _lock(state.uuid):
+    async with _locks.hold(state.uuid):
         state = await asyncio.to_thread(find, state.repository, state.uuid)
         if content_range is not None and content_range[0] != state.size:
             raise RegistryError(
@@ -208,7 +230,7 @@ async def complete(
 ) -> CommittedBlob:
     """Finish an upload (the closing PUT): append the final chunk, verify the digest, make the
     blob visible in the repository. A digest that does not match ends the upload."""
-    async with _lock(state.uuid):
+    async with _locks.hold(state.uuid):
         state = await asyncio.to_thread(find, state.repository, state.uuid)
         if final_chunk is not None:
             hasher = _hashers.take(state.uuid, state.size)
@@ -235,7 +257,6 @@ async def _commit(
 ) -> CommittedBlob:
     await asyncio.to_thread(db.retrying, lambda: _record_blob(state, digest))
     _hashers.drop(state.uuid)
-    _locks.pop(state.uuid, None)
     event = Event(
         action="blob:upload:committed",
         target=Target(
@@ -289,7 +310,6 @@ async def cancel(
 
     await asyncio.to_thread(drop_row)
     _hashers.drop(state.uuid)
-    _locks.pop(state.uuid, None)
     return Event(
         action="blob:upload:cancelled",
         target=Target(
