@@ -68,10 +68,12 @@ class RegistryUnderTest:
     def stored_files(self) -> set[str]:
         """The keys of the stored objects. The OSS driver stores the chunks of an upload as
         segment objects beside the upload's object: they count as that one object."""
+        # os.walk passes over folders deleted while it walks (the janitor works meanwhile);
+        # Path.rglob raises FileNotFoundError on them.
         return {
-            logical_key(p.relative_to(self.storage_root).as_posix())
-            for p in self.storage_root.rglob("*")
-            if p.is_file()
+            logical_key(Path(folder, name).relative_to(self.storage_root).as_posix())
+            for folder, _, names in os.walk(self.storage_root)
+            for name in names
         }
 
     def query(self, sql: str, **params: Any) -> list[Any]:
