@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,7 +55,7 @@ def make_engine(url: str, lock_timeout: int = 30) -> Engine:
 
         return engine
     kwargs.update(pool_size=10, max_overflow=20, pool_recycle=3600)
-    if url.startswith("mysql"):
+    if make_url(url).get_backend_name() in ("mysql", "mariadb"):
         kwargs["connect_args"] = {
             "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(lock_timeout)}"
         }

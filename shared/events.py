@@ -33,6 +33,9 @@ Action = Literal[
     "blob:upload:cancelled",
     "blob:mounted",
     "blob:deleted",
+    # No longer published (a push leaves the janitor nothing to do); kept so that events
+    # queued by an earlier version are still read.
+    "manifest:pushed",
     "manifest:deleted",
     "tag:deleted",
 ]

@@ -33,7 +33,6 @@ def ensure_repository(session: Session, name: str) -> Repository:
 
 _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"))
 _INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
-_INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
 
 
 def ensure_repository_id(connection: Connection, name: str) -> int:

@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     storage_url: str = f"file://{DATA_DIR / 'storage'}"
     broker_url: str = f"filesystem://{DATA_DIR / 'broker'}"
     # How long a transaction waits for a lock another one holds (SQLite's busy timeout, InnoDB's
-    # lock wait timeout) before the request is answered 503 and may be retried.
+    # lock wait timeout) before the request is answered 503 and may be retried (on MySQL the
+    # transaction is first run again, up to five attempts in all).
     database_lock_timeout_seconds: int = 30
     # Aliyun OSS storage (``oss://`` storage URLs): the access key, or a mounted secret file
     # holding it (JSON, read again when it changes); and whether blob downloads may be

@@ -120,7 +120,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # The database could not be reached, or a lock was not granted in time (SQLite's busy
         # timeout, InnoDB's lock wait after the retries): the transaction was rolled back, and
         # the client may send the request again.
-        log.error("database error method=%s path=%s: %s", request.method, request.url.path, exc)
+        log.error(
+            "database error method=%s path=%s", request.method, request.url.path, exc_info=exc
+        )
         return error_response(
             ErrorCode.UNAVAILABLE,
             "the database is unavailable; retry the request",

@@ -73,6 +73,31 @@ def test_metrics_count_requests_by_route_and_bytes(registry: RegistryUnderTest, 
     assert repo not in after and repo not in blob_metrics
 
 
+def test_the_manifest_service_labels_reads_by_their_route(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    registry.push_image(repo, "v1")
+    url = f"{registry.settings.service_url('manifest')}/metrics"
+    requests = "registry_http_requests_total"
+    routes = {
+        "manifest": "/v2/{name:path}/manifests/{reference}",
+        "tags": "/v2/{name:path}/tags/list",
+    }
+
+    def counts(text: str) -> dict[str, float]:
+        labels = {"service": "manifest-service", "method": "GET", "status": "200"}
+        return {
+            name: metric(text, requests, route=route, **labels) for name, route in routes.items()
+        }
+
+    before = counts(httpx.get(url).text)
+    assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 200
+    assert registry.http.get(f"/v2/{repo}/tags/list").status_code == 200
+    after_text = httpx.get(url).text
+    assert counts(after_text) == {name: count + 1 for name, count in before.items()}
+    assert repo not in after_text
+
+
 def test_the_janitor_serves_task_metrics(registry: RegistryUnderTest, repo: str) -> None:
     registry.push_blob(repo, os.urandom(1000))
     url = f"http://127.0.0.1:{registry.settings.janitor_metrics_port}/metrics"

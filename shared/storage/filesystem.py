@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import errno
@@ -94,6 +95,7 @@ class FilesystemDriver:
                 want = min(READ_CHUNK, last - position + 1)
                 if _in_page_cache(fd, position, position + want - 1):
                     chunk = os.pread(fd, want, position)
+                    await asyncio.sleep(0)  # let other requests run between chunks
                 else:
                     chunk = await anyio.to_thread.run_sync(os.pread, fd, want, position)
                 if not chunk:

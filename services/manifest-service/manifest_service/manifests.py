@@ -112,9 +112,13 @@ def put(repository: str, reference: str, body: bytes, content_type: str | None) 
             connection = session.connection()
             repository_id = ensure_repository_id(connection, repository)
             _check_references(connection, repository_id, repository, parsed)
-            manifest_id = connection.execute(
-                _MANIFEST_ID, {"repository_id": repository_id, "digest": digest}
-            ).scalar()
+            key = {"repository_id": repository_id, "digest": digest}
+            manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
+            if manifest_id is not None:
+                # Held against a concurrent delete (a client's, or garbage collection's) until
+                # this transaction ends; gone meanwhile, it is stored again. (Read plainly
+                # first: a locking read of a missing row would take a gap lock on MySQL.)
+                manifest_id = connection.execute(_MANIFEST_HELD, key).scalar()
             if manifest_id is None:
                 manifest_id = _insert(connection, repository_id, digest, body, parsed)
             if tag is not None:
@@ -129,6 +133,7 @@ def put(repository: str, reference: str, body: bytes, content_type: str | None) 
 _MANIFEST_ID = select(Manifest.id).where(
     Manifest.repository_id == bindparam("repository_id"), Manifest.digest == bindparam("digest")
 )
+_MANIFEST_HELD = _MANIFEST_ID.with_for_update(read=True)
 _INSERT_MANIFEST = insert(Base.metadata.tables["manifests"])
 _INSERT_REFERENCES = insert(Base.metadata.tables["manifest_references"])
 _INSERT_TAG = insert(Base.metadata.tables["tags"])
@@ -209,8 +214,7 @@ def _insert(
         # its row; a plain one reads this transaction's older snapshot).
         return int(
             connection.execute(
-                _MANIFEST_ID.with_for_update(read=True),
-                {"repository_id": repository_id, "digest": digest},
+                _MANIFEST_HELD, {"repository_id": repository_id, "digest": digest}
             ).scalar_one()
         )
     return manifest_id

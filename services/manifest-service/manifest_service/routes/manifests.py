@@ -48,12 +48,14 @@ async def _serve(name: str, reference: str, request: Request, with_body: bool) -
 async def read_manifest(request: Request) -> Response:
     """GET and HEAD: the hottest route of a registry, a plain Starlette route (nothing for
     FastAPI's dependency machinery to resolve)."""
+    request.state.route_name = MANIFEST_PATH  # (plain routes leave scope["route"] unset)
     name = validate_name(request.path_params["name"])
     reference: str = request.path_params["reference"]
     return await _serve(name, reference, request, with_body=request.method == "GET")
 
 
-router.add_route("/v2/{name:path}/manifests/{reference}", read_manifest, methods=["GET", "HEAD"])
+MANIFEST_PATH = "/v2/{name:path}/manifests/{reference}"
+router.add_route(MANIFEST_PATH, read_manifest, methods=["GET", "HEAD"])
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

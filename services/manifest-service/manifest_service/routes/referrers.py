@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,7 +11,6 @@ from fastapi.responses import JSONResponse
 from manifest_service import referrers
 from manifest_service.deps import RepositoryName
 from manifest_service.media_types import OCI_INDEX
-from shared import db
 from shared.reference import parse_digest
 
 router = APIRouter()
@@ -23,6 +23,7 @@ async def list_referrers(
     artifact_type: Annotated[str | None, Query(alias="artifactType")] = None,
 ) -> JSONResponse:
     parse_digest(digest)
-    index = await db.run_read(referrers.referrers, name, digest, artifact_type)
+    # In a worker thread whatever the database: a subject may have many referrers.
+    index = await asyncio.to_thread(referrers.referrers, name, digest, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
     return JSONResponse(index, media_type=OCI_INDEX, headers=headers)

@@ -16,6 +16,7 @@ router = APIRouter()
 async def list_tags(request: Request) -> JSONResponse:
     """A plain Starlette route: a client walking a long list pages through it one request
     at a time, so each request's overhead counts."""
+    request.state.route_name = TAGS_PATH  # (plain routes leave scope["route"] unset)
     name = validate_name(request.path_params["name"])
     size = page_size(request.query_params.get("n"))
     names, more = await db.run_read(tags.list_tags, name, size, request.query_params.get("last"))
@@ -25,4 +26,5 @@ async def list_tags(request: Request) -> JSONResponse:
     return JSONResponse({"name": name, "tags": names}, headers=headers)
 
 
-router.add_route("/v2/{name:path}/tags/list", list_tags, methods=["GET"])
+TAGS_PATH = "/v2/{name:path}/tags/list"
+router.add_route(TAGS_PATH, list_tags, methods=["GET"])
