@@ -92,7 +92,10 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
+    # Ctrl-C (SIGINT) and SIGTERM both stop everything; SIGINT is handled explicitly, as a
+    # process started in the background by a script inherits it ignored.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
             for process, popen in started:

@@ -3,18 +3,22 @@ metrics, JSON logs carrying request ids, and graceful shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import running_registry
-from tests.registry import RegistryUnderTest, eventually, sha256
+from tests.registry import RegistryUnderTest, eventually, free_port, sha256
 
 
 def service_urls(registry: RegistryUnderTest) -> dict[str, str]:
@@ -212,3 +216,64 @@ def test_sigterm_lets_an_upload_in_flight_finish(
     # Then it exits in order (uvicorn ends by re-raising the signal it handled).
     assert blob_service.wait(30) in (0, -signal.SIGTERM)
     assert "Finished server process" in own_registry.log("blob-service")
+
+
+def test_the_runner_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: Path) -> None:
+    """``make run`` (``python -m shared.runner``): every process up, the gateway answering;
+    Ctrl-C (SIGINT) stops them all, even when the runner was started from a script that
+    left SIGINT ignored, as a shell does for a background job."""
+    port, blob_port, manifest_port, metrics_port = (free_port() for _ in range(4))
+    values = {
+        "database_url": f"sqlite:///{tmp_path / 'registry.db'}",
+        "storage_url": f"file://{tmp_path / 'storage'}",
+        "broker_url": f"filesystem://{tmp_path / 'broker'}",
+        "gateway_port": str(port),
+        "blob_service_port": str(blob_port),
+        "manifest_service_port": str(manifest_port),
+        "janitor_metrics_port": str(metrics_port),
+        "beat_schedule_file": str(tmp_path / "celerybeat-schedule"),
+    }
+    env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
+    with open(tmp_path / "runner.log", "wb") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "shared.runner"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    try:
+        eventually(
+            lambda: (
+                b"Ctrl-C stops it" in (tmp_path / "runner.log").read_bytes()
+                or runner.poll() is not None
+            ),
+            timeout=60,
+            what="the runner's banner",
+        )
+        assert runner.poll() is None, (tmp_path / "runner.log").read_text()[-3000:]
+        children = _children(runner.pid)
+        assert len(children) >= 5  # gateway, two services, janitor worker and beat
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=40) == 0
+        eventually(lambda: not any(_alive(pid) for pid in children), what="every process gone")
+    finally:
+        if runner.poll() is None:
+            for pid in [*children, runner.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            runner.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
