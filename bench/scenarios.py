@@ -663,13 +663,11 @@ class RssSampler:
         self.registry = registry
         self.interval = interval
         self.peak_kib = 0
-        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         self.peak_kib = max(self.peak_kib, self.registry.rss_kib())
-        self.samples += 1
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -69,7 +69,7 @@ class ObservabilityMiddleware:
         status = 500
         received = 0
         sent = 0
-        incoming = dict(scope["headers"]).get(b"x-request-id")
+        incoming = next((v for k, v in reversed(scope["headers"]) if k == b"x-request-id"), None)
         request_id = incoming.decode("latin-1")[:128] if incoming else None
         if self.assign_request_ids:
             request_id = request_id or uuid.uuid4().hex

@@ -35,9 +35,15 @@ _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"
 _INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
 
 
+def repository_id(connection: Connection, name: str) -> int | None:
+    """The id of the repository called ``name``, or None: one Core statement."""
+    found: int | None = connection.execute(_REPOSITORY_ID, {"name": name}).scalar()
+    return found
+
+
 def ensure_repository_id(connection: Connection, name: str) -> int:
     """``ensure_repository`` in Core, for hot paths that need only the id."""
-    found: int | None = connection.execute(_REPOSITORY_ID, {"name": name}).scalar()
+    found = repository_id(connection, name)
     if found is not None:
         return found
     try:

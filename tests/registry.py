@@ -138,12 +138,9 @@ class RegistryUnderTest:
         if popen.poll() is not None:
             return
         popen.send_signal(signal.SIGSTOP)  # so that it forks no new child meanwhile
-        found = subprocess.run(
-            ["pgrep", "-P", str(popen.pid)], capture_output=True, text=True, check=False
-        )
-        for child in found.stdout.split():
+        for child in child_pids(popen.pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(child), signal.SIGKILL)
+                os.kill(child, signal.SIGKILL)
         popen.kill()
         popen.wait()
 
@@ -240,6 +237,12 @@ def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(0.1)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (its direct children)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(child) for child in found.stdout.split()]
 
 
 def free_port() -> int:

@@ -408,7 +408,10 @@ def test_the_default_gateway_builds_no_auth_or_limits() -> None:
     assert setup.guard is None and setup.issuer is None
     assert limits.request_limits(settings) is None
     assert gateway_headers(settings) == []
-    endpoints = {getattr(route, "name", None) for route in v2.build_router().routes}
+    router = v2.build_router(
+        setup.guard, limits.request_limits(settings), gateway_headers(settings)
+    )
+    endpoints = {getattr(route, "name", None) for route in router.routes}
     assert "to_service" in endpoints and "to_service_checked" not in endpoints
     assert "api_version" in endpoints
 
@@ -1273,12 +1276,12 @@ def test_rate_limits_answer_429_with_retry_after(limited_registry: RegistryUnder
     # The client's own rate: a burst of 30, then 429 for everything (the version check too),
     # never for the probes.
     time.sleep(1.5)
-    answers = [http.get("/v2/").status_code for _ in range(60)]
+    responses = [http.get("/v2/") for _ in range(60)]
+    answers = [response.status_code for response in responses]
     assert 429 in answers and answers[:20] == [200] * 20
-    response = http.get("/v2/")
-    if response.status_code == 429:
-        assert_error(response, 429, "TOOMANYREQUESTS")
-        assert "client" in response.json()["errors"][0]["detail"]
+    refused = responses[answers.index(429)]
+    assert_error(refused, 429, "TOOMANYREQUESTS")
+    assert "client" in refused.json()["errors"][0]["detail"]
     for _ in range(40):
         assert http.get("/healthz").status_code == 200
     time.sleep(2)

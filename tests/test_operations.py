@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import running_registry
-from tests.registry import RegistryUnderTest, eventually, free_port, sha256
+from tests.registry import RegistryUnderTest, child_pids, eventually, free_port, sha256
 
 
 def service_urls(registry: RegistryUnderTest) -> dict[str, str]:
@@ -252,7 +252,7 @@ def test_the_runner_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: Path)
             what="the runner's banner",
         )
         assert runner.poll() is None, (tmp_path / "runner.log").read_text()[-3000:]
-        children = _children(runner.pid)
+        children = child_pids(runner.pid)
         assert len(children) >= 5  # gateway, two services, janitor worker and beat
         assert httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200
         runner.send_signal(signal.SIGINT)
@@ -264,11 +264,6 @@ def test_the_runner_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: Path)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             runner.wait()
-
-
-def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(child) for child in found.stdout.split()]
 
 
 def _alive(pid: int) -> bool:

@@ -231,8 +231,6 @@ class BasicCredentials:
 class Guard:
     """What the routes ask: may this request go on (and with which query)?"""
 
-    mode = ""
-
     async def check_base(self, request: Request) -> None:
         """``GET /v2/``: 200 for a client that authenticated, 401 with the challenge otherwise
         (how ``docker login`` and ``podman login`` find out how and whether to log in)."""
@@ -245,8 +243,6 @@ class Guard:
 
 
 class HtpasswdGuard(Guard):
-    mode = "htpasswd"
-
     def __init__(self, users: UsersFile, credentials: BasicCredentials, realm: str) -> None:
         self.users = users
         self.credentials = credentials
@@ -292,8 +288,6 @@ class HtpasswdGuard(Guard):
 
 
 class TokenGuard(Guard):
-    mode = "token"
-
     def __init__(self, keys: TokenKeys, realm: str, service: str) -> None:
         self.keys = keys
         self.realm = realm

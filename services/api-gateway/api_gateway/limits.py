@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api_gateway.routing import Match
 from shared.errors import ErrorCode, RegistryError
+from shared.internal_auth import OPEN_PATHS
 from shared.settings import Settings
 from shared.web import error_response
 
@@ -50,7 +51,6 @@ class HeaderLimitMiddleware:
 RATE_LIMITED = Counter(
     "registry_rate_limited_total", "Requests refused with 429 by the gateway, by limit", ["limit"]
 )
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 UPLOAD_ROUTES = frozenset({"upload start", "upload"})
 UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
 

@@ -44,22 +44,20 @@ _DROP_REQUEST = {
     "host",
     "expect",
 }
-_DROP_RESPONSE = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "trailer",
-    "upgrade",
-    "date",
-    "server",
-}
+# Response headers that are hop-by-hop or that the gateway's server sets itself, as the raw
+# names compared: for answers passed on or relayed, and for blob bytes the gateway sends itself
+# (their length is that of the range it sends).
+_DROP_ANSWER = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"trailer", b"upgrade", b"date", b"server"}
+)
+_DROP_SERVED = _DROP_ANSWER | {b"content-length"}
+_INTERNAL = INTERNAL_PREFIX.encode()
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 # A request of another method is forwarded without a body, so without a length: a service
 # told to expect bytes that never come would wait for them (a GET or HEAD with a body).
 _DROP_REQUEST_NO_BODY = _DROP_REQUEST | {"content-length"}
 
 
-RELAY_CHUNK = 1024 * 1024
 # Answers up to this size (by their Content-Length) are read whole and passed on in one piece;
 # larger ones are relayed as they arrive, and so are blobs of any size. Manifests are at most
 # 4 MiB.
@@ -156,11 +154,9 @@ async def _serve_locally(upstream: aiohttp.ClientResponse, storage: StorageDrive
         read_blob(storage, key, digest, start, end), status_code=upstream.status
     )
     response.raw_headers = [
-        (k.lower(), v)
-        for k, v in upstream.raw_headers
-        if k.lower().decode("latin-1") not in _DROP_RESPONSE | {"content-length"}
-        and not k.lower().startswith(INTERNAL_PREFIX.encode())
-    ] + [(b"content-length", str(end - start + 1).encode())]
+        *_answer_headers(upstream, _DROP_SERVED),
+        (b"content-length", str(end - start + 1).encode()),
+    ]
     return response
 
 
@@ -179,12 +175,15 @@ def _is_small(upstream: aiohttp.ClientResponse) -> bool:
     return length.isdigit() and int(length) <= SMALL_ANSWER
 
 
-def _answer_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    # The service's headers, wholesale: its Content-Length (or none) is the right one.
+def _answer_headers(
+    upstream: aiohttp.ClientResponse, drop: frozenset[bytes] = _DROP_ANSWER
+) -> list[tuple[bytes, bytes]]:
+    """The service's headers but ``drop`` and the internal ones; its Content-Length (or none)
+    is the right one for a body passed on or relayed."""
     return [
-        (k.lower(), v)
-        for k, v in upstream.raw_headers
-        if k.lower().decode("latin-1") not in _DROP_RESPONSE
+        (name, value)
+        for key, value in upstream.raw_headers
+        if (name := key.lower()) not in drop and not name.startswith(_INTERNAL)
     ]
 
 

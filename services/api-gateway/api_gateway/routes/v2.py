@@ -34,6 +34,9 @@ def build_router(
     extra_headers: Sequence[tuple[str, str]] = (),
 ) -> APIRouter:
     router = APIRouter()
+    settings = get_settings()
+    # Where each service is, worked out once rather than per request.
+    service_urls = {service: settings.service_url(service) for service in ("blob", "manifest")}
 
     @router.get("/v2/_ping")
     async def ping() -> Response:
@@ -58,7 +61,7 @@ def build_router(
         async def to_service(request: Request) -> Response:
             found = routing.match(_raw_path(request), request.method)
             request.state.route_name = found.route.name
-            base_url = get_settings().service_url(found.route.service)
+            base_url = service_urls[found.route.service]
             storage = request.app.state.local_storage
             serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
             return await forward(
@@ -81,7 +84,7 @@ def build_router(
         request.state.route_name = found.route.name
         query = await guard.check(request, found) if guard is not None else None
         done = limits.admit(request, found) if limits is not None else None
-        base_url = get_settings().service_url(found.route.service)
+        base_url = service_urls[found.route.service]
         serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
         try:
             return await forward(
@@ -101,6 +104,3 @@ def build_router(
 
     router.add_route("/{path:path}", to_service_checked, methods=METHODS)
     return router
-
-
-router = build_router()
