@@ -106,6 +106,11 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # The request writing to the upload now, on whichever replica, and until when its lease
+    # holds unless renewed: chunks of one upload are written one at a time, and a replica that
+    # died while writing holds the upload no longer than that (``blob_service.uploads``).
+    writer: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    writer_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Manifest(Base):

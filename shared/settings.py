@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     max_header_count: int = 100
     max_page_size: int = 10000
     default_page_size: int = 1000
+    # How long a request that writes to an upload holds it without renewing its lease (renewed
+    # every third of it while bytes flow). A replica killed while writing holds the upload
+    # this long at most; the clocks of the replicas must agree to well within it.
+    upload_lease_seconds: int = 30
 
     # Garbage collection and housekeeping (the janitor).
     gc_grace_seconds: int = 24 * 3600  # blobs and manifests younger than this are never collected

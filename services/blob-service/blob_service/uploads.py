@@ -8,16 +8,33 @@ has the janitor move the object to its content-addressed key; reads follow the d
 meanwhile. When two clients push the same blob at once, the first to commit wins and the
 janitor discards the other's object.
 
-The running hash of an upload is kept in this process (keyed by upload uuid and offset), so
-completing an upload whose chunks all came through this process does not read the blob back.
-When the state is missing (chunks through another replica, a restart), the blob is re-read.
+**One writer at a time, on any replica.** A request that writes to an upload (a PATCH, the
+closing PUT) first takes the upload's *writer lease* in the database: a short transaction sets
+``uploads.writer`` to the request's token, if nobody else holds an unexpired lease and the
+upload ends where the chunk starts. The request then streams its bytes with no transaction
+open, renews the lease every third of its length, and records the new size in a second short
+transaction that succeeds only while the row still names it as the writer, which also frees
+the upload. A request that finds the lease taken is answered 416 with the upload's current
+``Range``, as for a chunk that does not start where the upload ends: of two chunks sent at
+once, one is accepted and the stored bytes are exactly the acknowledged ones. A replica killed
+while writing holds the upload until its lease expires. A writer that cannot renew its lease
+stops writing well before the lease expires (its own clock says when), so that nobody else
+can be writing by then.
+
+The running hash of an upload is kept in this process (keyed by upload uuid and offset), only
+as a cache: completing an upload whose chunks all came through this process does not read the
+blob back; when the state is missing (chunks through another replica, a restart), the blob is
+re-read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import hashlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
@@ -42,6 +59,7 @@ from shared.models import (
 from shared.reference import Digest
 from shared.repositories import ensure_repository, link_blob
 from shared.reviews import review_blobs
+from shared.settings import get_settings
 from shared.storage import StorageDriver, keys
 
 log = logging.getLogger(__name__)
@@ -87,58 +105,183 @@ class _HashCache:
         self._items.pop(upload_uuid, None)
 
 
-class _UploadLocks:
-    """Chunks of one upload are applied one at a time in this process: a lock per upload,
-    kept only while a request holds it or waits for it (an abandoned upload leaves none)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, upload_uuid: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(upload_uuid, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[upload_uuid] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            _, users = self._locks[upload_uuid]
-            if users == 1:
-                del self._locks[upload_uuid]
-            else:
-                self._locks[upload_uuid] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
 _hashers = _HashCache()
-_locks = _UploadLocks()
-
-
-async def _hashing(
-    chunks: AsyncIterable[bytes], hasher: hashlib._Hash | None
-) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        if chunk:
-            if hasher is not None:
-                hasher.update(chunk)
-            yield chunk
 
 
 def _upload_unknown(upload_uuid: str) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_uuid[:100]!r} unknown")
 
 
+def _range_mismatch(state: UploadState, detail: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.BLOB_UPLOAD_INVALID, detail, status=416, headers=upload_headers(state)
+    )
+
+
+# --- the writer lease ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Lease:
+    """This request's hold on an upload, renewed in the database while it writes."""
+
+    upload_uuid: str
+    token: str
+    seconds: float
+    # Past this moment (this process's monotonic clock) the lease may have run out in the
+    # database unless a renewal said otherwise: no byte is written after it.
+    write_until: float
+    gone: bool = False  # the row no longer names this request (cancelled, or taken over)
+    held: bool = True  # cleared once a statement has freed the upload
+
+    def check(self) -> None:
+        if self.gone:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_UNKNOWN,
+                "the upload was cancelled, or taken over, while this chunk was written",
+            )
+        if time.monotonic() > self.write_until:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE,
+                "the upload's writer lease could not be renewed; send the chunk again",
+                headers={"Retry-After": "1"},
+            )
+
+
+def _lease_seconds() -> float:
+    return float(get_settings().upload_lease_seconds)
+
+
+def _new_lease(upload_uuid: str, token: str, taken_at: float) -> _Lease:
+    seconds = _lease_seconds()
+    # Stop writing a third of the lease before it can expire: room for clock skew between
+    # replicas and for the statement that renews it.
+    return _Lease(upload_uuid, token, seconds, taken_at + seconds * 2 / 3)
+
+
+def _claim(repository: str, upload_uuid: str, offset: int | None, token: str) -> UploadState:
+    """Take the upload's writer lease for ``token``: 404 when there is no such upload, 416
+    when another request holds the lease or the upload does not end at ``offset``."""
+    now = utcnow()
+    with db.transaction() as session:
+        row = session.execute(
+            select(Upload.repository, Upload.size, Upload.storage_key, Upload.writer_expires_at)
+            .where(Upload.uuid == upload_uuid)
+            .with_for_update()
+        ).first()
+        if row is None or row.repository != repository:
+            raise _upload_unknown(upload_uuid)
+        state = UploadState(upload_uuid, repository, row.size, row.storage_key)
+        if row.writer_expires_at is not None and row.writer_expires_at > now:
+            raise _range_mismatch(state, "another request is writing to this upload")
+        if offset is not None and offset != state.size:
+            raise _range_mismatch(
+                state, f"chunk starts at {offset} but the upload has {state.size} bytes"
+            )
+        session.execute(
+            update(Upload)
+            .where(Upload.uuid == upload_uuid)
+            .values(writer=token, writer_expires_at=now + dt.timedelta(seconds=_lease_seconds()))
+        )
+    return state
+
+
+def _renew(lease: _Lease) -> bool:
+    now = utcnow()
+    with db.transaction() as session:
+        result = session.execute(
+            update(Upload)
+            .where(Upload.uuid == lease.upload_uuid, Upload.writer == lease.token)
+            .values(writer_expires_at=now + dt.timedelta(seconds=lease.seconds), updated_at=now)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _free(lease: _Lease) -> None:
+    with db.transaction() as session:
+        session.execute(
+            update(Upload)
+            .where(Upload.uuid == lease.upload_uuid, Upload.writer == lease.token)
+            .values(writer=None, writer_expires_at=None)
+        )
+
+
+async def _keep_renewed(lease: _Lease) -> None:
+    while not lease.gone:
+        await asyncio.sleep(lease.seconds / 3)
+        started = time.monotonic()
+        try:
+            renewed = await asyncio.to_thread(_renew, lease)
+        except Exception:  # the database is unreachable: writing stops at write_until
+            log.warning("could not renew the lease of upload %s", lease.upload_uuid, exc_info=True)
+            continue
+        if renewed:
+            lease.write_until = started + lease.seconds * 2 / 3
+        else:
+            lease.gone = True
+
+
+@asynccontextmanager
+async def _holding(lease: _Lease) -> AsyncIterator[_Lease]:
+    """Keep ``lease`` renewed while the block writes; free the upload when the block did not."""
+    renewer = asyncio.create_task(_keep_renewed(lease))
+    try:
+        yield lease
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        if lease.held and not lease.gone:
+            try:
+                await asyncio.to_thread(_free, lease)
+            except Exception:  # it expires by itself
+                log.warning("could not free upload %s", lease.upload_uuid, exc_info=True)
+
+
+@asynccontextmanager
+async def _writing(
+    repository: str, upload_uuid: str, offset: int | None
+) -> AsyncIterator[tuple[UploadState, _Lease]]:
+    token = str(uuid.uuid4())
+    taken_at = time.monotonic()
+    state = await asyncio.to_thread(
+        db.retrying, lambda: _claim(repository, upload_uuid, offset, token)
+    )
+    async with _holding(_new_lease(upload_uuid, token, taken_at)) as lease:
+        yield state, lease
+
+
+async def _fenced(
+    chunks: AsyncIterable[bytes], lease: _Lease, hasher: hashlib._Hash | None
+) -> AsyncIterator[bytes]:
+    """The chunks, each written only while the lease is sure to be held."""
+    async for chunk in chunks:
+        if chunk:
+            lease.check()
+            if hasher is not None:
+                hasher.update(chunk)
+            yield chunk
+
+
 # --- sessions ------------------------------------------------------------------------------
 
 
-def start(repository: str) -> UploadState:
+def start(repository: str, writer: str | None = None) -> UploadState:
+    """A new upload session; with ``writer``, already leased to that request."""
     upload_uuid = str(uuid.uuid4())
     key = keys.upload_key(upload_uuid)
+    expires = utcnow() + dt.timedelta(seconds=_lease_seconds()) if writer else None
     with db.transaction() as session:
-        session.add(Upload(uuid=upload_uuid, repository=repository, storage_key=key, size=0))
+        session.add(
+            Upload(
+                uuid=upload_uuid,
+                repository=repository,
+                storage_key=key,
+                size=0,
+                writer=writer,
+                writer_expires_at=expires,
+            )
+        )
     return UploadState(upload_uuid, repository, 0, key)
 
 
@@ -150,60 +293,77 @@ def find(repository: str, upload_uuid: str) -> UploadState:
         return UploadState(row.uuid, row.repository, row.size, row.storage_key)
 
 
-def _record_size(state: UploadState, new_size: int) -> UploadState:
+def _record_size(state: UploadState, lease: _Lease, new_size: int, *, free: bool) -> UploadState:
+    """Record the bytes written under ``lease``; with ``free``, the upload is free again."""
+    values: dict[str, object] = {"size": new_size, "updated_at": utcnow()}
+    if free:
+        values.update(writer=None, writer_expires_at=None)
     with db.transaction() as session:
         result = session.execute(
             update(Upload)
-            .where(Upload.uuid == state.uuid, Upload.size == state.size)
-            .values(size=new_size, updated_at=utcnow())
+            .where(Upload.uuid == state.uuid, Upload.writer == lease.token)
+            .values(**values)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
+            lease.gone = True
             raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID,
-                "the upload changed or ended while this chunk was written",
+                ErrorCode.BLOB_UPLOAD_UNKNOWN,
+                "the upload was cancelled, or taken over, while this chunk was written",
             )
+    if free:
+        lease.held = False
     return UploadState(state.uuid, state.repository, new_size, state.storage_key)
+
+
+async def _write(
+    storage: StorageDriver,
+    state: UploadState,
+    lease: _Lease,
+    chunks: AsyncIterable[bytes],
+    content_range: tuple[int, int] | None,
+    *,
+    free: bool,
+) -> UploadState:
+    """Write one chunk at the end of the upload and record it. With ``content_range`` the
+    chunk must be exactly as long as the range says (else 416, nothing kept)."""
+    hasher = _hashers.take(state.uuid, state.size)
+    new_size = await storage.append(state.storage_key, state.size, _fenced(chunks, lease, hasher))
+    if (
+        content_range is not None
+        and new_size - state.size != content_range[1] - content_range[0] + 1
+    ):
+        lease.check()
+        await storage.append(state.storage_key, state.size, _empty())  # undo the chunk
+        raise _range_mismatch(
+            state,
+            f"Content-Range {content_range[0]}-{content_range[1]} does not match the "
+            f"{new_size - state.size} bytes sent",
+        )
+    if new_size == state.size and not free:
+        return state
+    # When recording fails, the bytes past the recorded size stay: they are not part of the
+    # upload, and the next chunk overwrites them (the record may have been made after all,
+    # when only its answer was lost: undoing would then lose acknowledged bytes).
+    state = await asyncio.to_thread(
+        db.retrying, lambda: _record_size(state, lease, new_size, free=free)
+    )
+    if hasher is not None:
+        _hashers.put(state.uuid, new_size, hasher)
+    return state
 
 
 async def append(
     storage: StorageDriver,
-    state: UploadState,
+    repository: str,
+    upload_uuid: str,
     chunks: AsyncIterable[bytes],
     content_range: tuple[int, int] | None,
 ) -> UploadState:
     """Append one chunk (a PATCH). With ``content_range`` the chunk must start where the
     upload ends (else 416) and be exactly as long as the range says (else 416, nothing kept)."""
-    async with _locks.hold(state.uuid):
-        state = await asyncio.to_thread(find, state.repository, state.uuid)
-        if content_range is not None and content_range[0] != state.size:
-            raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID,
-                f"chunk starts at {content_range[0]} but the upload has {state.size} bytes",
-                status=416,
-                headers=upload_headers(state),
-            )
-        hasher = _hashers.take(state.uuid, state.size)
-        new_size = await storage.append(state.storage_key, state.size, _hashing(chunks, hasher))
-        if (
-            content_range is not None
-            and new_size - state.size != content_range[1] - content_range[0] + 1
-        ):
-            await storage.append(state.storage_key, state.size, _empty())  # undo the chunk
-            raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID,
-                f"Content-Range {content_range[0]}-{content_range[1]} does not match the "
-                f"{new_size - state.size} bytes sent",
-                status=416,
-                headers=upload_headers(state),
-            )
-        try:
-            state = await asyncio.to_thread(_record_size, state, new_size)
-        except BaseException:
-            await storage.append(state.storage_key, state.size, _empty())
-            raise
-        if hasher is not None:
-            _hashers.put(state.uuid, new_size, hasher)
-        return state
+    offset = content_range[0] if content_range is not None else None
+    async with _writing(repository, upload_uuid, offset) as (state, lease):
+        return await _write(storage, state, lease, chunks, content_range, free=True)
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -216,46 +376,53 @@ async def _digest_of(storage: StorageDriver, state: UploadState, algorithm: str)
     if hasher is None:
         # The running hash is not in this process: read the upload back.
         hasher = hashlib.new(algorithm)
-        async for chunk in storage.read(state.storage_key):
-            hasher.update(chunk)
+        if state.size:
+            async for chunk in storage.read(state.storage_key, 0, state.size - 1):
+                hasher.update(chunk)
     return f"{algorithm}:{hasher.hexdigest()}"
 
 
 async def complete(
     storage: StorageDriver,
-    state: UploadState,
+    repository: str,
+    upload_uuid: str,
     digest: Digest,
-    final_chunk: AsyncIterable[bytes] | None,
+    final_chunk: AsyncIterable[bytes],
     request_id: str | None = None,
 ) -> CommittedBlob:
     """Finish an upload (the closing PUT): append the final chunk, verify the digest, make the
     blob visible in the repository. A digest that does not match ends the upload."""
-    async with _locks.hold(state.uuid):
-        state = await asyncio.to_thread(find, state.repository, state.uuid)
-        if final_chunk is not None:
-            hasher = _hashers.take(state.uuid, state.size)
-            new_size = await storage.append(
-                state.storage_key, state.size, _hashing(final_chunk, hasher)
-            )
-            if new_size != state.size:
-                state = await asyncio.to_thread(_record_size, state, new_size)
-            if hasher is not None:
-                _hashers.put(state.uuid, new_size, hasher)
-        actual = await _digest_of(storage, state, digest.algorithm)
-        if actual != str(digest):
-            event = await cancel(storage, state, request_id)
-            publish_later(event)
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"digest {digest} given, but the content has digest {actual}",
-            )
-        return await _commit(storage, state, digest, request_id)
+    async with _writing(repository, upload_uuid, None) as (state, lease):
+        return await _complete(storage, state, lease, digest, final_chunk, request_id)
 
 
-async def _commit(
-    storage: StorageDriver, state: UploadState, digest: Digest, request_id: str | None
+async def _complete(
+    storage: StorageDriver,
+    state: UploadState,
+    lease: _Lease,
+    digest: Digest,
+    final_chunk: AsyncIterable[bytes],
+    request_id: str | None,
 ) -> CommittedBlob:
-    await asyncio.to_thread(db.retrying, lambda: _record_blob(state, digest))
+    state = await _write(storage, state, lease, final_chunk, None, free=False)
+    stored = await storage.size(state.storage_key)
+    if stored is None or stored < state.size:
+        await _end(state, lease, request_id)
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_INVALID,
+            f"the upload's stored bytes are incomplete ({stored} of {state.size}); start again",
+        )
+    if stored > state.size:  # bytes of a chunk whose record failed: not part of the blob
+        lease.check()
+        await storage.append(state.storage_key, state.size, _empty())
+    actual = await _digest_of(storage, state, digest.algorithm)
+    if actual != str(digest):
+        await _end(state, lease, request_id)
+        raise RegistryError(
+            ErrorCode.DIGEST_INVALID,
+            f"digest {digest} given, but the content has digest {actual}",
+        )
+    await asyncio.to_thread(db.retrying, lambda: _record_blob(state, lease, digest))
     _hashers.drop(state.uuid)
     event = Event(
         action="blob:upload:committed",
@@ -272,8 +439,15 @@ async def _commit(
     return CommittedBlob(str(digest), state.size, event)
 
 
-def _record_blob(state: UploadState, digest: Digest) -> None:
+def _record_blob(state: UploadState, lease: _Lease, digest: Digest) -> None:
     with db.transaction() as session:
+        # The upload ends here, if this request still holds it (a DELETE of the upload may
+        # have come first).
+        ended = session.execute(
+            delete(Upload).where(Upload.uuid == state.uuid, Upload.writer == lease.token)
+        )
+        if ended.rowcount != 1:  # type: ignore[attr-defined]
+            raise _upload_unknown(state.uuid)
         # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
         # uploads doing that before inserting deadlock each other.
         blob = None
@@ -293,22 +467,12 @@ def _record_blob(state: UploadState, digest: Digest) -> None:
             blob.size = state.size
         repository = ensure_repository(session, state.repository)
         link_blob(session, repository, str(digest))
-        session.execute(delete(Upload).where(Upload.uuid == state.uuid))
         # Pushed blobs that no manifest will use are collected once the grace period is over.
         review_blobs(session, [str(digest)], "uploaded")
+    lease.held = False
 
 
-async def cancel(
-    storage: StorageDriver, state: UploadState, request_id: str | None = None
-) -> Event:
-    """End an upload. The row goes now; the ``blob:upload:cancelled`` event has the janitor
-    delete the data."""
-
-    def drop_row() -> None:
-        with db.transaction() as session:
-            session.execute(delete(Upload).where(Upload.uuid == state.uuid))
-
-    await asyncio.to_thread(drop_row)
+def _cancelled(state: UploadState, request_id: str | None) -> Event:
     _hashers.drop(state.uuid)
     return Event(
         action="blob:upload:cancelled",
@@ -320,6 +484,43 @@ async def cancel(
     )
 
 
+async def _end(state: UploadState, lease: _Lease, request_id: str | None) -> None:
+    """End the upload this request holds (a digest mismatch, a client gone mid-body of a
+    single-request upload): the row goes now, and the janitor deletes the data."""
+
+    def drop_row() -> bool:
+        with db.transaction() as session:
+            result = session.execute(
+                delete(Upload).where(Upload.uuid == state.uuid, Upload.writer == lease.token)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    if await asyncio.to_thread(drop_row):
+        lease.held = False
+        publish_later(_cancelled(state, request_id))
+
+
+async def cancel(repository: str, upload_uuid: str, request_id: str | None = None) -> Event:
+    """End an upload (DELETE), whoever writes to it: its row goes now (a writer then fails to
+    record its chunk), and the ``blob:upload:cancelled`` event has the janitor delete the
+    data. Only the request that removed the row sends the event."""
+
+    def drop_row() -> UploadState:
+        with db.transaction() as session:
+            row = session.execute(
+                select(Upload.repository, Upload.size, Upload.storage_key)
+                .where(Upload.uuid == upload_uuid)
+                .with_for_update()
+            ).first()
+            if row is None or row.repository != repository:
+                raise _upload_unknown(upload_uuid)
+            session.execute(delete(Upload).where(Upload.uuid == upload_uuid))
+            return UploadState(upload_uuid, repository, row.size, row.storage_key)
+
+    state = await asyncio.to_thread(db.retrying, drop_row)
+    return _cancelled(state, request_id)
+
+
 async def monolithic(
     storage: StorageDriver,
     repository: str,
@@ -327,9 +528,19 @@ async def monolithic(
     body: AsyncIterable[bytes],
     request_id: str | None = None,
 ) -> CommittedBlob:
-    """A whole blob in one request (POST with ``?digest=``)."""
-    state = await asyncio.to_thread(start, repository)
-    return await complete(storage, state, digest, body, request_id)
+    """A whole blob in one request (POST with ``?digest=``). The session exists only for this
+    request: if the request fails (the client goes away mid-body, say), it ends with it."""
+    token = str(uuid.uuid4())
+    taken_at = time.monotonic()
+    state = await asyncio.to_thread(start, repository, token)
+    async with _holding(_new_lease(state.uuid, token, taken_at)) as lease:
+        try:
+            return await _complete(storage, state, lease, digest, body, request_id)
+        except BaseException:
+            if lease.held and not lease.gone:
+                with contextlib.suppress(Exception):
+                    await _end(state, lease, request_id)
+            raise
 
 
 # --- mounts --------------------------------------------------------------------------------

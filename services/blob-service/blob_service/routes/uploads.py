@@ -69,11 +69,10 @@ async def start_upload(
 async def upload_chunk(
     name: RepositoryName, upload_uuid: str, request: Request, storage: Storage
 ) -> Response:
-    state = await db.run_read(uploads.find, name, upload_uuid)
     header = request.headers.get("content-range")
     content_range = parse_content_range(header) if header else None
     with IN_PROGRESS.track_inprogress():
-        state = await uploads.append(storage, state, request.stream(), content_range)
+        state = await uploads.append(storage, name, upload_uuid, request.stream(), content_range)
     return _accepted(state)
 
 
@@ -86,12 +85,12 @@ async def complete_upload(
     request_id: RequestId,
     digest: Annotated[str | None, Query()] = None,
 ) -> Response:
-    state = await db.run_read(uploads.find, name, upload_uuid)
     if digest is None:
+        await db.run_read(uploads.find, name, upload_uuid)  # 404 for an unknown upload first
         raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
     with IN_PROGRESS.track_inprogress():
         blob = await uploads.complete(
-            storage, state, parse_digest(digest), request.stream(), request_id
+            storage, name, upload_uuid, parse_digest(digest), request.stream(), request_id
         )
     return _created(name, blob)
 
@@ -103,13 +102,7 @@ async def upload_status(name: RepositoryName, upload_uuid: str) -> Response:
 
 
 @router.delete("/v2/{name:path}/blobs/uploads/{upload_uuid}")
-async def cancel_upload(
-    name: RepositoryName,
-    upload_uuid: str,
-    storage: Storage,
-    request_id: RequestId,
-) -> Response:
-    state = await db.run_read(uploads.find, name, upload_uuid)
-    event = await uploads.cancel(storage, state, request_id)
+async def cancel_upload(name: RepositoryName, upload_uuid: str, request_id: RequestId) -> Response:
+    event = await uploads.cancel(name, upload_uuid, request_id)
     publish_later(event)
     return Response(status_code=204)
