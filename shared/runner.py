@@ -75,7 +75,11 @@ def stop_all(started: list[tuple[Process, subprocess.Popen[bytes]]], timeout: fl
 
 def main() -> int:
     settings = get_settings()
-    migrate.upgrade(settings.database_url)
+    try:
+        migrate.upgrade(settings.database_url)
+    except migrate.DatabaseSetupError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 2
     started = start_all(settings)
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     print(
