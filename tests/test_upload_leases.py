@@ -72,9 +72,7 @@ def test_a_chunk_sent_while_another_is_being_written_is_416_with_the_acknowledge
     upload_uuid = location.rsplit("/", 1)[1]
     with chunk_in_flight(registry, location, 10, winner) as sock:
         eventually(lambda: writer_of(registry, upload_uuid) is not None, what="the lease taken")
-        refused = registry.http.patch(
-            location, content=loser, headers={"Content-Range": "10-109"}
-        )
+        refused = registry.http.patch(location, content=loser, headers={"Content-Range": "10-109"})
         assert refused.status_code == 416, refused.text
         assert error_codes(refused) == ["BLOB_UPLOAD_INVALID"]
         assert refused.headers["Range"] == "0-9"
