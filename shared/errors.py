@@ -33,6 +33,8 @@ class ErrorCode(enum.Enum):
     DENIED = ("DENIED", 403, "requested access to the resource is denied")
     UNSUPPORTED = ("UNSUPPORTED", 405, "the operation is unsupported")
     TOOMANYREQUESTS = ("TOOMANYREQUESTS", 429, "too many requests")
+    # Not a spec code: the client did not send its request in time (the gateway's limits).
+    REQUEST_TIMEOUT = ("REQUEST_TIMEOUT", 408, "the request was not received in time")
     RANGE_INVALID = ("RANGE_INVALID", 416, "invalid content range")
     PAGINATION_NUMBER_INVALID = (
         "PAGINATION_NUMBER_INVALID",

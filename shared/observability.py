@@ -45,6 +45,16 @@ UPLOADS_IN_PROGRESS = Gauge(
     ["service"],
 )
 
+CLIENT_CONNECTIONS_REFUSED = Counter(
+    "registry_client_connections_refused_total",
+    "Connections refused at the gateway: the client address held its cap of connections",
+)
+CLIENTS_CUT_OFF = Counter(
+    "registry_clients_cut_off_total",
+    "Requests cut off at the gateway for sending too slowly, by phase (headers, body, request)",
+    ["phase"],
+)
+
 
 def metrics_response() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

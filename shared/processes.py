@@ -19,7 +19,9 @@ class Process:
     url: str | None  # where it answers HTTP, if it does
 
 
-def _uvicorn(factory: str, host: str, port: int, log_level: str) -> list[str]:
+def _uvicorn(
+    factory: str, host: str, port: int, log_level: str, http: str = "httptools", *options: str
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -33,13 +35,20 @@ def _uvicorn(factory: str, host: str, port: int, log_level: str) -> list[str]:
         "--loop",
         "uvloop",
         "--http",
-        "httptools",
+        http,
         "--no-access-log",
         "--log-level",
         log_level,
         "--timeout-graceful-shutdown",
         "30",
+        *options,
     ]
+
+
+# The gateway, the only public port: its connections have time limits and a cap per client
+# (``api_gateway.connections``), and it believes X-Forwarded-For only from the proxies its
+# settings name (its app applies them; uvicorn's default would believe anything on 127.0.0.1).
+GATEWAY_PROTOCOL = "api_gateway.connections:GatewayProtocol"
 
 
 def _celery(command: str, *options: str, level: str) -> list[str]:
@@ -82,7 +91,12 @@ def processes(settings: Settings) -> list[Process]:
         Process(
             "api-gateway",
             _uvicorn(
-                "api_gateway.app:create_app", settings.gateway_host, settings.gateway_port, level
+                "api_gateway.app:create_app",
+                settings.gateway_host,
+                settings.gateway_port,
+                level,
+                GATEWAY_PROTOCOL,
+                "--no-proxy-headers",
             ),
             f"http://{settings.gateway_host}:{settings.gateway_port}",
         ),

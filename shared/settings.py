@@ -100,6 +100,18 @@ class Settings(BaseSettings):
     rate_limit_repository_per_second: float = 0.0
     rate_limit_repository_burst: int = 0
     max_concurrent_uploads_per_client: int = 0  # upload requests (POST, PATCH, PUT) at once
+    # What one client may hold at the gateway (``api_gateway.connections``): time to send a
+    # request's headers (and a new connection's first request), the longest pause inside a
+    # request body, connections open at once from one address (0: no cap), and the whole time
+    # of a request that is not a blob transfer (manifests, tags, catalog, referrers, tokens).
+    client_header_timeout_seconds: float = 20.0
+    client_body_timeout_seconds: float = 60.0
+    max_connections_per_client: int = 256
+    request_timeout_seconds: float = 120.0
+    # Proxies in front of the gateway whose X-Forwarded-For and X-Forwarded-Proto are believed
+    # (comma-separated addresses or networks; empty: none, so no client can choose the address
+    # that rate limits and the connection cap count it under).
+    forwarded_allow_ips: str = ""
 
     # Where the janitor serves its Prometheus metrics (0: nowhere).
     janitor_metrics_host: str = "127.0.0.1"

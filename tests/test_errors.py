@@ -69,6 +69,7 @@ def test_other_codes_used_by_the_registry() -> None:
     assert ErrorCode.NOT_FOUND.status == 404
     assert ErrorCode.UNAVAILABLE.status == 503
     assert ErrorCode.UNKNOWN.status == 500
+    assert ErrorCode.REQUEST_TIMEOUT.status == 408
 
 
 @pytest.mark.parametrize("member", list(ErrorCode), ids=lambda m: m.name)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from blob_service import uploads
 from tests.conftest import isolated_registry
 from tests.registry import RegistryUnderTest, error_codes, eventually, sha256
 
@@ -137,7 +138,8 @@ def test_a_single_post_cut_by_its_client_leaves_no_upload_behind(
 def test_an_upload_whose_writer_died_is_free_again_once_the_lease_expires(
     backend: str, tmp_path: Path
 ) -> None:
-    with isolated_registry(backend, tmp_path, upload_lease_seconds="3") as registry:
+    lease = 9.0  # renewed every 3 s: it runs out between 6 and 9 s after the writer died
+    with isolated_registry(backend, tmp_path, upload_lease_seconds=str(int(lease))) as registry:
         repo = "test/writer-died"
         head, lost, chunk = os.urandom(10), os.urandom(100), os.urandom(100)
         location = start_with_first_chunk(registry, repo, head)
@@ -145,13 +147,14 @@ def test_an_upload_whose_writer_died_is_free_again_once_the_lease_expires(
         with chunk_in_flight(registry, location, 10, lost):
             eventually(lambda: writer_of(registry, upload_uuid) is not None, what="lease taken")
             registry.kill("blob-service")
-            held_since = time.monotonic()
+            died = time.monotonic()
         registry.restart("blob-service")
+        sent = time.monotonic()
         held = registry.http.patch(location, content=chunk, headers={"Content-Range": "10-109"})
-        if time.monotonic() - held_since < 2.5:  # the dead writer's lease has not expired yet
+        if sent + uploads.BUSY_WAIT_SECONDS < died + lease * 2 / 3:  # surely not expired yet
             assert held.status_code == 416, held.text
             assert held.headers["Range"] == "0-9"
-        time.sleep(max(0.0, held_since + 3.5 - time.monotonic()))
+        time.sleep(max(0.0, died + lease + 0.5 - time.monotonic()))
         taken = registry.http.patch(location, content=chunk, headers={"Content-Range": "10-109"})
         assert taken.status_code == 202, taken.text
         assert taken.headers["Range"] == "0-109"

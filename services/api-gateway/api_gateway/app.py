@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api_gateway import auth
 from api_gateway.limits import ClientRateLimitMiddleware, HeaderLimitMiddleware, request_limits
@@ -22,8 +23,9 @@ SERVICE = "api-gateway"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with make_client() as client:
-        app.state.http = client
+    async with make_client() as reads, make_client() as writes:
+        app.state.http = reads
+        app.state.http_writes = writes
         app.state.local_storage = local_storage()
         yield
 
@@ -77,4 +79,7 @@ def create_app() -> FastAPI:
         )
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=SERVICE, assign_request_ids=True)
+    if settings.forwarded_allow_ips.strip():
+        # Outermost: every check above counts the client the trusted proxy names.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     return app

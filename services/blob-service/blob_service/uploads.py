@@ -118,6 +118,25 @@ def _range_mismatch(state: UploadState, detail: str) -> RegistryError:
     )
 
 
+class _UploadBusy(RegistryError):
+    """Another request holds the upload's writer lease."""
+
+    def __init__(self, state: UploadState) -> None:
+        super().__init__(
+            ErrorCode.BLOB_UPLOAD_INVALID,
+            "another request is writing to this upload",
+            status=416,
+            headers=upload_headers(state),
+        )
+
+
+# How long a request waits for an upload another request holds before it is answered 416:
+# long enough for a request cut short a moment ago to finish undoing its chunk (a client's
+# retry after a broken connection), short enough that a retry racing a live upload is told
+# at once.
+BUSY_WAIT_SECONDS = 2.0
+
+
 # --- the writer lease ----------------------------------------------------------------------
 
 
@@ -173,7 +192,7 @@ def _claim(repository: str, upload_uuid: str, offset: int | None, token: str) ->
             raise _upload_unknown(upload_uuid)
         state = UploadState(upload_uuid, repository, row.size, row.storage_key)
         if row.writer_expires_at is not None and row.writer_expires_at > now:
-            raise _range_mismatch(state, "another request is writing to this upload")
+            raise _UploadBusy(state)
         if offset is not None and offset != state.size:
             raise _range_mismatch(
                 state, f"chunk starts at {offset} but the upload has {state.size} bytes"
@@ -243,10 +262,18 @@ async def _writing(
     repository: str, upload_uuid: str, offset: int | None
 ) -> AsyncIterator[tuple[UploadState, _Lease]]:
     token = str(uuid.uuid4())
-    taken_at = time.monotonic()
-    state = await asyncio.to_thread(
-        db.retrying, lambda: _claim(repository, upload_uuid, offset, token)
-    )
+    give_up = time.monotonic() + BUSY_WAIT_SECONDS
+    while True:
+        taken_at = time.monotonic()
+        try:
+            state = await asyncio.to_thread(
+                db.retrying, lambda: _claim(repository, upload_uuid, offset, token)
+            )
+            break
+        except _UploadBusy:
+            if time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.05)
     async with _holding(_new_lease(upload_uuid, token, taken_at)) as lease:
         yield state, lease
 

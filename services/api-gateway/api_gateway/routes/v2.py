@@ -8,8 +8,11 @@ check asks the guard, and each forwarded request is checked (guard, then limits)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
+import aiohttp
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -17,6 +20,8 @@ from api_gateway import routing
 from api_gateway.auth import Guard
 from api_gateway.limits import RequestLimits
 from api_gateway.proxy import forward
+from shared.errors import ErrorCode, RegistryError
+from shared.observability import CLIENTS_CUT_OFF
 from shared.settings import get_settings
 from shared.web import request_id
 
@@ -28,6 +33,31 @@ def _raw_path(request: Request) -> str:
     return raw_path.split("?", 1)[0]
 
 
+def _pool(request: Request) -> aiohttp.ClientSession:
+    """Reads and writes go through connection pools of their own: requests that send bodies
+    (which a slow client sends slowly) never take the connections that reads need."""
+    state = request.app.state
+    return state.http if request.method in ("GET", "HEAD") else state.http_writes  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def _time_limit(route: routing.Route, seconds: float, method: str) -> AsyncIterator[None]:
+    """Requests that move no blob bytes (manifests, tags, catalog, referrers) end in time."""
+    if route.service != "manifest":
+        yield
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        CLIENTS_CUT_OFF.labels("request").inc()
+        if method in ("GET", "HEAD"):
+            raise RegistryError(ErrorCode.UNAVAILABLE, f"no answer within {seconds:g} s") from None
+        raise RegistryError(
+            ErrorCode.REQUEST_TIMEOUT, f"the request took longer than {seconds:g} s"
+        ) from None
+
+
 def build_router(
     guard: Guard | None = None,
     limits: RequestLimits | None = None,
@@ -37,6 +67,7 @@ def build_router(
     settings = get_settings()
     # Where each service is, worked out once rather than per request.
     service_urls = {service: settings.service_url(service) for service in ("blob", "manifest")}
+    limit = settings.request_timeout_seconds
 
     @router.get("/v2/_ping")
     async def ping() -> Response:
@@ -64,21 +95,21 @@ def build_router(
             base_url = service_urls[found.route.service]
             storage = request.app.state.local_storage
             serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
-            return await forward(
-                request.app.state.http,
-                base_url,
-                found.path,
-                request,
-                request_id(request),
-                serve_locally,
-                blob_bytes=found.route.blob_bytes,
-            )
+            async with _time_limit(found.route, limit, request.method):
+                return await forward(
+                    _pool(request),
+                    base_url,
+                    found.path,
+                    request,
+                    request_id(request),
+                    serve_locally,
+                    blob_bytes=found.route.blob_bytes,
+                )
 
         router.add_route("/{path:path}", to_service, methods=METHODS)
         return router
 
     async def to_service_checked(request: Request) -> Response:
-        client = request.app.state.http
         storage = request.app.state.local_storage
         found = routing.match(_raw_path(request), request.method)
         request.state.route_name = found.route.name
@@ -87,17 +118,18 @@ def build_router(
         base_url = service_urls[found.route.service]
         serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
         try:
-            return await forward(
-                client,
-                base_url,
-                found.path,
-                request,
-                request_id(request),
-                serve_locally,
-                extra_headers,
-                query,
-                blob_bytes=found.route.blob_bytes,
-            )
+            async with _time_limit(found.route, limit, request.method):
+                return await forward(
+                    _pool(request),
+                    base_url,
+                    found.path,
+                    request,
+                    request_id(request),
+                    serve_locally,
+                    extra_headers,
+                    query,
+                    blob_bytes=found.route.blob_bytes,
+                )
         finally:
             if done is not None:
                 done()

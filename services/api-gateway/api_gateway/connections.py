@@ -1,0 +1,172 @@
+"""The gateway's HTTP connections: time limits on every phase a client controls, and a cap on
+the connections one client address may hold.
+
+The gateway is the only public port, so a client that opens connections and then sends slowly
+(or not at all) must not hold its resources without limit. uvicorn limits only the idle time
+between requests; this protocol (uvicorn's httptools one, with these checks added; the
+gateway is started with ``--http api_gateway.connections:GatewayProtocol``) also limits:
+
+- a new connection that sends nothing, and a request whose header lines are not all in within
+  ``REGISTRY_CLIENT_HEADER_TIMEOUT_SECONDS``: answered 408 and closed;
+- a request body that stops: no byte for ``REGISTRY_CLIENT_BODY_TIMEOUT_SECONDS`` while the
+  gateway is ready to read closes the connection (the service behind sees the request cut
+  short and undoes it). Time when the gateway itself is not reading (the service is slower
+  than the client) does not count;
+- more than ``REGISTRY_MAX_CONNECTIONS_PER_CLIENT`` connections from one address at once:
+  the one over the cap is answered 429 ``TOOMANYREQUESTS`` and closed. Connections from the
+  trusted proxies (``REGISTRY_FORWARDED_ALLOW_IPS``) are not counted: they carry everyone's
+  requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.errors import ErrorCode, error_body
+from shared.observability import CLIENT_CONNECTIONS_REFUSED, CLIENTS_CUT_OFF
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Open connections per client address, in this process (the cap is per gateway replica).
+_open: Counter[str] = Counter()
+
+
+def _trusted(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    found = []
+    for item in settings.forwarded_allow_ips.split(","):
+        item = item.strip()
+        if item and item != "*":
+            try:
+                found.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                continue  # a host name or a socket path: not an address to compare
+    return found
+
+
+def _answer(status: int, reason: str, code: ErrorCode, detail: str, extra: str = "") -> bytes:
+    body = json.dumps(error_body(code, detail)).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{extra}connection: close\r\n"
+        "docker-distribution-api-version: registry/2.0\r\n\r\n"
+    ).encode() + body
+
+
+class GatewayProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self._header_timeout = settings.client_header_timeout_seconds
+        self._body_timeout = settings.client_body_timeout_seconds
+        self._cap = settings.max_connections_per_client
+        self._trusted_proxies = _trusted(settings) if self._cap else []
+        self._counted: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- the cap per client address ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else None
+        if self._cap and host is not None and not self._is_trusted_proxy(host):
+            if _open[host] >= self._cap:
+                CLIENT_CONNECTIONS_REFUSED.inc()
+                transport.write(
+                    _answer(
+                        429,
+                        "Too Many Requests",
+                        ErrorCode.TOOMANYREQUESTS,
+                        f"more than {self._cap} connections from one address at once",
+                        "retry-after: 1\r\n",
+                    )
+                )
+                transport.close()
+                return
+            _open[host] += 1
+            self._counted = host
+        self._arm(self._header_timeout, self._headers_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._counted is not None:
+            _open[self._counted] -= 1
+            if _open[self._counted] <= 0:
+                del _open[self._counted]
+            self._counted = None
+        super().connection_lost(exc)
+
+    def _is_trusted_proxy(self, host: str) -> bool:
+        if not self._trusted_proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted_proxies)
+
+    # --- time limits ------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, handler: Any) -> None:
+        self._disarm()
+        if seconds > 0 and not self.transport.is_closing():
+            self._timer = self.loop.call_later(seconds, handler)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self._header_timeout, self._headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        self._arm(self._body_timeout, self._body_too_slow)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm(self._body_timeout, self._body_too_slow)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _headers_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered: its own limits apply
+        CLIENTS_CUT_OFF.labels("headers").inc()
+        self.transport.write(
+            _answer(
+                408,
+                "Request Timeout",
+                ErrorCode.REQUEST_TIMEOUT,
+                f"the request's headers did not arrive within {self._header_timeout:g} s",
+            )
+        )
+        self.transport.close()
+
+    def _body_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # The gateway is not reading (the service takes the bytes slower than the client
+            # sends them): not the client's delay.
+            self._arm(self._body_timeout, self._body_too_slow)
+            return
+        CLIENTS_CUT_OFF.labels("body").inc()
+        log.info("closing a connection whose request body stalled for %g s", self._body_timeout)
+        self.transport.close()
