@@ -23,7 +23,6 @@ users file changes or five minutes pass.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -42,6 +41,7 @@ from prometheus_client import Counter
 from starlette.requests import Request
 
 from api_gateway import routing
+from api_gateway.logins import LoginThrottle, LoginThrottled
 from api_gateway.tokens import InvalidToken, TokenKeys, access_of, keys_from_settings
 from shared.errors import ErrorCode, RegistryError
 from shared.reference import MAX_NAME_LENGTH, NAME_RE
@@ -192,12 +192,13 @@ class BasicCredentials:
         self.users = users
         self._key = secrets.token_bytes(32)
         self._known: dict[bytes, tuple[str, int, float]] = {}
-        # bcrypt is slow by design: a few checks at once, in threads, so that a flood of wrong
-        # passwords neither blocks the event loop nor takes every core.
-        self._checks = asyncio.Semaphore(2)
+        # bcrypt is slow by design: a few checks at once, in threads, and clients that keep
+        # failing neither queue ahead of the others nor check without limit (logins.py).
+        self.throttle = LoginThrottle()
 
-    async def user(self, header: str) -> str:
-        """The name of the user the header's credentials are right for, or BadCredentials."""
+    async def user(self, header: str, address: str) -> str:
+        """The name of the user the header's credentials are right for, or BadCredentials
+        (LoginThrottled when ``address`` or the user failed too often lately)."""
         key = hmac.new(self._key, header.encode("latin-1"), hashlib.sha256).digest()
         store = self.users.get()
         version = self.users.version
@@ -206,8 +207,7 @@ class BasicCredentials:
             return known[0]
         name, password = parse_basic(header)
         user = store.users.get(name)
-        async with self._checks:
-            ok = await asyncio.to_thread(check_password, user, password)
+        ok = await self.throttle.check(address, name, lambda: check_password(user, password))
         if not ok:
             raise BadCredentials("wrong user name or password")
         if len(self._known) >= CACHE_ENTRIES:
@@ -215,11 +215,10 @@ class BasicCredentials:
         self._known[key] = (name, version, time.monotonic() + CACHE_SECONDS)
         return name
 
-    async def check(self, name: str, password: bytes) -> User:
+    async def check(self, name: str, password: bytes, address: str) -> User:
         """The user ``name`` if ``password`` is theirs (the token endpoint's password grant)."""
         user = self.users.get().users.get(name)
-        async with self._checks:
-            ok = await asyncio.to_thread(check_password, user, password)
+        ok = await self.throttle.check(address, name, lambda: check_password(user, password))
         if not ok or user is None:
             raise BadCredentials("wrong user name or password")
         return user
@@ -254,7 +253,15 @@ class HtpasswdGuard(Guard):
             store = self.users.get()
             return Principal(None, lambda kind, name: store.access(None, kind, name))
         try:
-            user = await self.credentials.user(header)
+            user = await self.credentials.user(header, client_address(request))
+        except LoginThrottled as exc:
+            log.info("login throttled client=%s: %s", client_address(request), exc.detail)
+            REFUSALS.labels("login_throttled").inc()
+            raise RegistryError(
+                ErrorCode.TOOMANYREQUESTS,
+                exc.detail,
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
         except BadCredentials as exc:
             log.info("authentication failed client=%s: %s", client_address(request), exc)
             _refuse("bad_credentials", ErrorCode.UNAUTHORIZED, str(exc), self.challenge)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from api_gateway.auth import REFUSALS, BadCredentials, TokenIssuer, client_address, log
+from api_gateway.logins import LoginThrottled
 from api_gateway.tokens import InvalidToken
 from shared.errors import ErrorCode, RegistryError, error_body
 from shared.users import User
@@ -87,7 +88,15 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
         user: User | None = None
         if header is not None:
             try:
-                name = await issuer.credentials.user(header)
+                name = await issuer.credentials.user(header, client_address(request))
+            except LoginThrottled as exc:
+                REFUSALS.labels("login_throttled").inc()
+                log.info("token request throttled client=%s", client_address(request))
+                raise RegistryError(
+                    ErrorCode.TOOMANYREQUESTS,
+                    exc.detail,
+                    headers={"Retry-After": str(exc.retry_after)},
+                ) from None
             except BadCredentials as exc:
                 unauthorized("bad_credentials", request, exc)
             user = issuer.users.get().users.get(name)
@@ -123,7 +132,19 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
         if grant_type == "password":
             try:
                 user = await issuer.credentials.check(
-                    form.get("username", ""), form.get("password", "").encode()
+                    form.get("username", ""),
+                    form.get("password", "").encode(),
+                    client_address(request),
+                )
+            except LoginThrottled as exc:
+                REFUSALS.labels("login_throttled").inc()
+                log.info("token request throttled client=%s", client_address(request))
+                return _oauth_error(
+                    429,
+                    ErrorCode.TOOMANYREQUESTS,
+                    "slow_down",
+                    exc.detail,
+                    **{"Retry-After": str(exc.retry_after)},
                 )
             except BadCredentials as exc:
                 REFUSALS.labels("bad_credentials").inc()
