@@ -9,8 +9,10 @@ the harness records and which makes the run exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import socket
 import subprocess
 import threading
 import time
@@ -70,6 +72,7 @@ class Sizes:
     tag_page: int
     tag_walks: int
     memory_size: int
+    hostile_connections: int  # slow uploads, and as many slow-header connections
 
     @classmethod
     def full(cls) -> Sizes:
@@ -91,6 +94,7 @@ class Sizes:
             tag_page=100,
             tag_walks=10,
             memory_size=1024 * MiB,
+            hostile_connections=1000,
         )
 
     @classmethod
@@ -113,6 +117,7 @@ class Sizes:
             tag_page=100,
             tag_walks=2,
             memory_size=256 * MiB,
+            hostile_connections=200,
         )
 
     def data_file_size(self) -> int:
@@ -684,6 +689,135 @@ class RssSampler:
         self._sample()
 
 
+class _Hostile:
+    """Slow clients from many addresses (127.0.x.y): uploads whose body has sent one byte,
+    and requests whose header lines trickle in, one line a second, never ending."""
+
+    def __init__(self, endpoint: Endpoint, count: int) -> None:
+        self.endpoint = endpoint
+        self.count = count
+        self.sockets: list[socket.socket] = []
+        self.trickling: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+
+    def _connect(self, i: int) -> socket.socket:
+        source = f"127.0.{10 + i // 200}.{1 + i % 200}"
+        return socket.create_connection(
+            (self.endpoint.host, self.endpoint.port), timeout=10, source_address=(source, 0)
+        )
+
+    def __enter__(self) -> _Hostile:
+        with Connection(self.endpoint) as connection:
+            locations = [
+                location_path(
+                    connection.request("POST", "/v2/bench/hostile/blobs/uploads/")
+                    .expect(202, "upload start")
+                    .header("Location")
+                )
+                for _ in range(self.count)
+            ]
+        for i, location in enumerate(locations):
+            sock = self._connect(i)
+            sock.sendall(
+                (
+                    f"PATCH {location} HTTP/1.1\r\nHost: bench\r\nContent-Length: 100000000\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\nx"
+                ).encode()
+            )
+            self.sockets.append(sock)
+        for i in range(self.count):
+            sock = self._connect(self.count + i)
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: bench\r\n")
+            self.trickling.append(sock)
+        self._thread.start()
+        time.sleep(1)  # let the servers take them all in
+        return self
+
+    def _trickle(self) -> None:
+        line = 0
+        while not self._stop.wait(1):
+            line += 1
+            for sock in self.trickling:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Slow-%d: v\r\n" % line)
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.sockets + self.trickling:
+            sock.close()
+
+
+class HostileLoad(Scenario):
+    """Other clients' manifest reads and pulls while slow clients hold connections open: the
+    latency and the throughput under attack, and their ratio to the same run's without it."""
+
+    name = "hostile"
+    metrics = (
+        Metric("get_p99", "manifest GET p99 under attack", "ms", False),
+        Metric("pull", "pull under attack", "MB/s", True),
+        Metric("pull_kept", "pull kept (under attack / alone)", "x", True, compared=False),
+    )
+
+    def __init__(self, sizes: Sizes) -> None:
+        self.title = (
+            f"9 {sizes.hostile_connections} slow uploads + {sizes.hostile_connections} "
+            "slow-header connections open"
+        )
+        self.blob: Blob | None = None
+        self.manifest: dict[str, bytes] = {}
+
+    def prepare(self, ctx: Context, registry: Registry) -> None:
+        if self.blob is None:
+            self.blob = ctx.data.blob(ctx.sizes.concurrent_size)
+        with Connection(registry.endpoint) as connection:
+            connection.push_blob("bench/hostile", ctx.data, self.blob)
+            config, layer = push_base_blobs(connection, "bench/hostile")
+            manifest = image_manifest(config, layer, "hostile")
+            connection.put_manifest("bench/hostile", "latest", manifest)
+            connection.download(f"/v2/bench/hostile/blobs/{self.blob.digest}", sha=True).check(
+                self.blob, "warm-up pull (SHA-256)"
+            )
+        self.manifest[registry.name] = manifest
+
+    def _pull(self, registry: Registry) -> float:
+        blob = self.blob
+        assert blob is not None
+        path = f"/v2/bench/hostile/blobs/{blob.digest}"
+        with Connection(registry.endpoint) as connection:
+            started = time.perf_counter()
+            for _ in range(4):
+                connection.download(path).check(blob, "pull")
+            return mb_per_s(blob.size * 4, time.perf_counter() - started)
+
+    def _get_p99(self, registry: Registry) -> float:
+        manifest = self.manifest[registry.name]
+        result = load(
+            registry.endpoint,
+            "GET",
+            "/v2/bench/hostile/manifests/latest",
+            {"Accept": OCI_MANIFEST},
+            sha256_digest(manifest),
+            len(manifest),
+            8,
+            3.0,
+        )
+        if result.bad or result.errors or not result.requests:
+            raise Failure(
+                f"manifest GET under attack: {result.bad} wrong answers and {result.errors} "
+                f"errors of {result.requests}; first: {result.first_problem}"
+            )
+        return percentile(result.latencies, 0.99) * 1000
+
+    def run(self, ctx: Context, registry: Registry, rep: int) -> dict[str, float]:
+        alone = self._pull(registry)
+        with ctx.timed("hostile"), _Hostile(registry.endpoint, ctx.sizes.hostile_connections):
+            get_p99 = self._get_p99(registry)
+            pull = self._pull(registry)
+        return {"get_p99": get_p99, "pull": pull, "pull_kept": pull / alone}
+
+
 def all_scenarios(sizes: Sizes) -> list[Scenario]:
     return [
         MonolithicPush(sizes),
@@ -694,4 +828,5 @@ def all_scenarios(sizes: Sizes) -> list[Scenario]:
         ManifestRead(sizes),
         TagListing(sizes),
         Memory(sizes),
+        HostileLoad(sizes),
     ]

@@ -23,7 +23,9 @@ SERVICE = "api-gateway"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with make_client() as reads, make_client() as writes:
+    # Requests with bodies may be many and slow (uploads over bad links): a larger pool of
+    # their own, so that they wait neither for each other nor take the reads' connections.
+    async with make_client() as reads, make_client(limit=4096) as writes:
         app.state.http = reads
         app.state.http_writes = writes
         app.state.local_storage = local_storage()

@@ -64,9 +64,10 @@ _DROP_REQUEST_NO_BODY = _DROP_REQUEST | {"content-length"}
 SMALL_ANSWER = 4 * 1024 * 1024
 
 
-def make_client() -> aiohttp.ClientSession:
+def make_client(limit: int = 512) -> aiohttp.ClientSession:
+    """A connection pool to the services: at most ``limit`` connections at once."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=60),
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=60),
         timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=300),
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
