@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the test suite talks to is installed and running: the real registry clients
-# (skopeo, containerd with ctr, podman), MariaDB and Redis. Starts the local servers when they
-# are installed but stopped; the client tests start their own containerd.
+# (skopeo, containerd with ctr, podman), MariaDB, Redis, and HAProxy (the load balancer in front
+# of the replicas in tests/replicas.py). Starts the local servers when they are installed but
+# stopped; the client tests start their own containerd, the replica tests their own HAProxy.
 set -euo pipefail
 
 need_apt=()
@@ -10,6 +11,7 @@ command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v podman >/dev/null || need_apt+=(podman)
 command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need_apt+=(mariadb-server)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -39,4 +41,4 @@ if ! up 6379; then
 fi
 echo "test services ready: skopeo $(skopeo --version | awk '{print $3}')," \
   "containerd $(containerd --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}')," \
-  "MariaDB :3306, Redis :6379"
+  "HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v | awk 'NR==1 {print $3}'), MariaDB :3306, Redis :6379"

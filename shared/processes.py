@@ -76,7 +76,8 @@ def processes(settings: Settings) -> list[Process]:
                 settings.blob_service_port,
                 level,
             ),
-            settings.service_url("blob"),
+            # Where it listens (the service URL settings say where the gateway finds it).
+            f"http://{settings.blob_service_host}:{settings.blob_service_port}",
         ),
         Process(
             "manifest-service",
@@ -86,7 +87,7 @@ def processes(settings: Settings) -> list[Process]:
                 settings.manifest_service_port,
                 level,
             ),
-            settings.service_url("manifest"),
+            f"http://{settings.manifest_service_host}:{settings.manifest_service_port}",
         ),
         Process(
             "api-gateway",

@@ -10,7 +10,7 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,8 +20,7 @@ import pytest
 from shared import migrate
 from shared.runner import start_all, stop_all
 from shared.settings import Settings
-from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
-from tests.registry import RedisServer, RegistryUnderTest
+from tests.registry import RedisServer, RegistryUnderTest, storage_under_test
 
 MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
@@ -63,23 +62,13 @@ def running_registry(
     "mariadb": a fresh MariaDB database and Redis; "oss": as "sqlite", with the storage on an
     OSS test server of its own), its data under ``root``. ``overrides`` are settings
     (``gc_grace_seconds="5"``); ``broker_url`` picks another broker."""
-    with ExitStack() as stack:
-        storage: dict[str, str] = {"storage_url": f"file://{root / 'storage'}"}
-        storage_path: Path | None = None
-        oss: OssTestServer | None = None
-        if backend == "oss":
-            oss = stack.enter_context(OssTestServer(root / "oss"))
-            storage = {
-                "storage_url": f"oss://registry/storage?endpoint={oss.endpoint}",
-                "oss_access_key_id": DEFAULT_KEY_ID,
-                "oss_access_key_secret": DEFAULT_KEY_SECRET,
-            }
-            # The server keeps each object as a file: tests look at them as on a filesystem.
-            storage_path = oss.bucket_path("registry") / "storage"
-        with _running_registry(backend, root, broker_url, storage, overrides) as running:
-            running.storage_path = storage_path
-            running.oss = oss
-            yield running
+    with (
+        storage_under_test("oss" if backend == "oss" else "file", root) as storage,
+        _running_registry(backend, root, broker_url, storage.settings, overrides) as running,
+    ):
+        running.storage_path = storage.path
+        running.oss = storage.oss
+        yield running
 
 
 @contextmanager

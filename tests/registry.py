@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from shared.runner import wait_until_up
 from shared.settings import Settings, get_settings
 from shared.storage import get_storage
 from shared.storage.oss import logical_key
-from tests.oss_server import OssTestServer
+from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -52,6 +52,9 @@ class RegistryUnderTest:
     # Where the stored objects are, when not in <root>/storage: the OSS test server's folder.
     storage_path: Path | None = None
     oss: OssTestServer | None = None  # the OSS test server the storage is on (to inject faults)
+    # The environment of each process that does not run with ``env`` (replicas: each has its
+    # own ports), by process name.
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -151,10 +154,7 @@ class RegistryUnderTest:
         process, old = self.processes[index]
         if old.poll() is None:
             raise RuntimeError(f"{name} is still running")
-        with open(self.root / "logs" / f"{name}.log", "ab") as output:
-            popen = subprocess.Popen(
-                process.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT
-            )
+        popen = start_process(process, self.envs.get(name, self.env), self.root / "logs")
         self.processes[index] = (process, popen)
         wait_until_up(process, popen)
         return popen
@@ -216,6 +216,37 @@ class RegistryUnderTest:
         response = self.push_manifest(repo, reference, body)
         assert response.status_code == 201, response.text
         return body, sha256(body)
+
+
+def start_process(process: Process, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``process`` with ``env``, its output appended to ``<log_dir>/<name>.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{process.name}.log", "ab") as output:
+        return subprocess.Popen(process.argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+
+
+@dataclass
+class StorageUnderTest:
+    settings: dict[str, str]  # the storage settings (``storage_url``, OSS credentials)
+    path: Path | None  # where the stored objects are, when not in <root>/storage
+    oss: OssTestServer | None  # the OSS test server the storage is on
+
+
+@contextmanager
+def storage_under_test(kind: str, root: Path) -> Iterator[StorageUnderTest]:
+    """The storage of a registry under test: a folder (``file``) or, for ``oss``, an OSS test
+    server of its own, under ``root``."""
+    if kind != "oss":
+        yield StorageUnderTest({"storage_url": f"file://{root / 'storage'}"}, None, None)
+        return
+    with OssTestServer(root / "oss") as oss:
+        settings = {
+            "storage_url": f"oss://registry/storage?endpoint={oss.endpoint}",
+            "oss_access_key_id": DEFAULT_KEY_ID,
+            "oss_access_key_secret": DEFAULT_KEY_SECRET,
+        }
+        # The server keeps each object as a file: tests look at them as on a filesystem.
+        yield StorageUnderTest(settings, oss.bucket_path("registry") / "storage", oss)
 
 
 def _clear_cached_configuration() -> None:

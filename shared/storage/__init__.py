@@ -76,7 +76,9 @@ async def read_blob(
     storage: StorageDriver, storage_key: str, digest: str, start: int = 0, end: int | None = None
 ) -> AsyncIterator[bytes]:
     """The bytes of blob ``digest``, which the database says are at ``storage_key``. The
-    janitor may have moved them to the blob's own key since: then they are read from there."""
+    janitor may move them to the blob's own key at any moment, before or during the read:
+    what is not found at the upload's key is read from there, from where the read stopped
+    (the bytes are the same: the key is named by their digest)."""
     from shared.reference import parse_digest
     from shared.storage.keys import blob_key
 
@@ -84,16 +86,17 @@ async def read_blob(
     key = storage_key
     if key != final_key and await storage.size(key) is None:
         key = final_key
-    try:
-        stream = storage.read(key, start, end)
-        first = await anext(stream, None)
-    except FileNotFoundError:  # moved between the check above and the open
-        stream = storage.read(final_key, start, end)
-        first = await anext(stream, None)
-    if first is not None:
-        yield first
-        async for chunk in stream:
-            yield chunk
+    position = start
+    while True:
+        try:
+            async for chunk in storage.read(key, position, end):
+                position += len(chunk)
+                yield chunk
+            return
+        except FileNotFoundError:
+            if key == final_key:
+                raise
+            key = final_key  # moved meanwhile
 
 
 @lru_cache

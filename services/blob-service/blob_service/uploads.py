@@ -60,7 +60,7 @@ from shared.reference import Digest
 from shared.repositories import ensure_repository, link_blob
 from shared.reviews import review_blobs
 from shared.settings import get_settings
-from shared.storage import StorageDriver, keys
+from shared.storage import StorageDriver, StorageError, keys
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ BUSY_WAIT_SECONDS = 2.0
 class _Lease:
     """This request's hold on an upload, renewed in the database while it writes."""
 
-    upload_uuid: str
+    upload: UploadState
     token: str
     seconds: float
     # Past this moment (this process's monotonic clock) the lease may have run out in the
@@ -152,6 +152,10 @@ class _Lease:
     write_until: float
     gone: bool = False  # the row no longer names this request (cancelled, or taken over)
     held: bool = True  # cleared once a statement has freed the upload
+
+    @property
+    def upload_uuid(self) -> str:
+        return self.upload.uuid
 
     def check(self) -> None:
         if self.gone:
@@ -171,11 +175,11 @@ def _lease_seconds() -> float:
     return float(get_settings().upload_lease_seconds)
 
 
-def _new_lease(upload_uuid: str, token: str, taken_at: float) -> _Lease:
+def _new_lease(upload: UploadState, token: str, taken_at: float) -> _Lease:
     seconds = _lease_seconds()
     # Stop writing a third of the lease before it can expire: room for clock skew between
     # replicas and for the statement that renews it.
-    return _Lease(upload_uuid, token, seconds, taken_at + seconds * 2 / 3)
+    return _Lease(upload, token, seconds, taken_at + seconds * 2 / 3)
 
 
 def _claim(repository: str, upload_uuid: str, offset: int | None, token: str) -> UploadState:
@@ -240,21 +244,59 @@ async def _keep_renewed(lease: _Lease) -> None:
             lease.gone = True
 
 
+def _holds(lease: _Lease) -> bool:
+    """Whether the database still names this request as the upload's writer."""
+    with db.read_connection() as connection:
+        found = connection.execute(
+            select(Upload.uuid).where(
+                Upload.uuid == lease.upload_uuid, Upload.writer == lease.token
+            )
+        ).first()
+    return found is not None
+
+
+def _exists(upload_uuid: str) -> bool:
+    with db.read_connection() as connection:
+        found = connection.execute(select(Upload.uuid).where(Upload.uuid == upload_uuid)).first()
+    return found is not None
+
+
+async def _confirm_held(lease: _Lease) -> None:
+    """404 when the upload went away under this request (a DELETE of it), which is why its
+    bytes may be missing from storage: the answer is then that, not a storage failure."""
+    if not lease.gone and not await asyncio.to_thread(_holds, lease):
+        lease.gone = True
+    if lease.gone:
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_UNKNOWN,
+            "the upload was cancelled, or taken over, while this request worked on it",
+        )
+
+
 @asynccontextmanager
 async def _holding(lease: _Lease) -> AsyncIterator[_Lease]:
-    """Keep ``lease`` renewed while the block writes; free the upload when the block did not."""
+    """Keep ``lease`` renewed while the block writes; free the upload when the block did not.
+    When the upload was cancelled meanwhile, what this request wrote after the janitor had
+    deleted the upload's data is handed to the janitor too."""
     renewer = asyncio.create_task(_keep_renewed(lease))
     try:
-        yield lease
+        try:
+            yield lease
+        except (StorageError, FileNotFoundError):
+            await _confirm_held(lease)
+            raise
     finally:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        if lease.held and not lease.gone:
-            try:
+        try:
+            if lease.gone:
+                if not await asyncio.to_thread(_exists, lease.upload_uuid):
+                    publish_later(_cancelled(lease.upload, None))
+            elif lease.held:
                 await asyncio.to_thread(_free, lease)
-            except Exception:  # it expires by itself
-                log.warning("could not free upload %s", lease.upload_uuid, exc_info=True)
+        except Exception:  # a lease expires by itself; reconcile finds stray objects
+            log.warning("could not free upload %s", lease.upload_uuid, exc_info=True)
 
 
 @asynccontextmanager
@@ -274,7 +316,7 @@ async def _writing(
             if time.monotonic() > give_up:
                 raise
             await asyncio.sleep(0.05)
-    async with _holding(_new_lease(upload_uuid, token, taken_at)) as lease:
+    async with _holding(_new_lease(state, token, taken_at)) as lease:
         yield state, lease
 
 
@@ -434,6 +476,7 @@ async def _complete(
     state = await _write(storage, state, lease, final_chunk, None, free=False)
     stored = await storage.size(state.storage_key)
     if stored is None or stored < state.size:
+        await _confirm_held(lease)
         await _end(state, lease, request_id)
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_INVALID,
@@ -474,6 +517,7 @@ def _record_blob(state: UploadState, lease: _Lease, digest: Digest) -> None:
             delete(Upload).where(Upload.uuid == state.uuid, Upload.writer == lease.token)
         )
         if ended.rowcount != 1:  # type: ignore[attr-defined]
+            lease.gone = True
             raise _upload_unknown(state.uuid)
         # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
         # uploads doing that before inserting deadlock each other.
@@ -560,7 +604,7 @@ async def monolithic(
     token = str(uuid.uuid4())
     taken_at = time.monotonic()
     state = await asyncio.to_thread(start, repository, token)
-    async with _holding(_new_lease(state.uuid, token, taken_at)) as lease:
+    async with _holding(_new_lease(state, token, taken_at)) as lease:
         try:
             return await _complete(storage, state, lease, digest, body, request_id)
         except BaseException:
