@@ -264,7 +264,7 @@ def _exists(upload_uuid: str) -> bool:
 async def _confirm_held(lease: _Lease) -> None:
     """404 when the upload went away under this request (a DELETE of it), which is why its
     bytes may be missing from storage: the answer is then that, not a storage failure."""
-    if not lease.gone and not await asyncio.to_thread(_holds, lease):
+    if lease.held and not lease.gone and not await asyncio.to_thread(_holds, lease):
         lease.gone = True
     if lease.gone:
         raise RegistryError(
