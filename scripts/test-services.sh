@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Make sure what the test suite talks to is installed and running: the real registry clients
-# (skopeo, containerd with ctr, podman), MariaDB, Redis, and HAProxy (the load balancer in front
-# of the replicas in tests/replicas.py). Starts the local servers when they are installed but
-# stopped; the client tests start their own containerd, the replica tests their own HAProxy.
+# (skopeo, containerd with ctr, podman, the Docker engine), MariaDB, Redis, and HAProxy (the load
+# balancer in front of the replicas in tests/replicas.py). Starts the local servers when they are
+# installed but stopped; the client tests start their own containerd and dockerd, the replica
+# tests their own HAProxy.
 set -euo pipefail
 
 need_apt=()
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 { command -v containerd >/dev/null && command -v ctr >/dev/null; } || need_apt+=(containerd)
 command -v podman >/dev/null || need_apt+=(podman)
+command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need_apt+=(docker.io)
 command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need_apt+=(mariadb-server)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
@@ -41,4 +43,5 @@ if ! up 6379; then
 fi
 echo "test services ready: skopeo $(skopeo --version | awk '{print $3}')," \
   "containerd $(containerd --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}')," \
+  "Docker $("$(command -v dockerd || echo /usr/sbin/dockerd)" --version | awk '{print $3}' | tr -d ,)," \
   "HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v | awk 'NR==1 {print $3}'), MariaDB :3306, Redis :6379"

@@ -20,6 +20,7 @@ import pytest
 from shared import migrate
 from shared.runner import start_all, stop_all
 from shared.settings import Settings
+from tests.docker_engine import DockerEngine
 from tests.registry import RedisServer, RegistryUnderTest, storage_under_test
 
 MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
@@ -145,3 +146,11 @@ def repo(request: pytest.FixtureRequest) -> str:
     """A fresh repository name for one test."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.originalname.lower()).strip("-")[:60]
     return f"test/{stem}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """One dockerd for every test that drives the Docker engine; each test uses fresh
+    repositories and images, and its own client configuration for its logins."""
+    with DockerEngine(tmp_path_factory.mktemp("docker")) as engine:
+        yield engine

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ def test_checks_of_failing_addresses_wait_behind_the_others() -> None:
 
         tasks = [
             asyncio.create_task(
-                throttle.check(f"10.8.0.{i}", "x", lambda i=i: slow(f"busy{i}", True))
+                throttle.check(f"10.8.0.{i}", "x", functools.partial(slow, f"busy{i}", True))
             )
             for i in range(logins.SLOTS)
         ]

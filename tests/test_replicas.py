@@ -40,6 +40,7 @@ import pytest
 from tests import test_client_containerd as containerd_client
 from tests import test_client_podman as podman_client
 from tests import test_client_skopeo as skopeo_client
+from tests.docker_engine import DockerEngine
 from tests.images import single_image
 from tests.registry import (
     OCI_CONFIG,
@@ -50,6 +51,7 @@ from tests.registry import (
     sha256,
 )
 from tests.replicas import ReplicatedRegistry, replicated_registry
+from tests.test_client_docker import push_remove_and_pull
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -772,6 +774,15 @@ def test_containerd_pushes_and_pulls_back_an_image(
     status = pulled.check(f"{registry.host}/{repo}:v1")
     assert "complete (4/4)" in status and status.endswith("true"), status
     containerd_client.assert_pulled(pulled, image, repo, [manifest_digest, *blobs])
+
+
+@pytest.mark.client
+def test_docker_pushes_and_pulls_back_an_image(
+    registry: ReplicatedRegistry, repo: str, docker_engine: DockerEngine
+) -> None:
+    """``docker push`` of a two-layer image through the balancer, ``docker rmi``, ``docker
+    pull``: the engine ends with the image it pushed, under the digest the registry serves."""
+    push_remove_and_pull(docker_engine, registry, repo, headers={})
 
 
 # --- replicas lost -------------------------------------------------------------------------
