@@ -21,7 +21,7 @@ install: $(STAMP) ## create .venv with the pinned dependencies
 run: $(STAMP) ## run the whole registry on embedded defaults (SQLite, ./var/storage, no broker server)
 	$(BIN)/python -m shared.runner
 
-services: ## install and start what the tests need (skopeo, MariaDB, Redis)
+services: ## install and start what the tests need (clients, Docker engine, HAProxy, MariaDB, Redis)
 	bash scripts/test-services.sh
 
 test: $(STAMP) services ## run the whole test suite (SQLite and MariaDB, real clients)

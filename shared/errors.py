@@ -33,8 +33,13 @@ class ErrorCode(enum.Enum):
     DENIED = ("DENIED", 403, "requested access to the resource is denied")
     UNSUPPORTED = ("UNSUPPORTED", 405, "the operation is unsupported")
     TOOMANYREQUESTS = ("TOOMANYREQUESTS", 429, "too many requests")
-    # Not a spec code: the client did not send its request in time (the gateway's limits).
+    # Not spec codes: the spec has none for what the gateway's limits refuse before a request
+    # is an API call (the reference registry's HTTP server answers these in plain text). The
+    # client did not send its request in time; its header fields, or its request target, are
+    # larger than the gateway accepts. (SIZE_INVALID is about a blob's length, not these.)
     REQUEST_TIMEOUT = ("REQUEST_TIMEOUT", 408, "the request was not received in time")
+    HEADERS_TOO_LARGE = ("HEADERS_TOO_LARGE", 431, "request header fields too large")
+    URI_TOO_LONG = ("URI_TOO_LONG", 414, "request target too long")
     RANGE_INVALID = ("RANGE_INVALID", 416, "invalid content range")
     PAGINATION_NUMBER_INVALID = (
         "PAGINATION_NUMBER_INVALID",

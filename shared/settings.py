@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Where the services listen, and where the gateway finds them.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 5000
+    # The URL clients reach the gateway at, when it is not the address above (behind an
+    # ingress or a proxy, or listening on every address): https://registry.example.com.
+    public_url: str = ""
     blob_service_host: str = "127.0.0.1"
     blob_service_port: int = 5001
     manifest_service_host: str = "127.0.0.1"
@@ -56,6 +59,7 @@ class Settings(BaseSettings):
     max_manifest_size: int = 4 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_header_count: int = 100
+    max_url_bytes: int = 16 * 1024  # a request target's length at the gateway (at most 65535)
     max_page_size: int = 10000
     default_page_size: int = 1000
     # How long a request that writes to an upload holds it without renewing its lease (renewed
@@ -85,15 +89,20 @@ class Settings(BaseSettings):
     auth_users_file: str = ""  # users (bcrypt hashes) and grants, YAML or JSON; reloaded on change
     auth_realm: str = "registry"  # the Basic realm
     auth_service: str = "registry"  # the token's audience and the challenge's service
-    auth_token_realm: str = ""  # the token endpoint's URL (default: this gateway's /auth/token)
+    # The token endpoint's URL. Default: /auth/token at the public URL below, or at the address
+    # the gateway listens on; never the request's Host header, which the client chooses.
+    auth_token_realm: str = ""
     auth_token_issuer: str = "registry-token-issuer"
     auth_token_private_key_file: str = ""  # PEM, RSA or EC: the gateway issues tokens with it
     auth_token_public_key_file: str = ""  # PEM public keys or certificates of trusted issuers
     auth_token_ttl_seconds: int = 300
     auth_refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # Shared between the gateway and the services: with it set, the services answer only
-    # requests that carry it (health and metrics excepted).
+    # requests that carry it (health and metrics excepted). With authentication on and no
+    # secret, a service listening beyond loopback refuses to start unless the network between
+    # the gateway and the services is declared trusted (nobody else can reach their ports).
     internal_secret: SecretStr = SecretStr("")
+    internal_network_trusted: bool = False
     # Rate limits at the gateway, in-process token buckets (0: off). Burst 0: the rate, at least 1.
     rate_limit_client_per_second: float = 0.0
     rate_limit_client_burst: int = 0

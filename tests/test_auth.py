@@ -38,10 +38,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared import users
 from shared.internal_auth import SECRET_HEADER
+from shared.processes import processes
 from shared.settings import Settings
 from tests.conftest import running_registry
 from tests.images import Layout, single_image
-from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, sha256
+from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, free_port, sha256
 from tests.test_client_podman import PODMAN, Podman
 from tests.test_client_skopeo import SKOPEO, Skopeo, tagged
 
@@ -516,6 +517,34 @@ def test_token_configuration_is_checked(tmp_path: Path) -> None:
         auth.configure(Settings(auth="htpasswd"))
 
 
+def test_the_token_realm_comes_from_configuration_never_from_a_request() -> None:
+    """The challenge's realm is where clients send their credentials: set by the operator
+    (the realm, or the public URL), else the gateway's own address; a gateway listening on
+    every address has no address to name and refuses to start without one."""
+    from api_gateway.auth import token_realm
+
+    def realm(**values: Any) -> str:
+        return token_realm(Settings(auth="token", **values))
+
+    assert realm() == "http://127.0.0.1:5000/auth/token"
+    assert realm(gateway_host="registry.internal", gateway_port=8080) == (
+        "http://registry.internal:8080/auth/token"
+    )
+    assert realm(gateway_host="::1") == "http://[::1]:5000/auth/token"
+    assert realm(public_url="https://registry.example.com/") == (
+        "https://registry.example.com/auth/token"
+    )
+    assert realm(public_url="https://a.example", auth_token_realm="https://b.example/t") == (
+        "https://b.example/t"
+    )
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(RuntimeError, match="REGISTRY_PUBLIC_URL"):
+            realm(gateway_host=wildcard)
+        assert realm(gateway_host=wildcard, public_url="https://r.example") == (
+            "https://r.example/auth/token"
+        )
+
+
 # --- HTTP Basic --------------------------------------------------------------------------------
 
 
@@ -858,6 +887,103 @@ def test_services_answer_only_the_gateway(basic_registry: RegistryUnderTest, wor
     assert basic_registry.http.get("/readyz").status_code == 200
 
 
+def _start_service(
+    name: str, root: Path, host: str, **values: str
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """One service started alone with its real command (``shared.processes``), listening on
+    ``host``; returns the process, its URL on loopback and its log file."""
+    port = free_port()
+    key = "blob_service" if name == "blob-service" else "manifest_service"
+    settings_values = {
+        "database_url": f"sqlite:///{root / 'registry.db'}",
+        "storage_url": f"file://{root / 'storage'}",
+        "broker_url": f"filesystem://{root / 'broker'}",
+        f"{key}_host": host,
+        f"{key}_port": str(port),
+        **values,
+    }
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment |= {f"REGISTRY_{k.upper()}": v for k, v in settings_values.items()}
+    settings = Settings(**settings_values)  # type: ignore[arg-type]
+    process = next(p for p in processes(settings) if p.name == name)
+    log_file = root / f"{name}.log"
+    with open(log_file, "wb") as output:
+        popen = subprocess.Popen(
+            process.argv, env=environment, stdout=output, stderr=subprocess.STDOUT
+        )
+    return popen, f"http://127.0.0.1:{port}", log_file
+
+
+def _answers(url: str, popen: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and popen.poll() is None:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("service", ["blob-service", "manifest-service"])
+@pytest.mark.parametrize("mode", ["htpasswd", "token"])
+def test_a_service_with_auth_on_and_no_secret_refuses_to_listen_beyond_loopback(
+    tmp_path: Path, service: str, mode: str
+) -> None:
+    """Safe by default: without the internal secret its port would serve anyone, around the
+    gateway's authentication. One clear line, exit status 2."""
+    popen, _, log_file = _start_service(service, tmp_path, "0.0.0.0", auth=mode)
+    try:
+        assert popen.wait(timeout=30) == 2
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+    lines = log_file.read_text().splitlines()
+    refusals = [line for line in lines if "refusing to start" in line]
+    assert len(refusals) == 1, lines
+    record = json.loads(refusals[0])
+    assert record["level"] == "CRITICAL"
+    assert "REGISTRY_INTERNAL_SECRET" in record["message"]
+    assert "REGISTRY_INTERNAL_NETWORK_TRUSTED" in record["message"]
+    assert "Traceback" not in log_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("host", "values", "warned"),
+    [
+        ("127.0.0.1", {"auth": "htpasswd"}, True),  # loopback: only this host reaches it
+        ("0.0.0.0", {"auth": "htpasswd", "internal_network_trusted": "true"}, True),
+        ("0.0.0.0", {"auth": "htpasswd", "internal_secret": "s3cret-for-the-test"}, False),
+        ("0.0.0.0", {}, False),  # no authentication: nothing to get around
+    ],
+)
+def test_a_service_starts_where_its_port_is_safe_or_declared_so(
+    tmp_path: Path, host: str, values: dict[str, str], warned: bool
+) -> None:
+    popen, url, log_file = _start_service("blob-service", tmp_path, host, **values)
+    try:
+        assert _answers(url, popen), log_file.read_text()[-2000:]
+    finally:
+        popen.terminate()
+        popen.wait(timeout=30)
+    text = log_file.read_text()
+    assert ("without REGISTRY_INTERNAL_SECRET" in text) == warned, text[-2000:]
+    assert "refusing to start" not in text
+
+
+def test_the_address_a_service_listens_on_is_its_commands() -> None:
+    from shared.internal_auth import is_loopback, listen_address
+
+    assert listen_address("127.0.0.1", ["uvicorn", "x:app", "--host", "0.0.0.0"]) == "0.0.0.0"
+    assert listen_address("127.0.0.1", ["uvicorn", "x:app", "--host=::"]) == "::"
+    assert listen_address("0.0.0.0", ["uvicorn", "--uds", "/run/s.sock"]) == "unix:/run/s.sock"
+    assert listen_address("10.0.0.5", ["pytest"]) == "10.0.0.5"
+    for local in ("127.0.0.1", "127.5.0.1", "::1", "[::1]", "localhost", "unix:/run/s.sock"):
+        assert is_loopback(local), local
+    for reachable in ("0.0.0.0", "::", "10.0.0.5", "blob-service", ""):
+        assert not is_loopback(reachable), reachable
+
+
 # --- tokens ----------------------------------------------------------------------------------
 
 
@@ -932,6 +1058,13 @@ def test_token_challenge_and_endpoint(token_registry: RegistryUnderTest, world: 
         assert response.headers["WWW-Authenticate"] == (
             f'Bearer realm="{realm}",service="{SERVICE}",scope="{scope}"'
         )
+
+    # Whatever Host a request names, the challenge sends clients to the configured realm.
+    for host in ("attacker.example", "attacker.example:443", "127.0.0.1.attacker.example"):
+        for path in ("/v2/", f"/v2/{repo}/tags/list"):
+            response = http.get(path, headers={"Host": host})
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"].startswith(f'Bearer realm="{realm}",')
 
     # alice's token: what she asked for, within her grants; signed by the gateway's key.
     response = get_token(
@@ -1321,3 +1454,49 @@ def test_concurrent_uploads_per_client_are_limited(limited_registry: RegistryUnd
     assert results == [202]
     time.sleep(1)
     assert http.post(f"/v2/{_name('uploads3')}/blobs/uploads/").status_code == 202
+
+
+def test_a_spoofed_x_forwarded_for_gets_no_fresh_bucket(
+    limited_registry: RegistryUnderTest,
+) -> None:
+    """Nothing on the host (127.0.0.1, which uvicorn's own default believes) can choose the
+    address it is counted under: with no trusted proxy configured, X-Forwarded-For is ignored."""
+    time.sleep(2)  # a fresh bucket for this client
+    answers = [
+        limited_registry.http.get("/v2/", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+        for i in range(60)
+    ]
+    statuses = [response.status_code for response in answers]
+    assert 429 in statuses, statuses
+    assert_error(answers[statuses.index(429)], 429, "TOOMANYREQUESTS")
+    time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def proxied_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
+    """Rate limited, behind a trusted proxy on 127.0.0.1 (the tests play the proxy)."""
+    with running_registry(
+        "sqlite",
+        tmp_path_factory.mktemp("registry-proxied"),
+        rate_limit_client_per_second="5",
+        rate_limit_client_burst="5",
+        forwarded_allow_ips="127.0.0.1",
+    ) as running:
+        yield running
+
+
+def test_x_forwarded_for_is_believed_from_a_configured_proxy(
+    proxied_registry: RegistryUnderTest,
+) -> None:
+    http = proxied_registry.http
+    # Each client the proxy names has a bucket of its own...
+    for i in range(20):
+        response = http.get("/v2/", headers={"X-Forwarded-For": f"203.0.113.{i}"})
+        assert response.status_code == 200, (i, response.text)
+    # ...and one client is limited, whoever else the proxy carries.
+    statuses = [
+        http.get("/v2/", headers={"X-Forwarded-For": "203.0.113.200"}).status_code
+        for _ in range(12)
+    ]
+    assert statuses[:5] == [200] * 5 and 429 in statuses, statuses
+    assert http.get("/v2/", headers={"X-Forwarded-For": "203.0.113.201"}).status_code == 200

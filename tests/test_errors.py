@@ -70,6 +70,8 @@ def test_other_codes_used_by_the_registry() -> None:
     assert ErrorCode.UNAVAILABLE.status == 503
     assert ErrorCode.UNKNOWN.status == 500
     assert ErrorCode.REQUEST_TIMEOUT.status == 408
+    assert ErrorCode.HEADERS_TOO_LARGE.status == 431
+    assert ErrorCode.URI_TOO_LONG.status == 414
 
 
 @pytest.mark.parametrize("member", list(ErrorCode), ids=lambda m: m.name)

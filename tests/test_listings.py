@@ -71,6 +71,27 @@ def test_invalid_n_is_refused(registry: RegistryUnderTest, repo: str) -> None:
         assert error_codes(response) == ["PAGINATION_NUMBER_INVALID"]
 
 
+# Characters Python calls digits that are no number in HTTP: superscript two, circled one
+# (str.isdigit() says yes, int() refuses them), Arabic-Indic three and fullwidth one (int()
+# reads them as 3 and 1), and what int() forgives: a sign, white space, an underscore.
+NOT_ASCII_NUMBERS = ["%C2%B2", "%E2%91%A0", "%D9%A3", "%EF%BC%91", "%2B5", "%205", "1_0", "5%0A"]
+
+
+def test_n_is_ascii_digits_only_for_tags(registry: RegistryUnderTest, repo: str) -> None:
+    push_tags(registry, repo)
+    for n in NOT_ASCII_NUMBERS:
+        response = registry.http.get(f"/v2/{repo}/tags/list?n={n}")
+        assert response.status_code == 400, (n, response.text)
+        assert error_codes(response) == ["PAGINATION_NUMBER_INVALID"], n
+
+
+def test_n_is_ascii_digits_only_for_the_catalog(registry: RegistryUnderTest) -> None:
+    for n in NOT_ASCII_NUMBERS:
+        response = registry.http.get(f"/v2/_catalog?n={n}")
+        assert response.status_code == 400, (n, response.text)
+        assert error_codes(response) == ["PAGINATION_NUMBER_INVALID"], n
+
+
 def test_tags_of_an_unknown_repository_is_404_name_unknown(
     registry: RegistryUnderTest, repo: str
 ) -> None:

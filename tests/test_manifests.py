@@ -353,6 +353,24 @@ def test_invalid_json_is_manifest_invalid(registry: RegistryUnderTest, repo: str
         assert error_codes(response) == ["MANIFEST_INVALID"]
 
 
+@pytest.mark.parametrize("size", [10**40, 2**63, -1])
+def test_a_descriptor_size_beyond_int64_is_manifest_invalid(
+    registry: RegistryUnderTest, repo: str, size: int
+) -> None:
+    config = registry.push_blob(repo, b"{}")
+    layer = registry.push_blob(repo, b"a layer")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer, "size": size}],
+    }
+    response = registry.push_manifest(repo, "v1", manifest)
+    assert response.status_code == 400, response.text
+    assert error_codes(response) == ["MANIFEST_INVALID"]
+    assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 404
+
+
 def test_unsupported_content_type_is_415(registry: RegistryUnderTest, repo: str) -> None:
     body, _ = registry.push_image(repo, "v1")
     response = registry.push_manifest(repo, "v2", body, "text/plain")

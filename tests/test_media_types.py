@@ -189,6 +189,13 @@ def test_zero_sized_descriptor_is_accepted() -> None:
     assert parse(encode(document), None).blobs[1] == Descriptor(LAYER_TYPE, D2, 0)
 
 
+def test_the_largest_int64_size_is_accepted() -> None:
+    # The image spec's sizes are int64; one more is no size (refused with the bad descriptors).
+    largest = 2**63 - 1
+    document = oci_manifest(layers=[_descriptor(LAYER_TYPE, D2, largest)])
+    assert parse(encode(document), None).blobs[1] == Descriptor(LAYER_TYPE, D2, largest)
+
+
 def test_annotations_are_extracted() -> None:
     annotations = {"org.opencontainers.image.created": "2024-01-01T00:00:00Z", "a": ""}
     assert parse(encode(oci_manifest(annotations=annotations)), None).annotations == annotations
@@ -375,6 +382,9 @@ BAD_DESCRIPTORS: list[Any] = [
     {"mediaType": LAYER_TYPE, "digest": D1},
     {"mediaType": LAYER_TYPE, "digest": D1, "size": None},
     {"mediaType": LAYER_TYPE, "digest": D1, "size": -1},
+    {"mediaType": LAYER_TYPE, "digest": D1, "size": 2**63},
+    {"mediaType": LAYER_TYPE, "digest": D1, "size": 10**40},
+    {"mediaType": LAYER_TYPE, "digest": D1, "size": -(2**63) - 1},
     {"mediaType": LAYER_TYPE, "digest": D1, "size": "1"},
     {"mediaType": LAYER_TYPE, "digest": D1, "size": 1.5},
     {"mediaType": LAYER_TYPE, "digest": D1, "size": 1.0},

@@ -1,22 +1,27 @@
 """What operators rely on, on the real processes: liveness and readiness probes, Prometheus
-metrics, JSON logs carrying request ids, and graceful shutdown."""
+metrics, JSON logs carrying request ids, graceful shutdown, and ``make run``'s runner, which
+supervises the processes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from shared import users
 from tests.conftest import running_registry
 from tests.registry import RegistryUnderTest, child_pids, eventually, free_port, sha256
 
@@ -218,52 +223,166 @@ def test_sigterm_lets_an_upload_in_flight_finish(
     assert "Finished server process" in own_registry.log("blob-service")
 
 
-def test_the_runner_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: Path) -> None:
-    """``make run`` (``python -m shared.runner``): every process up, the gateway answering;
-    Ctrl-C (SIGINT) stops them all, even when the runner was started from a script that
-    left SIGINT ignored, as a shell does for a background job."""
-    port, blob_port, manifest_port, metrics_port = (free_port() for _ in range(4))
-    values = {
-        "database_url": f"sqlite:///{tmp_path / 'registry.db'}",
-        "storage_url": f"file://{tmp_path / 'storage'}",
-        "broker_url": f"filesystem://{tmp_path / 'broker'}",
-        "gateway_port": str(port),
-        "blob_service_port": str(blob_port),
-        "manifest_service_port": str(manifest_port),
-        "janitor_metrics_port": str(metrics_port),
-        "beat_schedule_file": str(tmp_path / "celerybeat-schedule"),
+@dataclass
+class Runner:
+    popen: subprocess.Popen[bytes]
+    log: Path
+    ports: dict[str, int]
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def child(self, marker: str) -> int:
+        """The pid of the runner's child whose command line holds ``marker``."""
+        for pid in child_pids(self.popen.pid):
+            with contextlib.suppress(FileNotFoundError):
+                if (
+                    marker
+                    in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ):
+                    return pid
+        raise LookupError(marker)
+
+
+@contextmanager
+def running_runner(root: Path, **values: str) -> Iterator[Runner]:
+    """``python -m shared.runner`` (``make run``) on ports of its own, its data under ``root``,
+    started as a script starts a background job (SIGINT ignored), until its banner."""
+    ports = {name: free_port() for name in ("gateway", "blob", "manifest", "metrics")}
+    settings = {
+        "database_url": f"sqlite:///{root / 'registry.db'}",
+        "storage_url": f"file://{root / 'storage'}",
+        "broker_url": f"filesystem://{root / 'broker'}",
+        "gateway_port": str(ports["gateway"]),
+        "blob_service_port": str(ports["blob"]),
+        "manifest_service_port": str(ports["manifest"]),
+        "janitor_metrics_port": str(ports["metrics"]),
+        "beat_schedule_file": str(root / "celerybeat-schedule"),
+        **values,
     }
-    env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
-    with open(tmp_path / "runner.log", "wb") as log:
-        runner = subprocess.Popen(
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env |= {f"REGISTRY_{k.upper()}": v for k, v in settings.items()}
+    log = root / "runner.log"
+    with open(log, "wb") as output:
+        popen = subprocess.Popen(
             [sys.executable, "-m", "shared.runner"],
             env=env,
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
+    runner = Runner(popen, log, ports)
     try:
         eventually(
-            lambda: (
-                b"Ctrl-C stops it" in (tmp_path / "runner.log").read_bytes()
-                or runner.poll() is not None
-            ),
+            lambda: "Ctrl-C stops it" in runner.text() or popen.poll() is not None,
             timeout=60,
             what="the runner's banner",
         )
-        assert runner.poll() is None, (tmp_path / "runner.log").read_text()[-3000:]
-        children = child_pids(runner.pid)
-        assert len(children) >= 5  # gateway, two services, janitor worker and beat
-        assert httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200
-        runner.send_signal(signal.SIGINT)
-        assert runner.wait(timeout=40) == 0
-        eventually(lambda: not any(_alive(pid) for pid in children), what="every process gone")
+        yield runner
     finally:
-        if runner.poll() is None:
-            for pid in [*children, runner.pid]:
+        if popen.poll() is None:
+            for pid in [*child_pids(popen.pid), popen.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            runner.wait()
+            popen.wait()
+
+
+def test_the_runner_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: Path) -> None:
+    """``make run`` (``python -m shared.runner``): every process up, the gateway answering;
+    Ctrl-C (SIGINT) stops them all, even when the runner was started from a script that
+    left SIGINT ignored, as a shell does for a background job. The folders the configuration
+    names are made first: beat's schedule file in a folder that does not exist yet runs."""
+    schedule = tmp_path / "not" / "yet" / "celerybeat-schedule"
+    with running_runner(tmp_path, beat_schedule_file=str(schedule)) as runner:
+        assert runner.popen.poll() is None, runner.text()[-3000:]
+        children = child_pids(runner.popen.pid)
+        assert len(children) >= 5  # gateway, two services, janitor worker and beat
+        assert httpx.get(f"http://127.0.0.1:{runner.ports['gateway']}/v2/").status_code == 200
+        assert schedule.parent.is_dir()
+        time.sleep(3)  # beat opened its schedule, or exited
+        assert runner.popen.poll() is None, runner.text()[-3000:]
+        assert "starting it again" not in runner.text(), runner.text()[-3000:]
+        assert set(children) <= set(child_pids(runner.popen.pid))
+        runner.popen.send_signal(signal.SIGINT)
+        assert runner.popen.wait(timeout=40) == 0
+        eventually(lambda: not any(_alive(pid) for pid in children), what="every process gone")
+
+
+def test_the_runner_starts_a_process_that_died_again_and_keeps_the_others(
+    tmp_path: Path, repo: str
+) -> None:
+    """One crash stops nothing else: the process is started again (and logged), and a process
+    that keeps failing is started again later each time, up to a cap; SIGTERM stops it all."""
+    schedule = tmp_path / "beat" / "celerybeat-schedule"
+    with running_runner(tmp_path, beat_schedule_file=str(schedule)) as runner:
+        gateway = f"http://127.0.0.1:{runner.ports['gateway']}"
+        others = {runner.child(m) for m in ("api_gateway.app", "manifest_service.app")}
+        os.kill(runner.child("blob_service.app"), signal.SIGKILL)
+        eventually(
+            lambda: "blob-service was killed by SIGKILL" in runner.text(),
+            what="the crash logged",
+        )
+        # The blob service is back: uploads work through the gateway again.
+        eventually(
+            lambda: httpx.post(f"{gateway}/v2/{repo}/blobs/uploads/").status_code == 202,
+            what="the blob service started again",
+        )
+
+        # Beat cannot start while a file is where its schedule's folder should be: each exit
+        # in a row waits twice as long before the next start.
+        os.kill(runner.child("janitor.worker beat"), signal.SIGKILL)
+        shutil.rmtree(schedule.parent)
+        schedule.parent.write_bytes(b"in the way")
+        eventually(
+            lambda: (
+                "janitor-beat exited with status 1 after" in runner.text()
+                and "starting it again in 4s" in runner.text()
+            ),
+            timeout=60,
+            what="beat failing, started again after 1 s, 2 s, 4 s",
+        )
+        schedule.parent.unlink()
+        schedule.parent.mkdir()
+        eventually(lambda: schedule.parent.is_dir() and any(schedule.parent.iterdir()), what="beat")
+        delays = [
+            line.rsplit(" ", 1)[1]
+            for line in runner.text().splitlines()
+            if line.startswith("registry: janitor-beat") and "starting it again in" in line
+        ]
+        assert delays[:3] == ["1s", "2s", "4s"], delays
+
+        assert runner.popen.poll() is None
+        assert others <= set(child_pids(runner.popen.pid))  # nothing else was restarted
+        assert httpx.get(f"{gateway}/v2/").status_code == 200
+        runner.popen.send_signal(signal.SIGTERM)
+        assert runner.popen.wait(timeout=40) == 0
+
+
+def test_the_runner_makes_an_internal_secret_when_authentication_is_on(tmp_path: Path) -> None:
+    """With authentication on and no secret, ``make run`` makes one for its processes: the
+    services' ports answer the gateway only, and requests through the gateway still work."""
+    password = "correct horse"
+    users_file = tmp_path / "users.yaml"
+    users.write_document(
+        users_file,
+        {
+            "users": {"alice": {"password_hash": users.hash_password(password, 4)}},
+            "grants": [{"repositories": ["*"], "users": ["alice"], "actions": ["pull", "push"]}],
+        },
+    )
+    with running_runner(tmp_path, auth="htpasswd", auth_users_file=str(users_file)) as runner:
+        assert runner.popen.poll() is None, runner.text()[-3000:]
+        assert "made one for this run" in runner.text()
+        for service in ("blob", "manifest"):
+            direct = httpx.get(f"http://127.0.0.1:{runner.ports[service]}/v2/a/tags/list")
+            assert direct.status_code == 401, (service, direct.text)
+            assert direct.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        gateway = f"http://127.0.0.1:{runner.ports['gateway']}"
+        through = httpx.post(f"{gateway}/v2/a/blobs/uploads/", auth=("alice", password))
+        assert through.status_code == 202, through.text
+        listed = httpx.get(f"{gateway}/v2/a/tags/list", auth=("alice", password))
+        assert listed.status_code == 404 and listed.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+        assert "REGISTRY_INTERNAL_SECRET=" not in runner.text()
 
 
 def _alive(pid: int) -> bool:

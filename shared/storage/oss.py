@@ -84,6 +84,7 @@ import oss2.models
 import requests
 import urllib3.exceptions
 
+from shared.numbers import parse_decimal
 from shared.settings import Settings
 from shared.storage import ObjectInfo, ObjectNotFound, StorageError
 
@@ -92,7 +93,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEGMENT_MARK = ".seg-"
-_SEGMENT = re.compile(r"^(?P<base>.+)\.seg-(?P<start>\d{20})$")
+_SEGMENT = re.compile(r"^(?P<base>.+)\.seg-(?P<start>[0-9]{20})$")
 READ_CHUNK = 1024 * 1024
 MAX_DELETE = 1000  # DeleteMultipleObjects takes at most 1000 keys
 STANDARD_RANGE = {"x-oss-range-behavior": "standard"}
@@ -651,7 +652,11 @@ class OssDriver:
                 return None
             raise
         content_range = result.headers.get("Content-Range")
-        size = int(content_range.rsplit("/", 1)[1]) if content_range else result.content_length
+        size = (
+            parse_decimal(content_range.rsplit("/", 1)[1])
+            if content_range
+            else result.content_length
+        )
         return result, size, result.etag
 
     async def _stream(

@@ -301,9 +301,8 @@ class TokenGuard(Guard):
         self.service = service
         self._verified: dict[bytes, tuple[Principal, float]] = {}
 
-    def _challenge(self, request: Request, scope: str | None, error: str | None = None) -> str:
-        realm = self.realm or f"{request.base_url}auth/token"
-        challenge = f"Bearer realm={_quoted(realm)},service={_quoted(self.service)}"
+    def _challenge(self, scope: str | None, error: str | None = None) -> str:
+        challenge = f"Bearer realm={_quoted(self.realm)},service={_quoted(self.service)}"
         if scope is not None:
             challenge += f",scope={_quoted(scope)}"
         if error is not None:
@@ -322,7 +321,7 @@ class TokenGuard(Guard):
                 "bad_credentials",
                 ErrorCode.UNAUTHORIZED,
                 "this registry takes bearer tokens from its token endpoint",
-                self._challenge(request, scope),
+                self._challenge(scope),
             )
         key = hashlib.sha256(token.encode("latin-1")).digest()
         cached = self._verified.get(key)
@@ -337,7 +336,7 @@ class TokenGuard(Guard):
                 "invalid_token",
                 ErrorCode.UNAUTHORIZED,
                 str(exc),
-                self._challenge(request, scope, "invalid_token"),
+                self._challenge(scope, "invalid_token"),
             )
         subject = claims.get("sub")
         principal = Principal(
@@ -355,7 +354,7 @@ class TokenGuard(Guard):
                 "unauthenticated",
                 ErrorCode.UNAUTHORIZED,
                 "log in",
-                self._challenge(request, None),
+                self._challenge(None),
             )
 
     async def check(self, request: Request, match: routing.Match) -> str | None:
@@ -366,7 +365,7 @@ class TokenGuard(Guard):
                 "unauthenticated",
                 ErrorCode.UNAUTHORIZED,
                 f"{needed.describe()} needs a token",
-                self._challenge(request, needed.scope),
+                self._challenge(needed.scope),
             )
         if not granted(needed.actions, principal.access(needed.resource_type, needed.name)):
             log.info(
@@ -379,7 +378,7 @@ class TokenGuard(Guard):
                 "insufficient_scope",
                 ErrorCode.UNAUTHORIZED,
                 f"the token grants no {needed.describe()}",
-                self._challenge(request, needed.scope, "insufficient_scope"),
+                self._challenge(needed.scope, "insufficient_scope"),
             )
         return mount_query(request, match, principal)
 
@@ -468,6 +467,30 @@ def _users_file(settings: Settings) -> UsersFile:
     return UsersFile(Path(settings.auth_users_file))
 
 
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def token_realm(settings: Settings) -> str:
+    """Where the Bearer challenge sends clients for a token: ``REGISTRY_AUTH_TOKEN_REALM``;
+    else this gateway's ``/auth/token`` at ``REGISTRY_PUBLIC_URL``, else at the address it
+    listens on. Never at the request's Host header: whoever sends a request could then choose
+    where the clients that follow the challenge send their credentials."""
+    if settings.auth_token_realm:
+        return settings.auth_token_realm
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + "/auth/token"
+    host = settings.gateway_host.strip()
+    if host in WILDCARD_HOSTS:
+        raise RuntimeError(
+            f"REGISTRY_AUTH=token with the gateway listening on every address ({host or '*'}) "
+            "needs REGISTRY_PUBLIC_URL (or REGISTRY_AUTH_TOKEN_REALM): the URL clients reach "
+            "the token endpoint at"
+        )
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{settings.gateway_port}/auth/token"
+
+
 def configure(settings: Settings) -> AuthSetup:
     """The guard (and token issuer) ``settings`` ask for; a misconfiguration fails startup."""
     if settings.auth == "none":
@@ -481,7 +504,6 @@ def configure(settings: Settings) -> AuthSetup:
         issuer=settings.auth_token_issuer,
         audience=settings.auth_service,
     )
-    guard = TokenGuard(keys, settings.auth_token_realm, settings.auth_service)
     if keys.signing is None:
         # An external issuer only: clients are sent to its endpoint.
         if not settings.auth_token_realm:
@@ -489,6 +511,7 @@ def configure(settings: Settings) -> AuthSetup:
                 "REGISTRY_AUTH=token with an external issuer (a public key file and no private "
                 "key) needs REGISTRY_AUTH_TOKEN_REALM, the issuer's token endpoint"
             )
-        return AuthSetup(guard, None)
+        return AuthSetup(TokenGuard(keys, settings.auth_token_realm, settings.auth_service), None)
     users = _users_file(settings)
+    guard = TokenGuard(keys, token_realm(settings), settings.auth_service)
     return AuthSetup(guard, TokenIssuer(keys, users, BasicCredentials(users), settings))

@@ -16,6 +16,12 @@ gateway is started with ``--http api_gateway.connections:GatewayProtocol``) also
   the one over the cap is answered 429 ``TOOMANYREQUESTS`` and closed. Connections from the
   trusted proxies (``REGISTRY_FORWARDED_ALLOW_IPS``) are not counted: they carry everyone's
   requests.
+
+And it answers what the HTTP parser refuses in the spec's error format, where uvicorn would
+answer in plain text: a request target longer than ``REGISTRY_MAX_URL_BYTES`` gets 414
+``URI_TOO_LONG`` (checked here, as the bytes arrive: uvicorn itself fails on targets over
+64 KiB, where its URL parser's 16-bit offsets end), and a request the parser cannot read (raw
+non-ASCII bytes in the target, a malformed request line or header) 400 ``UNSUPPORTED``.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import asyncio
 import ipaddress
 import json
 import logging
+import sys
 from collections import Counter
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared.errors import ErrorCode, error_body
@@ -37,6 +45,13 @@ log = logging.getLogger(__name__)
 
 # Open connections per client address, in this process (the cap is per gateway replica).
 _open: Counter[str] = Counter()
+
+# The longest request target uvicorn can parse (http_parser_parse_url's offsets are 16-bit).
+MAX_URL_BYTES = 65535
+
+
+class _TargetTooLong(Exception):
+    """Raised from the parser's callback to stop it; the answer is already chosen."""
 
 
 def _trusted(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -68,8 +83,10 @@ class GatewayProtocol(HttpToolsProtocol):
         self._body_timeout = settings.client_body_timeout_seconds
         self._cap = settings.max_connections_per_client
         self._trusted_proxies = _trusted(settings) if self._cap else []
+        self._max_url = min(settings.max_url_bytes, MAX_URL_BYTES)
         self._counted: str | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._refusal: bytes | None = None
 
     # --- the cap per client address ---------------------------------------------------------
 
@@ -127,6 +144,35 @@ class GatewayProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm(self._header_timeout, self._headers_too_slow)
+
+    # --- what the parser refuses --------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self._max_url:
+            self._refusal = _answer(
+                414,
+                "URI Too Long",
+                ErrorCode.URI_TOO_LONG,
+                f"the request target is longer than {self._max_url} bytes",
+            )
+            raise _TargetTooLong  # the parser stops; uvicorn then calls send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refused, in the spec's error format. It
+        is called while uvicorn handles the parser's exception, which says what was wrong."""
+        answer = self._refusal
+        if answer is None:
+            error = sys.exc_info()[1]
+            detail = (
+                "the request target may hold printable ASCII characters only; "
+                "percent-encode any other byte"
+                if isinstance(error, httptools.HttpParserInvalidURLError)
+                else f"malformed HTTP request ({error or msg})"
+            )
+            answer = _answer(400, "Bad Request", ErrorCode.UNSUPPORTED, detail)
+        self.transport.write(answer)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._disarm()

@@ -36,7 +36,7 @@ class HeaderLimitMiddleware:
                     f"request headers are {size} bytes in {len(headers)} fields; "
                     f"at most {self.max_bytes} bytes and {self.max_count} fields are accepted"
                 )
-                response = error_response(ErrorCode.SIZE_INVALID, detail, status=431)
+                response = error_response(ErrorCode.HEADERS_TOO_LARGE, detail)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from shared.errors import ErrorCode, RegistryError
+from shared.numbers import NumberInvalid, parse_decimal
 from shared.storage import StorageDriver, read_blob
 from shared.web import (
     BYTE_RANGE_HEADER,
@@ -43,6 +44,12 @@ _DROP_REQUEST = {
     "upgrade",
     "host",
     "expect",
+    # The client's own claims of where it is: the gateway names the client it determined
+    # (believing a proxy only when configured) in the X-Forwarded-For it adds.
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
 }
 # Response headers that are hop-by-hop or that the gateway's server sets itself, as the raw
 # names compared: for answers passed on or relayed, and for blob bytes the gateway sends itself
@@ -147,7 +154,8 @@ async def forward(
 
 async def _serve_locally(upstream: aiohttp.ClientResponse, storage: StorageDriver) -> Response:
     key = upstream.headers[STORAGE_KEY_HEADER]
-    start, end = (int(n) for n in upstream.headers[BYTE_RANGE_HEADER].split("-"))
+    first, _, last = upstream.headers[BYTE_RANGE_HEADER].partition("-")
+    start, end = parse_decimal(first), parse_decimal(last)
     digest = upstream.headers["Docker-Content-Digest"]
     await upstream.read()  # empty; frees the connection for the next request
     upstream.release()
@@ -172,8 +180,11 @@ async def _release(upstream: aiohttp.ClientResponse) -> None:
 
 
 def _is_small(upstream: aiohttp.ClientResponse) -> bool:
-    length = upstream.headers.get("content-length", "")
-    return length.isdigit() and int(length) <= SMALL_ANSWER
+    try:
+        parse_decimal(upstream.headers.get("content-length", ""), SMALL_ANSWER)
+    except NumberInvalid:
+        return False
+    return True
 
 
 def _answer_headers(

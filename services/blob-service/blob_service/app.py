@@ -25,7 +25,7 @@ def create_app() -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(blobs.router)
     install_error_handlers(app)
-    internal_auth.install(app, get_settings())
+    internal_auth.install(app, get_settings(), get_settings().blob_service_host)
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=SERVICE)
     return app

@@ -6,29 +6,34 @@ from __future__ import annotations
 import re
 
 from shared.errors import ErrorCode, RegistryError
+from shared.numbers import DIGITS, INT64_MAX, NumberInvalid, parse_decimal
 
-# ASCII digits only, and at most 19 of them (the largest 64-bit size): a longer number is no
-# size a blob can have, and int() of thousands of digits is refused by Python.
-_NUMBER = "[0-9]{1,19}"
-_CHUNK_RANGE = re.compile(rf"(?:bytes[ =])?({_NUMBER})-({_NUMBER})(?:/(?:{_NUMBER}|\*))?")
-_BYTE_RANGE = re.compile(r"bytes=([0-9]+)?-([0-9]+)?")
-# A position past any blob's end: what a Range position of more than 19 digits means.
-_BEYOND = 2**63
+# Positions are ASCII digits only (shared.numbers): '٣' is no position.
+_CHUNK_RANGE = re.compile(rf"(?:bytes[ =])?({DIGITS})-({DIGITS})(?:/(?:{DIGITS}|\*))?")
+_BYTE_RANGE = re.compile(rf"bytes=({DIGITS})?-({DIGITS})?")
+# A position past any blob's end: what a Range position beyond the largest size means.
+_BEYOND = INT64_MAX + 1
 
 
 def _position(digits: str) -> int:
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= 19 else _BEYOND
+    try:
+        return parse_decimal(digits)
+    except NumberInvalid:
+        return _BEYOND
 
 
 def parse_content_range(value: str) -> tuple[int, int]:
     """The inclusive ``(start, end)`` of an upload chunk's ``Content-Range``."""
     match = _CHUNK_RANGE.fullmatch(value.strip())
+    malformed = RegistryError(
+        ErrorCode.BLOB_UPLOAD_INVALID, f"malformed Content-Range {value[:100]!r}", status=416
+    )
     if not match:
-        raise RegistryError(
-            ErrorCode.BLOB_UPLOAD_INVALID, f"malformed Content-Range {value[:100]!r}", status=416
-        )
-    start, end = int(match[1]), int(match[2])
+        raise malformed
+    try:
+        start, end = parse_decimal(match[1]), parse_decimal(match[2])
+    except NumberInvalid:
+        raise malformed from None  # a position beyond any size
     if end < start:
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_INVALID,

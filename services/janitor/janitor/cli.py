@@ -33,6 +33,7 @@ from tqdm import tqdm
 from janitor import gc, leases, reconcile, uploads
 from janitor.report import Report
 from shared import users
+from shared.numbers import NumberInvalid, parse_decimal
 from shared.settings import get_settings
 from shared.storage import get_storage
 
@@ -41,10 +42,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def duration(text: str) -> dt.timedelta:
     """``90``, ``90s``, ``15m``, ``24h``, ``7d`` or ``1w``."""
-    match = re.fullmatch(r"(\d+)([smhdw]?)", text.strip())
+    match = re.fullmatch(r"([0-9]+)([smhdw]?)", text.strip())
+    invalid = argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 15m, 24h, 7d)")
     if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 15m, 24h, 7d)")
-    return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2] or "s"])
+        raise invalid
+    try:
+        return dt.timedelta(seconds=parse_decimal(match[1]) * _UNITS[match[2] or "s"])
+    except (NumberInvalid, OverflowError):
+        raise invalid from None
 
 
 def _run(name: str, work: Coroutine[Any, Any, Report], bar: tqdm) -> int:

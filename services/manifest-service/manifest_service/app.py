@@ -22,7 +22,7 @@ def create_app() -> FastAPI:
     app.include_router(tags.router)
     app.include_router(referrers.router)
     install_error_handlers(app)
-    internal_auth.install(app, get_settings())
+    internal_auth.install(app, get_settings(), get_settings().manifest_service_host)
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=SERVICE)
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import ErrorCode, RegistryError
+from shared.numbers import INT64_MAX
 from shared.reference import parse_digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -60,8 +61,9 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         parse_digest(digest)
     except RegistryError as exc:
         raise _invalid(f"{where}.digest: {exc.detail}") from None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _invalid(f"{where}.size must be a non-negative integer")
+    # The image spec's sizes are int64 (and the database's columns): larger is no size.
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= INT64_MAX:
+        raise _invalid(f"{where}.size must be an integer from 0 to {INT64_MAX}")
     return Descriptor(media_type, digest, size)
 
 

@@ -11,6 +11,7 @@ from manifest_service.deps import RepositoryName, RequestId
 from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.events import publish_later
+from shared.numbers import NumberInvalid, is_decimal, parse_decimal
 from shared.reference import validate_name
 from shared.settings import get_settings
 
@@ -63,8 +64,13 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     too_large = RegistryError(
         ErrorCode.SIZE_INVALID, f"manifests are limited to {limit} bytes", status=413
     )
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+    # The HTTP server has checked the framing; a declared length above the limit is refused
+    # before any byte is read.
+    if declared is not None and is_decimal(declared):
+        try:
+            parse_decimal(declared, limit)
+        except NumberInvalid:
+            raise too_large from None
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
