@@ -31,8 +31,9 @@ import ipaddress
 import json
 import logging
 import sys
+import time
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Open connections per client address, in this process (the cap is per gateway replica).
 _open: Counter[str] = Counter()
+
+SWEEP_SECONDS = 1.0  # how often time limits are checked: a client is cut off up to this late
 
 # The longest request target uvicorn can parse (http_parser_parse_url's offsets are 16-bit).
 MAX_URL_BYTES = 65535
@@ -85,7 +88,11 @@ class GatewayProtocol(HttpToolsProtocol):
         self._trusted_proxies = _trusted(settings) if self._cap else []
         self._max_url = min(settings.max_url_bytes, MAX_URL_BYTES)
         self._counted: str | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # What the connection waits for from the client ("headers", "body" or nothing) and
+        # until when (monotonic). Checked by one sweep a second for every connection: a timer
+        # per request cost a sixth of the gateway's request rate.
+        self._waiting_for: str | None = None
+        self._deadline = 0.0
         self._refusal: bytes | None = None
 
     # --- the cap per client address ---------------------------------------------------------
@@ -109,10 +116,12 @@ class GatewayProtocol(HttpToolsProtocol):
                 return
             _open[host] += 1
             self._counted = host
-        self._arm(self._header_timeout, self._headers_too_slow)
+        self._expect("headers", self._header_timeout)
+        _Sweeper.watch(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._waiting_for = None
+        _Sweeper.forget(self)
         if self._counted is not None:
             _open[self._counted] -= 1
             if _open[self._counted] <= 0:
@@ -131,19 +140,16 @@ class GatewayProtocol(HttpToolsProtocol):
 
     # --- time limits ------------------------------------------------------------------------
 
-    def _arm(self, seconds: float, handler: Any) -> None:
-        self._disarm()
-        if seconds > 0 and not self.transport.is_closing():
-            self._timer = self.loop.call_later(seconds, handler)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _expect(self, what: str, seconds: float) -> None:
+        if seconds > 0:
+            self._waiting_for = what
+            self._deadline = time.monotonic() + seconds
+        else:
+            self._waiting_for = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm(self._header_timeout, self._headers_too_slow)
+        self._expect("headers", self._header_timeout)
 
     # --- what the parser refuses --------------------------------------------------------------
 
@@ -175,22 +181,31 @@ class GatewayProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_headers_complete(self) -> None:
-        self._disarm()
         super().on_headers_complete()
-        self._arm(self._body_timeout, self._body_too_slow)
+        self._expect("body", self._body_timeout)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        self._arm(self._body_timeout, self._body_too_slow)
+        if self._waiting_for is not None:
+            self._deadline = time.monotonic() + self._body_timeout
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._waiting_for = None
         super().on_message_complete()
 
-    def _headers_too_slow(self) -> None:
-        self._timer = None
-        if self.transport.is_closing():
+    def overdue(self, now: float) -> None:
+        """Called by the sweep: cut the connection off if the client is late."""
+        if self._waiting_for is None or now < self._deadline:
             return
+        if self.transport.is_closing():
+            self._waiting_for = None
+        elif self._waiting_for == "headers":
+            self._headers_too_slow()
+        else:
+            self._body_too_slow()
+
+    def _headers_too_slow(self) -> None:
+        self._waiting_for = None
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a request is being answered: its own limits apply
         CLIENTS_CUT_OFF.labels("headers").inc()
@@ -205,14 +220,40 @@ class GatewayProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _body_too_slow(self) -> None:
-        self._timer = None
-        if self.transport.is_closing():
-            return
         if self.flow.read_paused:
             # The gateway is not reading (the service takes the bytes slower than the client
             # sends them): not the client's delay.
-            self._arm(self._body_timeout, self._body_too_slow)
+            self._deadline = time.monotonic() + self._body_timeout
             return
+        self._waiting_for = None
         CLIENTS_CUT_OFF.labels("body").inc()
         log.info("closing a connection whose request body stalled for %g s", self._body_timeout)
         self.transport.close()
+
+
+class _Sweeper:
+    """Once a second, each open connection of this process is asked whether its client is
+    late (one timer for all of them, running while any connection is open)."""
+
+    connections: ClassVar[set[GatewayProtocol]] = set()
+    handle: ClassVar[asyncio.TimerHandle | None] = None
+
+    @classmethod
+    def watch(cls, connection: GatewayProtocol) -> None:
+        cls.connections.add(connection)
+        if cls.handle is None:
+            cls.handle = connection.loop.call_later(SWEEP_SECONDS, cls.sweep, connection.loop)
+
+    @classmethod
+    def forget(cls, connection: GatewayProtocol) -> None:
+        cls.connections.discard(connection)
+
+    @classmethod
+    def sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        for connection in list(cls.connections):
+            try:
+                connection.overdue(now)
+            except Exception:  # one connection's trouble must not stop the others' checks
+                log.exception("checking a connection's time limits failed")
+        cls.handle = loop.call_later(SWEEP_SECONDS, cls.sweep, loop) if cls.connections else None
