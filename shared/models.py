@@ -81,6 +81,11 @@ class Blob(Base):
         String(16), default=BLOB_PRESENT, server_default=BLOB_PRESENT
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # The janitor task moving or deleting the blob's objects, and until when its claim holds
+    # unless renewed: storage work is done outside any transaction, one task at a time per
+    # blob (``janitor.claims``).
+    claimed_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class RepositoryBlob(Base):
@@ -169,7 +174,6 @@ class BlobReview(Base):
     digest: Mapped[str] = mapped_column(String(150), primary_key=True)
     review_after: Mapped[dt.datetime] = mapped_column(DateTime)
     reason: Mapped[str] = mapped_column(String(32))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ManifestReview(Base):
@@ -183,7 +187,6 @@ class ManifestReview(Base):
     )
     review_after: Mapped[dt.datetime] = mapped_column(DateTime)
     reason: Mapped[str] = mapped_column(String(32))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JobLease(Base):

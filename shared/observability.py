@@ -18,6 +18,8 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.blobs import TransferAborted
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -132,6 +134,19 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _AbortedTransferFilter(logging.Filter):
+    """The server's record of a blob transfer aborted mid-body, as one warning line instead
+    of a traceback: the storage's failure is already described by the exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TransferAborted):
+            record.msg = "blob transfer aborted after the answer started: %s"
+            record.args = (record.exc_info[1],)
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(level: str, service: str) -> None:
     """JSON lines on stderr for this process and the libraries it runs (uvicorn, Celery)."""
     handler = logging.StreamHandler()
@@ -144,6 +159,7 @@ def configure_logging(level: str, service: str) -> None:
         )
     )
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_AbortedTransferFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

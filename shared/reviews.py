@@ -46,7 +46,7 @@ def _upsert(
     # transactions doing that before inserting deadlock each other.
     try:
         with session.begin_nested():
-            session.add(model(**fields, review_after=due, reason=reason, attempts=0))
+            session.add(model(**fields, review_after=due, reason=reason))
         return
     except IntegrityError:
         pass

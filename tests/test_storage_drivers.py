@@ -228,10 +228,12 @@ def test_large_appends_read_back_in_ranges(storage: Storage) -> None:
 def test_missing_objects(storage: Storage) -> None:
     async def scenario() -> None:
         assert await storage.driver.size("blobs/nothing/data") is None
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(ObjectNotFound):
             await read_all(storage.driver, "blobs/nothing/data")
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(ObjectNotFound):
             await storage.driver.move("uploads/nothing/data", "blobs/nothing/data")
+        with pytest.raises(ObjectNotFound):
+            await storage.driver.truncate("uploads/nothing/data", 0)
         await storage.driver.delete("blobs/nothing/data")  # no error
         assert await listed(storage.driver, "blobs/") == {}
 
@@ -262,7 +264,7 @@ def test_a_failed_append_leaves_the_object_as_before(storage: Storage) -> None:
 
 def test_an_append_can_be_undone(storage: Storage) -> None:
     """What the blob service does when a chunk's Content-Range was wrong, or its new size could
-    not be recorded: an empty append at the old size."""
+    not be recorded: a truncation to the old size."""
 
     async def scenario() -> None:
         key = "uploads/undo/data"
@@ -270,11 +272,12 @@ def test_an_append_can_be_undone(storage: Storage) -> None:
         assert await storage.driver.append(key, 0, chunks(first)) == len(first)
         size = await storage.driver.append(key, len(first), chunks(second))
         assert size == len(first) + len(second)
-        assert await storage.driver.append(key, len(first), chunks()) == len(first)
+        await storage.driver.truncate(key, len(first))
         assert await storage.driver.size(key) == len(first)
         assert await read_all(storage.driver, key) == first
         # Cut inside a stored piece too; then appends continue from there.
-        assert await storage.driver.append(key, 1000, chunks()) == 1000
+        await storage.driver.truncate(key, 1000)
+        assert await storage.driver.size(key) == 1000
         assert await read_all(storage.driver, key) == first[:1000]
         assert await storage.driver.append(key, 1000, chunks(b"more")) == 1004
         assert await read_all(storage.driver, key) == first[:1000] + b"more"
@@ -367,9 +370,8 @@ def test_list(storage: Storage) -> None:
     run(scenario())
 
 
-def test_local_path(storage: Storage) -> None:
-    path = storage.driver.local_path("blobs")
-    assert (path is not None) == (storage.kind == "filesystem")
+def test_only_the_filesystem_is_local(storage: Storage) -> None:
+    assert storage.driver.local == (storage.kind == "filesystem")
 
 
 def test_the_filesystem_driver_reads_bytes_the_page_cache_lacks(tmp_path: Path) -> None:
@@ -378,9 +380,7 @@ def test_the_filesystem_driver_reads_bytes_the_page_cache_lacks(tmp_path: Path) 
     driver = FilesystemDriver(str(tmp_path))
     data = os.urandom(3 * 1024 * KiB + 123)
     assert run(driver.append("blob", 0, chunks(data))) == len(data)
-    path = driver.local_path("blob")
-    assert path is not None
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(driver.path("blob"), os.O_RDONLY)
     try:
         os.fsync(fd)  # clean pages, which the kernel may drop
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -6,6 +6,7 @@ that breaks midway is resumed by the driver, unseen by the client."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -123,3 +124,36 @@ def test_a_download_oss_cuts_midway_is_resumed(
         f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=1000000-2999999"}
     )
     assert ranged.status_code == 206 and ranged.content == data[1_000_000:3_000_000]
+
+
+def test_pushes_go_on_while_the_janitor_waits_for_a_stalled_move(
+    tmp_path_factory: pytest.TempPathFactory, repo: str
+) -> None:
+    """The janitor's moves hold no database lock: while OSS takes longer than the database's
+    lock timeout to answer a move, other pushes (and a push of the very blob being moved) are
+    answered as usual, never 503."""
+    root = tmp_path_factory.mktemp("oss-stall")
+    with running_registry(
+        "oss", root, promote_delay_seconds="0", database_lock_timeout_seconds="2"
+    ) as stalled:
+        assert stalled.oss is not None
+        stall = stalled.oss.fail_next("CopyObject", mode="slow", delay=8)
+        data = os.urandom(5000)
+        digest = stalled.push_blob(repo, data)
+        eventually(lambda: stall.hits == 1, what="the janitor's move stalled")
+        started = time.monotonic()
+        pushed = 0
+        while time.monotonic() - started < 6:  # well past the lock timeout, within the stall
+            stalled.push_image(f"{repo}-{pushed}", "v1", [os.urandom(2000), os.urandom(3000)])
+            assert stalled.push_blob(f"{repo}-same-{pushed}", data) == digest
+            pushed += 1
+        assert pushed >= 3
+        eventually(
+            lambda: (
+                stalled.query("SELECT storage_key FROM blobs WHERE digest = :d", d=digest)
+                == [(final_key(digest),)]
+            ),
+            what="the stalled move recorded",
+        )
+        assert stalled.http.get(f"/v2/{repo}/blobs/{digest}").content == data
+        eventually(stalled.storage_matches_database, what="the uploads' objects discarded")

@@ -25,20 +25,36 @@ class ObjectInfo:
 
 
 class StorageError(Exception):
-    """The storage backend failed; the request may be retried."""
+    """The storage backend failed (after the driver's own retries); the request may be sent
+    again. Every driver raises this, or :class:`ObjectNotFound`, and nothing else for a
+    failure of the backend: callers catch one tree whatever the driver."""
 
 
-class ObjectNotFound(StorageError, FileNotFoundError):
-    """There is no such object (a ``FileNotFoundError`` too, as the filesystem driver raises)."""
+class ObjectNotFound(StorageError):
+    """There is no object at the key (read, moved or truncated)."""
 
 
 class StorageDriver(Protocol):
+    """What a driver implements; ``tests/test_storage_drivers.py`` holds every driver to it.
+
+    An upload's object is written with :meth:`append` (and cut back with :meth:`truncate`),
+    becomes a blob by :meth:`move` to the blob's own key, and is read with :meth:`read`.
+    """
+
+    #: Whether the objects are files on this machine, which a process sharing the filesystem
+    #: reads without a network hop (the gateway sends blob bytes itself then).
+    local: bool
+
     async def append(self, key: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
         """Write ``chunks`` into ``key`` from ``offset`` on (creating it when ``offset`` is 0).
 
         Returns the object's new size. If the chunks fail midway, whatever was written past
         ``offset`` is undone, so the object is as it was before the call.
         """
+        ...
+
+    async def truncate(self, key: str, size: int) -> None:
+        """Cut the object back to its first ``size`` bytes (an append undone)."""
         ...
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -65,38 +81,6 @@ class StorageDriver(Protocol):
         """A time-limited URL a client may GET the object from directly, when the driver can
         give one and is configured to; else None."""
         ...
-
-    def local_path(self, key: str) -> str | None:
-        """A filesystem path to the object, when the driver has one (lets a server send it
-        with ``sendfile``)."""
-        ...
-
-
-async def read_blob(
-    storage: StorageDriver, storage_key: str, digest: str, start: int = 0, end: int | None = None
-) -> AsyncIterator[bytes]:
-    """The bytes of blob ``digest``, which the database says are at ``storage_key``. The
-    janitor may move them to the blob's own key at any moment, before or during the read:
-    what is not found at the upload's key is read from there, from where the read stopped
-    (the bytes are the same: the key is named by their digest)."""
-    from shared.reference import parse_digest
-    from shared.storage.keys import blob_key
-
-    final_key = blob_key(parse_digest(digest))
-    key = storage_key
-    if key != final_key and await storage.size(key) is None:
-        key = final_key
-    position = start
-    while True:
-        try:
-            async for chunk in storage.read(key, position, end):
-                position += len(chunk)
-                yield chunk
-            return
-        except FileNotFoundError:
-            if key == final_key:
-                raise
-            key = final_key  # moved meanwhile
 
 
 @lru_cache

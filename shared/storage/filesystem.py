@@ -1,4 +1,8 @@
-"""The local filesystem driver: one file per object under a root folder."""
+"""The local filesystem driver: one file per object under a root folder.
+
+The operating system's errors leave as the storage interface's: a missing file as
+``ObjectNotFound``, any other (a full disk, an I/O error, a permission) as ``StorageError``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import datetime as dt
 import errno
 import os
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 
-from shared.storage import ObjectInfo
+from shared.storage import ObjectInfo, ObjectNotFound, StorageError
 
 READ_CHUNK = 1024 * 1024
 # Reads from the page cache run on the event loop: after this many chunks in a row (8 MiB,
@@ -43,7 +47,19 @@ def _in_page_cache(fd: int, first: int, last: int) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _mapped(what: str, key: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise ObjectNotFound(f"{what}: no object {key!r}") from exc
+    except OSError as exc:
+        raise StorageError(f"{what} {key!r}: {exc.strerror or exc}") from exc
+
+
 class FilesystemDriver:
+    local = True
+
     def __init__(self, root: str) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -57,53 +73,63 @@ class FilesystemDriver:
     async def redirect_url(self, key: str, expires: int = 600) -> str | None:
         return None  # served by the registry (the gateway sends the file itself)
 
-    def local_path(self, key: str) -> str | None:
-        return str(self._path(key))
+    def path(self, key: str) -> Path:
+        """Where the object of ``key`` is (or would be)."""
+        return self._path(key)
 
     async def append(self, key: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
         path = self._path(key)
-        if offset == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # Local writes land in the page cache and take microseconds: writing from the event
-        # loop costs less than a thread hop per chunk.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        with _mapped("append", key):
+            if offset == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            # Local writes land in the page cache and take microseconds: writing from the
+            # event loop costs less than a thread hop per chunk.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            os.lseek(fd, offset, os.SEEK_SET)
             position = offset
             try:
                 async for chunk in chunks:
                     view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                    position += len(chunk)
+                    with _mapped("append", key):
+                        while view:
+                            written = os.pwrite(fd, view, position)
+                            view = view[written:]
+                            position += written
             except BaseException:
                 os.ftruncate(fd, offset)
                 raise
-            os.ftruncate(fd, position)
+            with _mapped("append", key):
+                os.ftruncate(fd, position)
             return position
         finally:
             os.close(fd)
+
+    async def truncate(self, key: str, size: int) -> None:
+        with _mapped("truncate", key):
+            os.truncate(self._path(key), size)
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         # Bytes in the page cache (a blob pushed or pulled lately) are read right here; only
         # reads that would wait for the disk go to a worker thread. A thread hop per chunk
         # cost a third of pull throughput.
-        fd = os.open(self._path(key), os.O_RDONLY)
+        with _mapped("read", key):
+            fd = os.open(self._path(key), os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            with _mapped("read", key):
+                size = os.fstat(fd).st_size
             last = size - 1 if end is None else min(end, size - 1)
             position = start
             inline = 0
             while position <= last:
                 want = min(READ_CHUNK, last - position + 1)
-                if _in_page_cache(fd, position, position + want - 1):
-                    chunk = os.pread(fd, want, position)
-                    inline += 1
-                    if inline % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)  # let other requests run now and then
-                else:
-                    chunk = await anyio.to_thread.run_sync(os.pread, fd, want, position)
+                with _mapped("read", key):
+                    if _in_page_cache(fd, position, position + want - 1):
+                        chunk = os.pread(fd, want, position)
+                        inline += 1
+                        if inline % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # let other requests run now and then
+                    else:
+                        chunk = await anyio.to_thread.run_sync(os.pread, fd, want, position)
                 if not chunk:
                     break  # the file is shorter than it was
                 position += len(chunk)
@@ -137,12 +163,15 @@ class FilesystemDriver:
             return self._path(key).stat().st_size
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StorageError(f"size {key!r}: {exc.strerror or exc}") from exc
 
     async def move(self, source: str, destination: str) -> None:
         dst = self._path(destination)
-        dst.parent.mkdir(parents=True, exist_ok=True)
         src = self._path(source)
-        os.replace(src, dst)
+        with _mapped("move", source):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
         with contextlib.suppress(OSError):
             src.parent.rmdir()  # the upload folder, now empty
 
@@ -155,6 +184,8 @@ class FilesystemDriver:
             path.unlink()
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise StorageError(f"delete {key!r}: {exc.strerror or exc}") from exc
         # Remove the object's folder when it is left empty (upload folders, blob folders).
         with contextlib.suppress(OSError):
             path.parent.rmdir()

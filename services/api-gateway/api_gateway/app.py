@@ -38,7 +38,7 @@ def local_storage() -> StorageDriver | None:
     if not get_settings().gateway_reads_storage:
         return None
     storage = get_storage()
-    return storage if storage.local_path("blobs") is not None else None
+    return storage if storage.local else None
 
 
 def _readiness() -> dict[str, health.Check]:

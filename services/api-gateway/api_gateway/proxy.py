@@ -19,9 +19,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from shared.blobs import TransferAborted, open_blob
 from shared.errors import ErrorCode, RegistryError
 from shared.numbers import NumberInvalid, parse_decimal
-from shared.storage import StorageDriver, read_blob
+from shared.storage import StorageDriver
 from shared.web import (
     BYTE_RANGE_HEADER,
     INTERNAL_PREFIX,
@@ -159,9 +160,8 @@ async def _serve_locally(upstream: aiohttp.ClientResponse, storage: StorageDrive
     digest = upstream.headers["Docker-Content-Digest"]
     await upstream.read()  # empty; frees the connection for the next request
     upstream.release()
-    response = StreamingResponse(
-        read_blob(storage, key, digest, start, end), status_code=upstream.status
-    )
+    body = await open_blob(storage, key, digest, start, end)
+    response = StreamingResponse(body, status_code=upstream.status)
     response.raw_headers = [
         *_answer_headers(upstream, _DROP_SERVED),
         (b"content-length", str(end - start + 1).encode()),
@@ -170,8 +170,12 @@ async def _serve_locally(upstream: aiohttp.ClientResponse, storage: StorageDrive
 
 
 async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    async for chunk in upstream.content.iter_any():
-        yield chunk
+    try:
+        async for chunk in upstream.content.iter_any():
+            yield chunk
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # The service cut its answer (its storage failed midway): so does the gateway.
+        raise TransferAborted(f"the service's answer broke off ({exc})") from exc
 
 
 async def _release(upstream: aiohttp.ClientResponse) -> None:

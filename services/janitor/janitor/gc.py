@@ -13,12 +13,13 @@ LOCKED``; for each, under the blob row's lock:
 3. otherwise the blob is marked ``deleting`` (absent to every reader) and the transaction
    commits. A manifest PUT that comes after sees no link and fails cleanly with
    ``MANIFEST_BLOB_UNKNOWN``, and the client pushes the blob again;
-4. its objects are deleted under the row lock, and only then the row: a crash in between
-   leaves a ``deleting`` row that the next sweep or reconcile finishes, never a visible row
-   without bytes. An upload of the same content meanwhile revives the row instead.
+4. its objects are deleted under a claim on the row (``janitor.claims``), holding no
+   database lock, and only then the row: a crash in between leaves a ``deleting`` row that the
+   next sweep or reconcile finishes, never a visible row without bytes. An upload of the same
+   content meanwhile revives the row with bytes of its own, which the deletion leaves alone.
 
-On SQLite every write transaction holds the database's write lock, which serialises the same
-steps with a single janitor.
+On SQLite every write transaction holds the database's write lock, which serialises steps 1-3
+with a single janitor.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.orm import Session
 
+from janitor.claims import BlobBusy, claimed
 from janitor.report import Progress, Report
 from shared import db
 from shared.models import (
@@ -132,19 +134,31 @@ def _review_next_blob(grace: dt.timedelta) -> tuple[str, str, int] | None:
         return ("delete", digest, blob.size)
 
 
-async def finish_deletion(storage: StorageDriver, digest: str) -> int | None:
+async def finish_deletion(
+    storage: StorageDriver, digest: str, *, orphan: tuple[str, int] | None = None
+) -> int | None:
     """Delete the objects of a blob marked ``deleting``, then its row. Returns the bytes
-    freed, or None if the blob was not (or no longer) being deleted."""
-    with db.transaction() as session:
-        blob = session.get(Blob, digest, with_for_update=True)
-        if blob is None or blob.state != BLOB_DELETING:
-            return None
-        # The row lock is held while the objects go: a promote or an upload reviving the
-        # blob waits for this transaction, so neither can lose bytes to these deletes.
-        for key in {blob.storage_key, keys.blob_key(parse_digest(digest))}:
-            await storage.delete(key)
-        session.delete(blob)
-        return blob.size
+    freed, or None if the blob was not (or no longer) being deleted, or another janitor task
+    works on it. ``orphan`` (an object's key and size): an object no row knows, which a row
+    marked ``deleting`` claims first."""
+    try:
+        async with claimed(digest, orphan=orphan) as claim:
+            if claim is None or claim.state != BLOB_DELETING:
+                return None
+            # The claim keeps a promote from moving bytes to the blob's key meanwhile; an
+            # upload of the same content revives the row with bytes of its own, which stay.
+            for key in {claim.storage_key, keys.blob_key(parse_digest(digest))}:
+                claim.check()
+                await storage.delete(key)
+
+            def record(session: Session, blob: Blob) -> None:
+                if blob.state == BLOB_DELETING:
+                    session.delete(blob)
+
+            claim.record = record
+            return claim.size
+    except BlobBusy:
+        return None
 
 
 def _delete_manifest(session: Session, manifest: Manifest) -> None:

@@ -9,8 +9,9 @@ undone, and delete what no row knows.
 5. Every unreferenced blob gets a garbage-collection review (the mark phase).
 
 Objects younger than the grace period are never called orphans: their rows may be about to be
-written. An object is deleted under the lock of the row that would own it, so a concurrent
-upload of the same content waits rather than losing its bytes.
+written. An orphan blob object is deleted under a claim on a row recorded as being deleted
+(``janitor.claims``), so a concurrent upload of the same content revives that row with bytes
+of its own rather than losing them; no database lock is held while storage works.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 
 from sqlalchemy import select
 
+from janitor.claims import BlobBusy
 from janitor.gc import finish_deletion, mark
 from janitor.promotion import discard, promote
 from janitor.report import Progress, Report
@@ -28,16 +30,6 @@ from shared.models import BLOB_DELETING, BLOB_PRESENT, Blob, utcnow
 from shared.storage import StorageDriver, keys
 
 log = logging.getLogger(__name__)
-
-
-async def _delete_orphan_blob_object(storage: StorageDriver, digest: str, key: str) -> bool:
-    with db.transaction() as session:
-        # A locking read of a missing row also blocks its insertion (a gap lock on MySQL; the
-        # write lock on SQLite) until the object is gone.
-        if session.get(Blob, digest, with_for_update=True) is not None:
-            return False
-        await storage.delete(key)
-    return True
 
 
 async def reconcile(
@@ -64,8 +56,11 @@ async def reconcile(
         deleting = list(session.scalars(select(Blob.digest).where(Blob.state == BLOB_DELETING)))
     for digest in stragglers:
         report.tick(progress)
-        if await promote(storage, digest) == "moved":
-            report.moved += 1
+        try:
+            if await promote(storage, digest) == "moved":
+                report.moved += 1
+        except BlobBusy:
+            report.kept += 1  # another janitor task works on it
     for digest in deleting:
         report.tick(progress)
         freed = await finish_deletion(storage, digest)
@@ -87,7 +82,7 @@ async def reconcile(
         owner = keys.digest_of_blob_key(item.key)
         if owner is None or item.modified > now - grace:
             continue
-        if await _delete_orphan_blob_object(storage, str(owner), item.key):
+        if await finish_deletion(storage, str(owner), orphan=(item.key, item.size)) is not None:
             log.info("reconcile deleted orphan blob object key=%s", item.key)
             report.deleted += 1
             report.bytes_freed += item.size

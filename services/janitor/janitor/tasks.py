@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from janitor import gc, leases, metrics, promotion, reconcile, uploads
+from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
 from janitor.worker import app
 from shared.events import EVENT_TASK, Event
@@ -25,7 +26,8 @@ from shared.storage import StorageError, get_storage
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (DBAPIError, StorageError, ConnectionError, TimeoutError)
+# A blob another task works on, or a claim lost, is tried again later too.
+TRANSIENT = (DBAPIError, StorageError, ConnectionError, TimeoutError, BlobBusy, ClaimLost)
 SWEEP_LIMIT = (
     3000  # seconds: the longest a sweep may run; the broker's visibility timeout is longer
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -12,8 +11,9 @@ from blob_service import blobs
 from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_range
 from shared import db
+from shared.blobs import open_blob
 from shared.events import publish_later
-from shared.storage import keys, read_blob
+from shared.storage import keys
 from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
 
 router = APIRouter()
@@ -73,18 +73,8 @@ async def get_blob(
     headers["Content-Length"] = str(end - start + 1)
     if info.size == 0:
         return Response(status_code=status, headers=headers)
-    body = read_blob(storage, info.storage_key, info.digest, start, end)
-    # The first bytes are read before the answer starts: a storage failure then gets a
-    # retryable 503, not a 200 whose body stops short.
-    first = await anext(body, b"")
-    return StreamingResponse(_chain(first, body), status_code=status, headers=headers)
-
-
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk
+    body = await open_blob(storage, info.storage_key, info.digest, start, end)
+    return StreamingResponse(body, status_code=status, headers=headers)
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)

@@ -1,0 +1,73 @@
+"""Reading a blob's bytes: the one function every path that sends a blob uses (the blob
+service, and the gateway when it reads the storage itself).
+
+A blob is read from the key its row names. The janitor may move an upload's object to the
+blob's own key at any moment, before or during the read: what is not found at the upload's
+key is read from there, from where the read stopped (the bytes are the same, the key is named
+by their digest).
+
+Failures are answered the one way a client can act on: before the first byte, the read fails
+with :class:`~shared.storage.StorageError` (answered 503 ``UNAVAILABLE`` with
+``Retry-After``); after it, with :class:`TransferAborted`, which ends the connection, so that
+the client sees a broken transfer and never a complete-looking one. Bytes fewer than the
+database records are such a failure too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from shared.reference import parse_digest
+from shared.storage import ObjectNotFound, StorageDriver, StorageError
+from shared.storage.keys import blob_key
+
+
+class TransferAborted(Exception):
+    """A blob's bytes failed after the answer started: the connection is closed."""
+
+
+async def open_blob(
+    storage: StorageDriver, storage_key: str, digest: str, start: int, end: int
+) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``end`` (inclusive) of blob ``digest``, stored at ``storage_key``
+    or moved to its own key. The first chunk is read before this returns."""
+    chunks = _read(storage, storage_key, digest, start, end)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        raise StorageError(f"blob {digest} has no bytes at {start}") from None
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return _after_first(first, chunks, digest)
+
+
+async def _after_first(
+    first: bytes, rest: AsyncIterator[bytes], digest: str
+) -> AsyncIterator[bytes]:
+    yield first
+    try:
+        async for chunk in rest:
+            yield chunk
+    except StorageError as exc:
+        raise TransferAborted(f"blob {digest}: {exc}") from exc
+
+
+async def _read(
+    storage: StorageDriver, storage_key: str, digest: str, start: int, end: int
+) -> AsyncGenerator[bytes]:
+    final_key = blob_key(parse_digest(digest))
+    key = storage_key
+    position = start
+    while position <= end:
+        try:
+            async for chunk in storage.read(key, position, end):
+                position += len(chunk)
+                yield chunk
+        except ObjectNotFound:
+            if key == final_key:
+                raise
+            key = final_key  # moved meanwhile
+            continue
+        if position <= end:
+            raise StorageError(f"blob {digest} ends at {position} bytes, {end + 1} recorded")
