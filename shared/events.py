@@ -1,26 +1,41 @@
-"""Events the services publish for the janitor, sent through Celery after the database commits.
+"""Events for the janitor: written to the database in the transaction that made the change
+(a transactional outbox), relayed to Celery after it commits.
 
-The envelope follows the reference registry's notifications (``notifications/event.go``): an id,
-a timestamp, an action such as ``blob:upload:committed``, a target (repository, digest, tag,
-size, media type), the request id, and the source service. Publishing never fails a client's
-request: an event that cannot be sent is logged, and the janitor's reconcile pass finds the
-work it would have started.
+:func:`record` adds an event to the ``event_outbox`` table within the caller's transaction;
+when that transaction commits, this process's relay sends it at once and deletes its row. A row
+whose process died before sending it (or while the broker was down) is taken, a while later,
+by the relay of any replica, which sends and deletes it: every change that committed is
+announced at least once, and the janitor's tasks are idempotent. Sending never delays or fails
+a client's request. Reconcile remains a safety net, not the mechanism.
+
+Only actions something consumes are recorded: a committed upload (the janitor moves its
+object to the blob's key) and a cancelled one (it deletes the upload's object).
+
+The envelope follows the reference registry's notifications (``notifications/event.go``): an
+id, a timestamp, an action, a target (repository, digest, size, upload), the request id, and
+the source service.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
 import threading
 import time
 import uuid
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Literal
 
 from celery import Celery
 from pydantic import BaseModel, Field
+from sqlalchemy import delete, select, update
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.orm import Session
 
+from shared import db
+from shared.models import OutboxEvent, utcnow
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -31,10 +46,10 @@ EVENT_TASK = "janitor.events.handle"
 Action = Literal[
     "blob:upload:committed",
     "blob:upload:cancelled",
+    # No longer recorded (nothing consumes them); kept so that events queued by an earlier
+    # version are still read.
     "blob:mounted",
     "blob:deleted",
-    # No longer published (a push leaves the janitor nothing to do); kept so that events
-    # queued by an earlier version are still read.
     "manifest:pushed",
     "manifest:deleted",
     "tag:deleted",
@@ -98,48 +113,160 @@ def _producer() -> Celery:
     return app
 
 
-class _Outbox:
-    """Events waiting to be sent, by one background thread per process: answering a client
-    never waits for the broker (Starlette's background tasks would hold the connection until
-    the send finished, delaying the client's next request on it)."""
+# A row is left to the process that wrote it for this long before any relay takes it; a relay
+# that took rows and did not delete them leaves them as long before they are taken again.
+RELAY_DELAY = dt.timedelta(seconds=10)
+# How often each process looks for rows left behind, and how many it takes at once.
+POLL_SECONDS = 2.0
+BATCH = 100
+
+
+def record(session: Session, event: Event) -> None:
+    """Write ``event`` in ``session``'s transaction; it is sent once the transaction commits
+    (and never if it rolls back)."""
+    session.add(
+        OutboxEvent(
+            id=event.id,
+            payload=event.model_dump_json(),
+            created_at=utcnow(),
+            relay_after=utcnow() + RELAY_DELAY,
+        )
+    )
+    session.info.setdefault(_PENDING, []).append(event)
+
+
+_PENDING = "events.pending"
+
+
+@sqlalchemy_event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    for event in session.info.pop(_PENDING, ()):
+        _relay.send_soon(event)
+
+
+@sqlalchemy_event.listens_for(Session, "after_rollback")
+def _rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+class _Relay:
+    """One thread per process: sends the events this process committed as soon as they are
+    committed, and every :data:`POLL_SECONDS` the rows any process left behind; deletes the
+    rows of what the broker accepted."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=100_000)
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=10_000)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._next_poll = 0.0
 
-    def put(self, event: Event) -> None:
+    def start(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="event-outbox", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="event-relay", daemon=True)
                 self._thread.start()
-        try:
+
+    def send_soon(self, event: Event) -> None:
+        self.start()
+        with contextlib.suppress(queue.Full):  # its row stays: a poll relays it
             self._queue.put_nowait(event)
-        except queue.Full:
-            log.warning("event dropped, outbox full: action=%s id=%s", event.action, event.id)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Send what is waiting, then stop (at shutdown). What is not sent by then stays in
+        the table for another relay."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        thread.join(timeout)
 
     def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
-            publish(event)
+        while True:
+            wait = max(0.0, self._next_poll - time.monotonic())
+            first: Event | None = None
+            try:
+                first = self._queue.get(timeout=wait)
+                stopping = first is None
+            except queue.Empty:  # a poll is due
+                stopping = False
+            events: list[Event] = []
+            if first is not None:
+                events.append(first)
+                while len(events) < BATCH:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    events.append(more)
+            try:
+                if time.monotonic() >= self._next_poll:
+                    self._next_poll = time.monotonic() + POLL_SECONDS
+                    events.extend(_take_left_behind())
+                sent = [event.id for event in events if publish(event)]
+                if sent:
+                    db.retrying(partial(_delete, sent))
+            except Exception:  # the rows stay; the next poll takes them
+                log.warning("event relay failed", exc_info=True)
+            if stopping:
+                return
 
-    def flush(self, timeout: float = 10) -> None:
-        """Send what is waiting (at shutdown)."""
-        deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.01)
+
+def _take_left_behind() -> list[Event]:
+    """Rows due for relaying (their process did not send them), taken for
+    :data:`RELAY_DELAY`."""
+    now = utcnow()
+    with db.reading() as session:
+        due = list(
+            session.scalars(
+                select(OutboxEvent.id)
+                .where(OutboxEvent.relay_after <= now)
+                .order_by(OutboxEvent.created_at)
+                .limit(BATCH)
+            )
+        )
+    if not due:
+        return []
+    # Whole seconds: MySQL's DATETIME keeps no fraction, and the rows are found again by it.
+    until = (now + RELAY_DELAY).replace(microsecond=0)
+
+    def take() -> list[str]:
+        with db.transaction() as session:
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(due), OutboxEvent.relay_after <= now)
+                .values(relay_after=until)
+            )
+            return list(
+                session.scalars(
+                    select(OutboxEvent.payload).where(
+                        OutboxEvent.id.in_(due), OutboxEvent.relay_after == until
+                    )
+                )
+            )
+
+    return [Event.model_validate_json(payload) for payload in db.retrying(take)]
 
 
-_outbox = _Outbox()
+def _delete(ids: list[str]) -> None:
+    with db.transaction() as session:
+        session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(ids)))
 
 
-def publish_later(event: Event) -> None:
-    """Queue ``event`` for the janitor; call it only after the transaction has committed. An
-    event that cannot be sent is logged; reconcile finds the work it would have started."""
-    _outbox.put(event)
+_relay = _Relay()
 
 
-def flush() -> None:
-    _outbox.flush()
+def start_relay() -> None:
+    """Start this process's relay (at startup: rows left behind are relayed even before this
+    process records an event)."""
+    _relay.start()
+
+
+def stop_relay() -> None:
+    _relay.stop()
 
 
 def broker_connection_check() -> None:
@@ -148,8 +275,8 @@ def broker_connection_check() -> None:
         connection.ensure_connection(max_retries=1, timeout=2)
 
 
-def publish(event: Event) -> None:
-    """Send ``event`` to the janitor now. Call it only after the transaction has committed."""
+def publish(event: Event) -> bool:
+    """Send ``event`` to the janitor now; whether the broker took it."""
     try:
         _producer().send_task(
             EVENT_TASK,
@@ -157,5 +284,12 @@ def publish(event: Event) -> None:
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
-    except Exception:
-        log.warning("event not published: action=%s id=%s", event.action, event.id, exc_info=True)
+    except Exception as exc:
+        log.warning(
+            "event not published yet (kept for the relay): action=%s id=%s: %s",
+            event.action,
+            event.id,
+            exc,
+        )
+        return False
+    return True

@@ -199,3 +199,19 @@ class JobLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class OutboxEvent(Base):
+    """An event for the janitor, written in the transaction that made the change it announces
+    and deleted once the broker has it (``shared.events``): a crash between the commit and the
+    send loses nothing."""
+
+    __tablename__ = "event_outbox"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # When a relay may take it: a while after it is written (the process that wrote it sends
+    # it at once), and again a while after a relay took it and did not delete it.
+    relay_after: Mapped[dt.datetime] = mapped_column(DateTime, index=True)

@@ -1,12 +1,26 @@
-"""Repositories and the blobs linked to them: the queries both services need."""
+"""Repositories, the blobs linked to them and the manifests they hold: what the services and
+the janitor change the same way."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, insert, select
+import datetime as dt
+
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.models import BLOB_PRESENT, Base, Blob, Repository, RepositoryBlob, utcnow
+from shared.models import (
+    BLOB_PRESENT,
+    Base,
+    Blob,
+    Manifest,
+    ManifestReference,
+    Repository,
+    RepositoryBlob,
+    Tag,
+    utcnow,
+)
+from shared.reviews import review_blobs, review_manifests
 
 
 def find_repository(session: Session, name: str) -> Repository | None:
@@ -90,3 +104,31 @@ _LINKED = (
     )
     .with_for_update(read=True)
 )
+
+
+def delete_manifest(
+    session: Session, manifest: Manifest, reason: str, delay: dt.timedelta | None = None
+) -> None:
+    """Delete ``manifest`` (a client's DELETE by digest, or garbage collection) with its tags
+    and references. What it referenced may now be unreferenced, and so may its referrers
+    (manifests whose subject it is): each gets a garbage-collection review, due after
+    ``delay`` (the grace period by default)."""
+    references = session.execute(
+        select(ManifestReference.digest, ManifestReference.is_manifest).where(
+            ManifestReference.manifest_id == manifest.id
+        )
+    ).all()
+    children = [digest for digest, is_manifest in references if is_manifest]
+    related = [Manifest.subject_digest == manifest.digest]
+    if children:
+        related.append(Manifest.digest.in_(children))
+    related_ids = session.scalars(
+        select(Manifest.id).where(Manifest.repository_id == manifest.repository_id, or_(*related))
+    ).all()
+    session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
+    session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
+    session.delete(manifest)
+    review_blobs(
+        session, [digest for digest, is_manifest in references if not is_manifest], reason, delay
+    )
+    review_manifests(session, [i for i in related_ids if i != manifest.id], reason, delay)

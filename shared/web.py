@@ -174,6 +174,8 @@ class ApiVersionMiddleware:
 
 @asynccontextmanager
 async def service_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """At shutdown, send the events still waiting in this process's outbox."""
+    """The event relay runs while the service does (``shared.events``); at shutdown it sends
+    what is waiting, and what it cannot send stays in the database for another relay."""
+    events.start_relay()
     yield
-    await asyncio.to_thread(events.flush)
+    await asyncio.to_thread(events.stop_relay)

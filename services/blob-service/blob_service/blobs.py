@@ -8,7 +8,6 @@ from sqlalchemy import bindparam, delete, select
 
 from shared import db
 from shared.errors import ErrorCode, RegistryError
-from shared.events import Event, Target
 from shared.models import BLOB_PRESENT, Blob, Repository, RepositoryBlob
 from shared.reference import Digest
 from shared.repositories import find_repository
@@ -50,11 +49,11 @@ def stat(repository: str, digest: Digest) -> BlobInfo:
     return BlobInfo(row.digest, row.size, row.storage_key)
 
 
-def unlink(repository: str, digest: Digest, request_id: str | None) -> Event:
-    return db.retrying(lambda: _unlink_once(repository, digest, request_id))
+def unlink(repository: str, digest: Digest) -> None:
+    db.retrying(lambda: _unlink_once(repository, digest))
 
 
-def _unlink_once(repository: str, digest: Digest, request_id: str | None) -> Event:
+def _unlink_once(repository: str, digest: Digest) -> None:
     """Delete a blob from a repository: the link goes; the bytes stay until garbage
     collection finds no repository and no manifest using them."""
     with db.transaction() as session:
@@ -69,9 +68,3 @@ def _unlink_once(repository: str, digest: Digest, request_id: str | None) -> Eve
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise _unknown(repository, digest)
         review_blobs(session, [str(digest)], "unlinked")
-    return Event(
-        action="blob:deleted",
-        target=Target(repository=repository, digest=str(digest)),
-        request_id=request_id,
-        source="blob-service",
-    )

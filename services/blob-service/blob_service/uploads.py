@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared import db
+from shared import db, events
 from shared.errors import ErrorCode, RegistryError
-from shared.events import Event, Target, publish_later
+from shared.events import Event, Target
 from shared.models import (
     BLOB_DELETING,
     BLOB_PRESENT,
@@ -56,6 +56,7 @@ from shared.models import (
     Upload,
     utcnow,
 )
+from shared.observability import request_id_var
 from shared.reference import Digest
 from shared.repositories import ensure_repository, link_blob
 from shared.reviews import review_blobs
@@ -77,7 +78,6 @@ class UploadState:
 class CommittedBlob:
     digest: str
     size: int
-    event: Event
 
 
 class _HashCache:
@@ -255,10 +255,12 @@ def _holds(lease: _Lease) -> bool:
     return found is not None
 
 
-def _exists(upload_uuid: str) -> bool:
-    with db.read_connection() as connection:
-        found = connection.execute(select(Upload.uuid).where(Upload.uuid == upload_uuid)).first()
-    return found is not None
+def _hand_over_stray_writes(upload: UploadState) -> None:
+    """The upload ended while this request wrote to it: what the request wrote after the
+    janitor deleted the upload's data is deleted too."""
+    with db.transaction() as session:
+        if session.get(Upload, upload.uuid) is None:
+            events.record(session, _cancelled(upload, request_id_var.get()))
 
 
 async def _confirm_held(lease: _Lease) -> None:
@@ -291,8 +293,7 @@ async def _holding(lease: _Lease) -> AsyncIterator[_Lease]:
             await renewer
         try:
             if lease.gone:
-                if not await asyncio.to_thread(_exists, lease.upload_uuid):
-                    publish_later(_cancelled(lease.upload, None))
+                await asyncio.to_thread(_hand_over_stray_writes, lease.upload)
             elif lease.held:
                 await asyncio.to_thread(_free, lease)
         except Exception:  # a lease expires by itself; reconcile finds stray objects
@@ -487,24 +488,12 @@ async def _complete(
             ErrorCode.DIGEST_INVALID,
             f"digest {digest} given, but the content has digest {actual}",
         )
-    await asyncio.to_thread(db.retrying, lambda: _record_blob(state, lease, digest))
+    await asyncio.to_thread(db.retrying, lambda: _record_blob(state, lease, digest, request_id))
     _hashers.drop(state.uuid)
-    event = Event(
-        action="blob:upload:committed",
-        target=Target(
-            repository=state.repository,
-            digest=str(digest),
-            size=state.size,
-            upload_uuid=state.uuid,
-            storage_key=state.storage_key,
-        ),
-        request_id=request_id,
-        source="blob-service",
-    )
-    return CommittedBlob(str(digest), state.size, event)
+    return CommittedBlob(str(digest), state.size)
 
 
-def _record_blob(state: UploadState, lease: _Lease, digest: Digest) -> None:
+def _record_blob(state: UploadState, lease: _Lease, digest: Digest, request_id: str | None) -> None:
     with db.transaction() as session:
         # The upload ends here, if this request still holds it (a DELETE of the upload may
         # have come first).
@@ -535,6 +524,22 @@ def _record_blob(state: UploadState, lease: _Lease, digest: Digest) -> None:
         link_blob(session, repository, str(digest))
         # Pushed blobs that no manifest will use are collected once the grace period is over.
         review_blobs(session, [str(digest)], "uploaded")
+        # The janitor moves the upload's object to the blob's own key.
+        events.record(
+            session,
+            Event(
+                action="blob:upload:committed",
+                target=Target(
+                    repository=state.repository,
+                    digest=str(digest),
+                    size=state.size,
+                    upload_uuid=state.uuid,
+                    storage_key=state.storage_key,
+                ),
+                request_id=request_id,
+                source="blob-service",
+            ),
+        )
     lease.held = False
 
 
@@ -559,14 +564,16 @@ async def _end(state: UploadState, lease: _Lease, request_id: str | None) -> Non
             result = session.execute(
                 delete(Upload).where(Upload.uuid == state.uuid, Upload.writer == lease.token)
             )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            events.record(session, _cancelled(state, request_id))
+            return True
 
     if await asyncio.to_thread(drop_row):
         lease.held = False
-        publish_later(_cancelled(state, request_id))
 
 
-async def cancel(repository: str, upload_uuid: str, request_id: str | None = None) -> Event:
+async def cancel(repository: str, upload_uuid: str, request_id: str | None = None) -> None:
     """End an upload (DELETE), whoever writes to it: its row goes now (a writer then fails to
     record its chunk), and the ``blob:upload:cancelled`` event has the janitor delete the
     data. Only the request that removed the row sends the event."""
@@ -581,10 +588,11 @@ async def cancel(repository: str, upload_uuid: str, request_id: str | None = Non
             if row is None or row.repository != repository:
                 raise _upload_unknown(upload_uuid)
             session.execute(delete(Upload).where(Upload.uuid == upload_uuid))
-            return UploadState(upload_uuid, repository, row.size, row.storage_key)
+            state = UploadState(upload_uuid, repository, row.size, row.storage_key)
+            events.record(session, _cancelled(state, request_id))
+            return state
 
-    state = await asyncio.to_thread(db.retrying, drop_row)
-    return _cancelled(state, request_id)
+    await asyncio.to_thread(db.retrying, drop_row)
 
 
 async def monolithic(
@@ -633,12 +641,7 @@ def _mount_once(repository: str, digest: Digest, source: str | None) -> Committe
         link_blob(session, target, blob.digest)
         # A mounted blob is about to be used by a manifest: push its review past the grace period.
         review_blobs(session, [blob.digest], "mounted")
-        event = Event(
-            action="blob:mounted",
-            target=Target(repository=repository, digest=blob.digest, size=blob.size),
-            source="blob-service",
-        )
-        return CommittedBlob(blob.digest, blob.size, event)
+        return CommittedBlob(blob.digest, blob.size)
 
 
 def upload_headers(state: UploadState) -> dict[str, str]:

@@ -47,7 +47,8 @@ from shared.models import (
     utcnow,
 )
 from shared.reference import parse_digest
-from shared.reviews import review_blobs, review_manifests
+from shared.repositories import delete_manifest
+from shared.reviews import review_blobs
 from shared.settings import get_settings
 from shared.storage import StorageDriver, keys
 
@@ -138,60 +139,29 @@ async def finish_deletion(
     storage: StorageDriver, digest: str, *, orphan: tuple[str, int] | None = None
 ) -> int | None:
     """Delete the objects of a blob marked ``deleting``, then its row. Returns the bytes
-    freed, or None if the blob was not (or no longer) being deleted, or another janitor task
-    works on it. ``orphan`` (an object's key and size): an object no row knows, which a row
-    marked ``deleting`` claims first."""
-    try:
-        async with claimed(digest, orphan=orphan) as claim:
-            if claim is None or claim.state != BLOB_DELETING:
-                return None
-            # The claim keeps a promote from moving bytes to the blob's key meanwhile; an
-            # upload of the same content revives the row with bytes of its own, which stay.
-            for key in {claim.storage_key, keys.blob_key(parse_digest(digest))}:
-                claim.check()
-                await storage.delete(key)
+    freed, or None if the blob was not (or no longer) being deleted. ``orphan`` (an object's
+    key and size): an object no row knows, which a row marked ``deleting`` claims first.
+    Raises :class:`~janitor.claims.BlobBusy` when another janitor task works on the blob."""
+    async with claimed(digest, orphan=orphan) as claim:
+        if claim is None or claim.state != BLOB_DELETING:
+            return None
+        # The claim keeps a promote from moving bytes to the blob's key meanwhile; an upload
+        # of the same content revives the row with bytes of its own, which stay.
+        for key in {claim.storage_key, keys.blob_key(parse_digest(digest))}:
+            claim.check()
+            await storage.delete(key)
 
-            def record(session: Session, blob: Blob) -> None:
-                if blob.state == BLOB_DELETING:
-                    session.delete(blob)
+        def record(session: Session, blob: Blob) -> None:
+            if blob.state == BLOB_DELETING:
+                session.delete(blob)
 
-            claim.record = record
-            return claim.size
-    except BlobBusy:
-        return None
+        claim.record = record
+        return claim.size
 
 
-def _delete_manifest(session: Session, manifest: Manifest) -> None:
-    references = session.execute(
-        select(ManifestReference.digest, ManifestReference.is_manifest).where(
-            ManifestReference.manifest_id == manifest.id
-        )
-    ).all()
-    referrers = session.scalars(
-        select(Manifest.id).where(
-            Manifest.repository_id == manifest.repository_id,
-            Manifest.subject_digest == manifest.digest,
-        )
-    ).all()
-    children = [d for d, is_manifest in references if is_manifest]
-    child_ids = (
-        session.scalars(
-            select(Manifest.id).where(
-                Manifest.repository_id == manifest.repository_id, Manifest.digest.in_(children)
-            )
-        ).all()
-        if children
-        else []
-    )
-    session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
-    session.delete(manifest)
-    review_blobs(
-        session,
-        [d for d, is_manifest in references if not is_manifest],
-        "manifest collected",
-        delay=NOW,
-    )
-    review_manifests(session, [*child_ids, *referrers], "parent collected", delay=NOW)
+def _review_again(digest: str) -> None:
+    with db.transaction() as session:
+        review_blobs(session, [digest], "claimed", delay=NOW)
 
 
 def _review_next_manifest(grace: dt.timedelta) -> tuple[str, str] | None:
@@ -241,7 +211,7 @@ def _review_next_manifest(grace: dt.timedelta) -> tuple[str, str] | None:
         if tagged is not None or parent is not None or subject is not None:
             return ("referenced", manifest.digest)
         digest = manifest.digest
-        _delete_manifest(session, manifest)
+        delete_manifest(session, manifest, "manifest collected", delay=NOW)
         return ("delete", digest)
 
 
@@ -275,6 +245,7 @@ async def collect_garbage(
             if decided[0] == "delete":
                 log.info("gc manifest deleted digest=%s", decided[1])
     mark(cutoff)
+    busy: set[str] = set()
     for _ in range(limit):
         decided_blob = db.retrying(lambda: _review_next_blob(grace))
         if decided_blob is None:
@@ -282,7 +253,17 @@ async def collect_garbage(
         outcome, digest, size = decided_blob
         report.tick(progress)
         if outcome in ("delete", "deleting"):
-            freed = await finish_deletion(storage, digest)
+            try:
+                freed = await finish_deletion(storage, digest)
+            except BlobBusy:
+                # A promote is moving its bytes: reviewed again, after every review due now
+                # (met again in this sweep, those have all been taken: the next sweep does it).
+                db.retrying(lambda: _review_again(digest))  # noqa: B023
+                report.kept += 1
+                if digest in busy:
+                    break
+                busy.add(digest)
+                continue
             if freed is not None:
                 report.deleted += 1
                 report.bytes_freed += freed

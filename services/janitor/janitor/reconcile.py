@@ -32,6 +32,14 @@ from shared.storage import StorageDriver, keys
 log = logging.getLogger(__name__)
 
 
+def _present(digest: str) -> bool:
+    """Whether a blob row owns the object (read first: most objects are owned, and claiming
+    each would write)."""
+    with db.reading() as session:
+        state = session.scalars(select(Blob.state).where(Blob.digest == digest)).first()
+    return state == BLOB_PRESENT
+
+
 async def reconcile(
     storage: StorageDriver,
     *,
@@ -63,7 +71,11 @@ async def reconcile(
             report.kept += 1  # another janitor task works on it
     for digest in deleting:
         report.tick(progress)
-        freed = await finish_deletion(storage, digest)
+        try:
+            freed = await finish_deletion(storage, digest)
+        except BlobBusy:
+            report.kept += 1
+            continue
         if freed is not None:
             report.deleted += 1
             report.bytes_freed += freed
@@ -82,7 +94,14 @@ async def reconcile(
         owner = keys.digest_of_blob_key(item.key)
         if owner is None or item.modified > now - grace:
             continue
-        if await finish_deletion(storage, str(owner), orphan=(item.key, item.size)) is not None:
+        if _present(str(owner)):
+            report.kept += 1
+            continue
+        try:
+            freed = await finish_deletion(storage, str(owner), orphan=(item.key, item.size))
+        except BlobBusy:
+            freed = None
+        if freed is not None:
             log.info("reconcile deleted orphan blob object key=%s", item.key)
             report.deleted += 1
             report.bytes_freed += item.size

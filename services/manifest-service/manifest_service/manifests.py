@@ -7,18 +7,22 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from manifest_service import media_types
 from shared import db
 from shared.errors import ErrorCode, RegistryError
-from shared.events import Event, Target
-from shared.models import Base, Manifest, ManifestReference, Repository, Tag, utcnow
+from shared.models import Base, Manifest, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
-from shared.repositories import ensure_repository_id, find_repository, linked_digests
-from shared.reviews import review_blobs, review_manifests
+from shared.repositories import (
+    delete_manifest,
+    ensure_repository_id,
+    find_repository,
+    linked_digests,
+)
+from shared.reviews import review_manifests
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +252,11 @@ def _set_tag(
     )
 
 
-def delete_reference(repository: str, reference: str, request_id: str | None) -> Event:
-    return db.retrying(lambda: _delete_reference_once(repository, reference, request_id))
+def delete_reference(repository: str, reference: str) -> None:
+    db.retrying(lambda: _delete_reference_once(repository, reference))
 
 
-def _delete_reference_once(repository: str, reference: str, request_id: str | None) -> Event:
+def _delete_reference_once(repository: str, reference: str) -> None:
     """Delete by digest: the manifest and every tag pointing at it. Delete by tag: the tag."""
     check_reference(reference)
     with db.transaction() as session:
@@ -263,43 +267,10 @@ def _delete_reference_once(repository: str, reference: str, request_id: str | No
             manifest = _find(session, repo, reference)
             if manifest is None:
                 raise _unknown(repository, reference)
-            references = session.execute(
-                select(ManifestReference.digest, ManifestReference.is_manifest).where(
-                    ManifestReference.manifest_id == manifest.id
-                )
-            ).all()
-            session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
-            session.execute(
-                delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id)
-            )
-            session.delete(manifest)
-            # What the manifest referenced may now be unreferenced.
-            review_blobs(
-                session, [d for d, is_manifest in references if not is_manifest], "manifest deleted"
-            )
-            children = [d for d, is_manifest in references if is_manifest]
-            if children:
-                review_manifests(
-                    session,
-                    session.scalars(
-                        select(Manifest.id).where(
-                            Manifest.repository_id == repo.id, Manifest.digest.in_(children)
-                        )
-                    ),
-                    "index deleted",
-                )
-            action, target = "manifest:deleted", Target(repository=repository, digest=reference)
+            delete_manifest(session, manifest, "manifest deleted")
         else:
             tag = session.get(Tag, (repo.id, reference))
             if tag is None:
                 raise _unknown(repository, reference)
-            digest = session.scalars(
-                select(Manifest.digest).where(Manifest.id == tag.manifest_id)
-            ).one()
             session.delete(tag)
             review_manifests(session, [tag.manifest_id], "tag deleted")
-            action, target = (
-                "tag:deleted",
-                Target(repository=repository, tag=reference, digest=digest),
-            )
-    return Event(action=action, target=target, request_id=request_id, source="manifest-service")  # type: ignore[arg-type]

@@ -8,11 +8,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from blob_service import blobs
-from blob_service.deps import PathDigest, RepositoryName, RequestId, Storage
+from blob_service.deps import PathDigest, RepositoryName, Storage
 from blob_service.ranges import parse_range
 from shared import db
 from shared.blobs import open_blob
-from shared.events import publish_later
 from shared.storage import keys
 from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
 
@@ -78,7 +77,6 @@ async def get_blob(
 
 
 @router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)
-async def delete_blob(name: RepositoryName, digest: PathDigest, request_id: RequestId) -> Response:
-    event = await asyncio.to_thread(blobs.unlink, name, digest, request_id)
-    publish_later(event)
+async def delete_blob(name: RepositoryName, digest: PathDigest) -> Response:
+    await asyncio.to_thread(blobs.unlink, name, digest)
     return Response(status_code=202, headers={"Content-Length": "0"})

@@ -12,7 +12,6 @@ from blob_service.deps import RepositoryName, RequestId, Storage
 from blob_service.ranges import parse_content_range
 from shared import db
 from shared.errors import ErrorCode, RegistryError
-from shared.events import publish_later
 from shared.observability import UPLOADS_IN_PROGRESS
 from shared.reference import parse_digest, validate_name
 
@@ -21,7 +20,6 @@ IN_PROGRESS = UPLOADS_IN_PROGRESS.labels("blob-service")
 
 
 def _created(name: str, blob: uploads.CommittedBlob) -> Response:
-    publish_later(blob.event)
     return Response(
         status_code=201,
         headers={
@@ -103,6 +101,5 @@ async def upload_status(name: RepositoryName, upload_uuid: str) -> Response:
 
 @router.delete("/v2/{name:path}/blobs/uploads/{upload_uuid}")
 async def cancel_upload(name: RepositoryName, upload_uuid: str, request_id: RequestId) -> Response:
-    event = await uploads.cancel(name, upload_uuid, request_id)
-    publish_later(event)
+    await uploads.cancel(name, upload_uuid, request_id)
     return Response(status_code=204)

@@ -7,10 +7,9 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 
 from manifest_service import manifests, media_types
-from manifest_service.deps import RepositoryName, RequestId
+from manifest_service.deps import RepositoryName
 from shared import db
 from shared.errors import ErrorCode, RegistryError
-from shared.events import publish_later
 from shared.numbers import NumberInvalid, is_decimal, parse_decimal
 from shared.reference import validate_name
 from shared.settings import get_settings
@@ -101,7 +100,6 @@ async def put_manifest(
 
 
 @router.delete("/v2/{name:path}/manifests/{reference}")
-async def delete_manifest(name: RepositoryName, reference: str, request_id: RequestId) -> Response:
-    event = await asyncio.to_thread(manifests.delete_reference, name, reference, request_id)
-    publish_later(event)
+async def delete_manifest(name: RepositoryName, reference: str) -> Response:
+    await asyncio.to_thread(manifests.delete_reference, name, reference)
     return Response(status_code=202, headers={"Content-Length": "0"})
