@@ -1,9 +1,18 @@
 """The registry's error codes, declared once.
 
 Every error the registry returns is a member of :class:`ErrorCode`, carrying the code string of
-the OCI Distribution Specification (section "Error Codes"), the HTTP status the reference
-registry uses for it, and the spec's message. :class:`RegistryError` carries a member plus a
-detail; :func:`error_body` renders the spec's JSON body ``{"errors": [{code, message, detail}]}``.
+the OCI Distribution Specification (section "Error Codes"), the HTTP status it is answered with,
+and the spec's message. :class:`RegistryError` carries a member plus a detail; :func:`error_body`
+renders the spec's JSON body ``{"errors": [{code, message, detail}]}``.
+
+Where the spec answers one code with another status in one situation (a chunk out of order is
+416, a manifest too large 413), domain code raises a domain exception named after the
+situation, and :data:`ANSWERS` is the one table of what each is answered with. Domain code never
+names an HTTP status.
+
+``BLOB_UPLOAD_INVALID`` is 400: the spec's endpoint table allows 400 or 404 for a failed upload
+request (end-6), and the request, not the session, is what failed; the reference registry
+registers 404 for it.
 """
 
 from __future__ import annotations
@@ -64,26 +73,55 @@ class ErrorCode(enum.Enum):
 
 
 class RegistryError(Exception):
-    """An error to be answered with the spec's error body.
-
-    ``status`` overrides the code's usual HTTP status where the spec or the reference registry
-    answers with another one (415 for an unsupported manifest media type, 413 for a manifest that
-    is too large). ``headers`` are added to the response (``Content-Range`` on a 416).
-    """
+    """An error to be answered with the spec's error body and the code's status. ``headers``
+    are added to the response (``Allow`` on a 405, ``Range`` on a 416)."""
 
     def __init__(
         self,
         code: ErrorCode,
         detail: str | None = None,
         *,
-        status: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code.code}: {detail}")
         self.code = code
         self.detail = detail
-        self.status = status or code.status
+        self.status = code.status
         self.headers = headers or {}
+
+
+class DomainError(RegistryError):
+    """A situation the spec answers in a way of its own: code and status from :data:`ANSWERS`."""
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        code, status = ANSWERS[type(self)]
+        super().__init__(code, detail, headers=headers)
+        self.status = status
+
+
+class UploadRangeMismatch(DomainError):
+    """A chunk that does not start where the upload ends, is not as long as its
+    ``Content-Range`` says, or whose ``Content-Range`` cannot be read; or an upload another
+    request is writing to. The answer carries the upload's ``Range``."""
+
+
+class ManifestTooLarge(DomainError):
+    """A manifest larger than the registry accepts."""
+
+
+class ManifestMediaTypeUnsupported(DomainError):
+    """A manifest of a media type the registry does not store."""
+
+
+# What each domain exception is answered with: the one table.
+ANSWERS: dict[type[DomainError], tuple[ErrorCode, int]] = {
+    # Spec, "Pushing a blob in chunks": an out-of-order chunk MUST be answered 416.
+    UploadRangeMismatch: (ErrorCode.BLOB_UPLOAD_INVALID, 416),
+    # Spec, "Pushing manifests": a manifest over the registry's limit SHOULD get 413.
+    ManifestTooLarge: (ErrorCode.SIZE_INVALID, 413),
+    # As the reference registry answers a manifest of an unknown media type.
+    ManifestMediaTypeUnsupported: (ErrorCode.MANIFEST_INVALID, 415),
+}
 
 
 def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:

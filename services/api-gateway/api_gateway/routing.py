@@ -93,7 +93,6 @@ def match(raw_path: str, method: str) -> Match:
         raise RegistryError(
             ErrorCode.UNSUPPORTED,
             f"{method} is not allowed here",
-            status=405,
             headers={"Allow": ", ".join(sorted(allowed))},
         )
     raise RegistryError(ErrorCode.NOT_FOUND, f"no endpoint at {raw_path[:200]}")

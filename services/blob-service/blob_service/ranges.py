@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from shared.errors import ErrorCode, RegistryError
+from shared.errors import ErrorCode, RegistryError, UploadRangeMismatch
 from shared.numbers import DIGITS, INT64_MAX, NumberInvalid, parse_decimal
 
 # Positions are ASCII digits only (shared.numbers): '٣' is no position.
@@ -25,9 +25,7 @@ def _position(digits: str) -> int:
 def parse_content_range(value: str) -> tuple[int, int]:
     """The inclusive ``(start, end)`` of an upload chunk's ``Content-Range``."""
     match = _CHUNK_RANGE.fullmatch(value.strip())
-    malformed = RegistryError(
-        ErrorCode.BLOB_UPLOAD_INVALID, f"malformed Content-Range {value[:100]!r}", status=416
-    )
+    malformed = UploadRangeMismatch(f"malformed Content-Range {value[:100]!r}")
     if not match:
         raise malformed
     try:
@@ -35,11 +33,7 @@ def parse_content_range(value: str) -> tuple[int, int]:
     except NumberInvalid:
         raise malformed from None  # a position beyond any size
     if end < start:
-        raise RegistryError(
-            ErrorCode.BLOB_UPLOAD_INVALID,
-            f"Content-Range {value!r} ends before it starts",
-            status=416,
-        )
+        raise UploadRangeMismatch(f"Content-Range {value[:100]!r} ends before it starts")
     return start, end
 
 

@@ -45,7 +45,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import db, events
-from shared.errors import ErrorCode, RegistryError
+from shared.errors import ErrorCode, RegistryError, UploadRangeMismatch
 from shared.events import Event, Target
 from shared.models import (
     BLOB_DELETING,
@@ -112,22 +112,15 @@ def _upload_unknown(upload_uuid: str) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_uuid[:100]!r} unknown")
 
 
-def _range_mismatch(state: UploadState, detail: str) -> RegistryError:
-    return RegistryError(
-        ErrorCode.BLOB_UPLOAD_INVALID, detail, status=416, headers=upload_headers(state)
-    )
+def _range_mismatch(state: UploadState, detail: str) -> UploadRangeMismatch:
+    return UploadRangeMismatch(detail, headers=upload_headers(state))
 
 
-class _UploadBusy(RegistryError):
+class _UploadBusy(UploadRangeMismatch):
     """Another request holds the upload's writer lease."""
 
     def __init__(self, state: UploadState) -> None:
-        super().__init__(
-            ErrorCode.BLOB_UPLOAD_INVALID,
-            "another request is writing to this upload",
-            status=416,
-            headers=upload_headers(state),
-        )
+        super().__init__("another request is writing to this upload", headers=upload_headers(state))
 
 
 # How long a request waits for an upload another request holds before it is answered 416:

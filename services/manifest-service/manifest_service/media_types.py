@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import ErrorCode, RegistryError
+from shared.errors import ErrorCode, ManifestMediaTypeUnsupported, RegistryError
 from shared.numbers import INT64_MAX
 from shared.reference import parse_digest
 
@@ -73,11 +73,7 @@ def _media_type(content_type: str | None, document: dict[str, Any]) -> str:
         raise _invalid("mediaType must be a string")
     given = (content_type or "").split(";", 1)[0].strip().lower()
     if given and given not in SUPPORTED:
-        raise RegistryError(
-            ErrorCode.MANIFEST_INVALID,
-            f"unsupported manifest media type {given[:200]!r}",
-            status=415,
-        )
+        raise ManifestMediaTypeUnsupported(f"unsupported manifest media type {given[:200]!r}")
     if given and declared and declared != given:
         raise _invalid(
             f"Content-Type {given!r} does not match the manifest's mediaType {declared!r}"
@@ -87,11 +83,7 @@ def _media_type(content_type: str | None, document: dict[str, Any]) -> str:
         # The OCI image spec lets mediaType be absent: tell the kinds apart by their fields.
         media_type = OCI_INDEX if "manifests" in document else OCI_MANIFEST
     if media_type not in SUPPORTED:
-        raise RegistryError(
-            ErrorCode.MANIFEST_INVALID,
-            f"unsupported manifest media type {media_type[:200]!r}",
-            status=415,
-        )
+        raise ManifestMediaTypeUnsupported(f"unsupported manifest media type {media_type[:200]!r}")
     return media_type
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from manifest_service import manifests, media_types
 from manifest_service.deps import RepositoryName
 from shared import db
-from shared.errors import ErrorCode, RegistryError
+from shared.errors import ErrorCode, ManifestTooLarge, RegistryError
 from shared.numbers import NumberInvalid, is_decimal, parse_decimal
 from shared.reference import validate_name
 from shared.settings import get_settings
@@ -60,9 +60,7 @@ router.add_route(MANIFEST_PATH, read_manifest, methods=["GET", "HEAD"])
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    too_large = RegistryError(
-        ErrorCode.SIZE_INVALID, f"manifests are limited to {limit} bytes", status=413
-    )
+    too_large = ManifestTooLarge(f"manifests are limited to {limit} bytes")
     # The HTTP server has checked the framing; a declared length above the limit is refused
     # before any byte is read.
     if declared is not None and is_decimal(declared):
