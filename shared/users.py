@@ -46,6 +46,7 @@ from typing import Any
 
 import bcrypt
 import yaml
+from cachetools import LRUCache
 
 log = logging.getLogger("registry.auth")
 
@@ -90,7 +91,7 @@ class UserStore:
     def __init__(self, users: Mapping[str, User], grants: tuple[Grant, ...]) -> None:
         self.users = dict(users)
         self.grants = grants
-        self._cache: dict[tuple[str | None, str], frozenset[str]] = {}
+        self._cache: LRUCache[tuple[str | None, str], frozenset[str]] = LRUCache(maxsize=10_000)
 
     def actions(self, user: str | None, repository: str) -> frozenset[str]:
         """What ``user`` (None: anonymous) may do on ``repository``."""
@@ -105,8 +106,6 @@ class UserStore:
         if user is None:
             allowed &= ANONYMOUS_ACTIONS
         result = frozenset(allowed)
-        if len(self._cache) >= 10_000:
-            self._cache.clear()
         self._cache[key] = result
         return result
 

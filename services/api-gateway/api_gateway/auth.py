@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlencode
 
+from cachetools import TLRUCache, TTLCache
 from prometheus_client import Counter
 from starlette.requests import Request
 
@@ -191,7 +192,9 @@ class BasicCredentials:
     def __init__(self, users: UsersFile) -> None:
         self.users = users
         self._key = secrets.token_bytes(32)
-        self._known: dict[bytes, tuple[str, int, float]] = {}
+        self._known: TTLCache[bytes, tuple[str, int]] = TTLCache(
+            maxsize=CACHE_ENTRIES, ttl=CACHE_SECONDS
+        )
         # bcrypt is slow by design: a few checks at once, in threads, and clients that keep
         # failing neither queue ahead of the others nor check without limit (logins.py).
         self.throttle = LoginThrottle()
@@ -203,16 +206,14 @@ class BasicCredentials:
         store = self.users.get()
         version = self.users.version
         known = self._known.get(key)
-        if known is not None and known[1] == version and known[2] > time.monotonic():
+        if known is not None and known[1] == version:
             return known[0]
         name, password = parse_basic(header)
         user = store.users.get(name)
         ok = await self.throttle.check(address, name, lambda: check_password(user, password))
         if not ok:
             raise BadCredentials("wrong user name or password")
-        if len(self._known) >= CACHE_ENTRIES:
-            self._known.clear()
-        self._known[key] = (name, version, time.monotonic() + CACHE_SECONDS)
+        self._known[key] = (name, version)
         return name
 
     async def check(self, name: str, password: bytes, address: str) -> User:
@@ -299,7 +300,10 @@ class TokenGuard(Guard):
         self.keys = keys
         self.realm = realm
         self.service = service
-        self._verified: dict[bytes, tuple[Principal, float]] = {}
+        # A verified token is remembered until it expires.
+        self._verified: TLRUCache[bytes, tuple[Principal, float]] = TLRUCache(
+            maxsize=CACHE_ENTRIES, ttu=lambda _key, value, _now: value[1], timer=time.time
+        )
 
     def _challenge(self, scope: str | None, error: str | None = None) -> str:
         challenge = f"Bearer realm={_quoted(self.realm)},service={_quoted(self.service)}"
@@ -325,7 +329,7 @@ class TokenGuard(Guard):
             )
         key = hashlib.sha256(token.encode("latin-1")).digest()
         cached = self._verified.get(key)
-        if cached is not None and cached[1] > time.time():
+        if cached is not None:
             return cached[0]
         try:
             claims = self.keys.verify(token)
@@ -343,8 +347,6 @@ class TokenGuard(Guard):
             subject if isinstance(subject, str) and subject else None,
             lambda kind, name: access.get((kind, name), NOTHING),
         )
-        if len(self._verified) >= CACHE_ENTRIES:
-            self._verified.clear()
         self._verified[key] = (principal, float(claims["exp"]))
         return principal
 

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 
+from cachetools import TTLCache
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -63,32 +64,22 @@ class TokenBuckets:
             raise ValueError("a rate limit needs a positive rate")
         self.rate = rate
         self.burst = float(burst if burst > 0 else max(1, math.ceil(rate)))
-        self.max_keys = max_keys
-        self._buckets: dict[str, list[float]] = {}  # key -> [tokens, when]
+        # A bucket unused for burst/rate seconds is full again: it is forgotten then (and the
+        # least recently used one when there are too many keys).
+        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(
+            maxsize=max_keys, ttl=self.burst / rate, timer=time.monotonic
+        )  # key -> (tokens, when)
 
     def take(self, key: str) -> float:
         """0 when a request for ``key`` may go now, else the seconds until it may."""
         now = time.monotonic()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                self._prune(now)
-            self._buckets[key] = [self.burst - 1, now]
-            return 0.0
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
+        tokens, when = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - when) * self.rate)
         if tokens >= 1:
-            bucket[0] = tokens - 1
+            self._buckets[key] = (tokens - 1, now)
             return 0.0
-        bucket[0] = tokens
+        self._buckets[key] = (tokens, now)
         return (1 - tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        full = self.burst / self.rate
-        for key in [k for k, (_, when) in self._buckets.items() if now - when >= full]:
-            del self._buckets[key]
-        if len(self._buckets) >= self.max_keys:
-            self._buckets.clear()
 
 
 def too_many(limit: str, wait: float, detail: str) -> RegistryError:

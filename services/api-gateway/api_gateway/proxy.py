@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from shared.blobs import TransferAborted, open_blob
 from shared.errors import ErrorCode, RegistryError
 from shared.numbers import NumberInvalid, parse_decimal
+from shared.settings import get_settings
 from shared.storage import StorageDriver
 from shared.web import (
     BYTE_RANGE_HEADER,
@@ -64,12 +65,6 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 # A request of another method is forwarded without a body, so without a length: a service
 # told to expect bytes that never come would wait for them (a GET or HEAD with a body).
 _DROP_REQUEST_NO_BODY = _DROP_REQUEST | {"content-length"}
-
-
-# Answers up to this size (by their Content-Length) are read whole and passed on in one piece;
-# larger ones are relayed as they arrive, and so are blobs of any size. Manifests are at most
-# 4 MiB.
-SMALL_ANSWER = 4 * 1024 * 1024
 
 
 def make_client(limit: int = 512) -> aiohttp.ClientSession:
@@ -184,8 +179,11 @@ async def _release(upstream: aiohttp.ClientResponse) -> None:
 
 
 def _is_small(upstream: aiohttp.ClientResponse) -> bool:
+    """Whether the answer is no larger than a manifest may be (by its Content-Length): read
+    whole and passed on in one piece. Larger ones are relayed as they arrive, and so are blobs
+    of any size."""
     try:
-        parse_decimal(upstream.headers.get("content-length", ""), SMALL_ANSWER)
+        parse_decimal(upstream.headers.get("content-length", ""), get_settings().max_manifest_size)
     except NumberInvalid:
         return False
     return True

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from janitor import gc, leases, metrics, promotion, reconcile, uploads
 from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
-from janitor.worker import app
+from janitor.worker import SWEEP_LIMIT, app
 from shared.events import EVENT_TASK, Event
 from shared.observability import request_id_var
 from shared.settings import get_settings
@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 
 # A blob another task works on, or a claim lost, is tried again later too.
 TRANSIENT = (DBAPIError, StorageError, ConnectionError, TimeoutError, BlobBusy, ClaimLost)
-SWEEP_LIMIT = (
-    3000  # seconds: the longest a sweep may run; the broker's visibility timeout is longer
-)
 
 common: dict[str, Any] = {
     "acks_late": True,
@@ -64,16 +61,6 @@ def handle_event(payload: dict[str, Any]) -> str:
         discarded = asyncio.run(promotion.discard(storage, target.storage_key))
         return f"discard {discarded}"
     return event.action
-
-
-@app.task(name="janitor.promote", time_limit=600, soft_time_limit=540, **common)
-def promote(digest: str, upload_key: str | None = None) -> str:
-    return asyncio.run(promotion.promote(get_storage(), digest, upload_key))
-
-
-@app.task(name="janitor.discard_upload", time_limit=300, soft_time_limit=240, **common)
-def discard_upload(storage_key: str) -> bool:
-    return asyncio.run(promotion.discard(get_storage(), storage_key))
 
 
 def _sweep(name: str, run: Any) -> dict[str, Any]:

@@ -13,6 +13,9 @@ from shared.events import broker_options
 from shared.observability import configure_logging
 from shared.settings import get_settings
 
+# The longest a sweep may run (seconds): the tasks' time limit.
+SWEEP_LIMIT = 3000
+
 settings = get_settings()
 
 app = Celery("janitor", include=["janitor.tasks", "janitor.metrics"])
@@ -42,9 +45,9 @@ app.conf.update(
 )
 app.conf.broker_transport_options = {
     **(app.conf.broker_transport_options or {}),
-    # Longer than the longest task (tasks.SWEEP_LIMIT), so that Redis does not hand a task
-    # that is still running, unacknowledged, to a second worker.
-    "visibility_timeout": 7200,
+    # Longer than the longest task, so that Redis does not hand a task that is still running,
+    # unacknowledged, to a second worker.
+    "visibility_timeout": 2 * SWEEP_LIMIT,
 }
 
 
