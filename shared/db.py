@@ -68,6 +68,13 @@ def get_engine() -> Engine:
     return make_engine(settings.database_url, settings.database_lock_timeout_seconds)
 
 
+def forget_engine() -> None:
+    """Drop the engine and sessions made for the settings so far (settings changed: the next
+    use makes them anew)."""
+    for cached in (get_engine, _sessionmaker, _read_engine):
+        cached.cache_clear()
+
+
 @lru_cache
 def _sessionmaker(readonly: bool) -> sessionmaker[Session]:
     engine = get_engine()

@@ -7,52 +7,28 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
-import pymysql
 import pytest
 
 from shared import migrate
 from shared.runner import start_all, stop_all
 from shared.settings import Settings
 from tests.docker_engine import DockerEngine
-from tests.registry import RedisServer, RegistryUnderTest, storage_under_test
-
-MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
-REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def _mariadb_database(name: str) -> str:
-    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    connection.close()
-    return f"{MARIADB}/{name}?charset=utf8mb4"
-
-
-def _drop_mariadb_database(name: str) -> None:
-    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    connection.close()
+from tests.registry import (
+    REDIS,
+    RedisServer,
+    RegistryUnderTest,
+    create_mariadb_database,
+    drop_mariadb_database,
+    free_ports,
+    storage_under_test,
+)
 
 
 @contextmanager
@@ -85,9 +61,9 @@ def _running_registry(
         database_url = f"sqlite:///{root / 'registry.db'}"
         broker_url = broker_url or f"filesystem://{root / 'broker'}"
     else:
-        database_url = _mariadb_database(database_name)
+        database_url = create_mariadb_database(database_name)
         broker_url = broker_url or REDIS
-    port, blob_port, manifest_port, janitor_metrics_port = _free_ports(4)
+    port, blob_port, manifest_port, janitor_metrics_port = free_ports(4)
     values = {
         "database_url": database_url,
         **storage,
@@ -113,7 +89,7 @@ def _running_registry(
         client.close()
         stop_all(processes)
         if backend == "mariadb":
-            _drop_mariadb_database(database_name)
+            drop_mariadb_database(database_name)
 
 
 @contextmanager
@@ -132,7 +108,35 @@ def isolated_registry(backend: str, root: Path, **overrides: str) -> Iterator[Re
         yield registry
 
 
-@pytest.fixture(scope="session", params=["sqlite", "mariadb", "oss"])
+BACKENDS = ("sqlite", "mariadb", "oss")
+
+
+def registry_fixture(
+    name: str,
+    backends: tuple[str, ...] = BACKENDS,
+    *,
+    scope: Literal["session", "module", "function"] = "module",
+    isolated: bool = False,
+    **settings: str,
+) -> Any:
+    """A ``registry`` fixture of a test module's own, on each of ``backends``, with
+    ``settings``; ``isolated``: with a Redis of its own on MariaDB (``isolated_registry``).
+    Assign it to ``registry`` in the module."""
+
+    @pytest.fixture(scope=scope, params=list(backends), name="registry")
+    def fixture(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[RegistryUnderTest]:
+        backend: str = request.param
+        root = tmp_path_factory.mktemp(f"{name}-{backend}")
+        start = isolated_registry if isolated else running_registry
+        with start(backend, root, **settings) as running:
+            yield running
+
+    return fixture
+
+
+@pytest.fixture(scope="session", params=list(BACKENDS))
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RegistryUnderTest]:

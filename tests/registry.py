@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+import pymysql
+from sqlalchemy import make_url, text
 
-from shared.db import _sessionmaker, get_engine, make_engine
+from shared.db import forget_engine, make_engine
 from shared.processes import Process
 from shared.runner import wait_until_up
 from shared.settings import Settings, get_settings
@@ -251,8 +252,7 @@ def storage_under_test(kind: str, root: Path) -> Iterator[StorageUnderTest]:
 
 def _clear_cached_configuration() -> None:
     get_settings.cache_clear()
-    get_engine.cache_clear()
-    _sessionmaker.cache_clear()
+    forget_engine()
     get_storage.cache_clear()
 
 
@@ -276,11 +276,68 @@ def child_pids(pid: int) -> list[int]:
     return [int(child) for child in found.stdout.split()]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on loopback now."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        sockets.append(sock)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+# The MariaDB server and Redis the tests use (``make services`` starts them).
+MARIADB = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306")
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
+
+
+def mariadb_server() -> pymysql.Connection[Any]:
+    """A connection to the MariaDB server as its administrator (no database chosen)."""
+    url = make_url(MARIADB)
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+    )
+
+
+def create_mariadb_database(name: str) -> str:
+    """A new, empty database ``name`` (utf8mb4, binary collation); returns its URL."""
+    connection = mariadb_server()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    finally:
+        connection.close()
+    return f"{MARIADB}/{name}?charset=utf8mb4"
+
+
+def drop_mariadb_database(name: str) -> None:
+    connection = mariadb_server()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        connection.close()
+
+
+@contextmanager
+def mariadb_database(prefix: str) -> Iterator[str]:
+    """The URL of a new MariaDB database, dropped at the end."""
+    name = f"{prefix}_{os.urandom(4).hex()}"
+    try:
+        yield create_mariadb_database(name)
+    finally:
+        drop_mariadb_database(name)
 
 
 class RedisServer:

@@ -34,8 +34,15 @@ from shared.events import broker_options
 from shared.processes import Process, processes
 from shared.runner import stop_all, wait_until_up
 from shared.settings import Settings
-from tests.conftest import _drop_mariadb_database, _free_ports, _mariadb_database
-from tests.registry import RedisServer, RegistryUnderTest, start_process, storage_under_test
+from tests.registry import (
+    RedisServer,
+    RegistryUnderTest,
+    create_mariadb_database,
+    drop_mariadb_database,
+    free_ports,
+    start_process,
+    storage_under_test,
+)
 
 HAPROXY = Path(os.environ.get("HAPROXY", "/usr/sbin/haproxy"))
 REPLICAS = 2
@@ -160,11 +167,11 @@ def replicated_registry(
     with ExitStack() as stack:
         stored = stack.enter_context(storage_under_test(storage, root))
         redis = stack.enter_context(RedisServer())
-        database_url = _mariadb_database(database)
-        stack.callback(_drop_mariadb_database, database)
+        database_url = create_mariadb_database(database)
+        stack.callback(drop_mariadb_database, database)
         migrate.upgrade(database_url)
         # Every port at once: ports found free one call apart might be the same.
-        ports = iter(_free_ports(len(BALANCED) + 1 + 4 * replicas))
+        ports = iter(free_ports(len(BALANCED) + 1 + 4 * replicas))
         front_ports = {front: next(ports) for front in BALANCED.values()}
         stats_port = next(ports)
         shared_values = {

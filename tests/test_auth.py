@@ -18,10 +18,8 @@ import hmac
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,8 +40,8 @@ from shared.processes import processes
 from shared.settings import Settings
 from tests.conftest import running_registry
 from tests.images import Layout, single_image
+from tests.podman import Podman, private_podman
 from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, free_port, sha256
-from tests.test_client_podman import PODMAN, Podman
 from tests.test_client_skopeo import SKOPEO, Skopeo, tagged
 
 SERVICE = "registry.test"
@@ -289,7 +287,7 @@ def skopeo_login(
 ) -> subprocess.CompletedProcess[bytes]:
     """``skopeo login`` with the password on standard input (never on the command line)."""
     command = [
-        *skopeo._global,
+        *skopeo.base_command,
         "login",
         "--tls-verify=false",
         "--authfile",
@@ -307,57 +305,18 @@ def skopeo_login(
 
 @pytest.fixture
 def podman(tmp_path: Path) -> Iterator[Podman]:
-    """podman as root with private storage and configuration (see tests/test_client_podman.py);
-    registries.conf lists this module's registries as insecure when each test adds them."""
-    if not (PODMAN.is_file() and os.access(PODMAN, os.X_OK)):
-        pytest.fail(f"podman is required for the auth tests and was not found at {PODMAN}")
-    if os.geteuid() != 0:
-        pytest.fail("the podman tests run podman as root with private storage")
-    home = tmp_path / "podman"
-    runroot = Path(tempfile.mkdtemp(prefix="podman-", dir="/tmp")) / "run"
-    for folder in ("tmp", "home/.config/containers", "data", "run"):
-        (home / folder).mkdir(parents=True)
-    (home / "containers.conf").write_text(
-        f'[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-        f'events_logfile_path = "{home / "events.log"}"\ntmp_dir = "{home / "libpod"}"\n\n'
-        f'[network]\nnetwork_config_dir = "{home / "networks"}"\n'
-    )
-    (home / "storage.conf").write_text(
-        f'[storage]\ndriver = "vfs"\ngraphroot = "{home / "root"}"\nrunroot = "{runroot}"\n'
-    )
-    (home / "registries.conf").write_text(
-        'unqualified-search-registries = []\nshort-name-mode = "disabled"\n'
-    )
-    (home / "home/.config/containers/policy.json").write_text(
-        json.dumps({"default": [{"type": "insecureAcceptAnything"}]})
-    )
-    (home / "auth.json").write_text(json.dumps({"auths": {}}))
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "HOME": str(home / "home"),
-        "XDG_CONFIG_HOME": str(home / "home/.config"),
-        "XDG_DATA_HOME": str(home / "data"),
-        "XDG_RUNTIME_DIR": str(home / "run"),
-        "TMPDIR": str(home / "tmp"),
-        "CONTAINERS_CONF": str(home / "containers.conf"),
-        "CONTAINERS_REGISTRIES_CONF": str(home / "registries.conf"),
-        "CONTAINERS_STORAGE_CONF": str(home / "storage.conf"),
-        "REGISTRY_AUTH_FILE": str(home / "auth.json"),
-        "_CONTAINERS_ROOTLESS_UID": "65534",
-    }
-    try:
-        yield Podman(home, runroot, env)
-    finally:
-        shutil.rmtree(runroot.parent, ignore_errors=True)
+    """podman with private storage and configuration; each test trusts its registry when it
+    logs in."""
+    with private_podman(tmp_path) as podman:
+        yield podman
 
 
 def podman_login(
     podman: Podman, registry: RegistryUnderTest, account: Account, password: str | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    with (podman.home / "registries.conf").open("a") as conf:
-        conf.write(f'\n[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    podman.trust(registry.host)
     command = [
-        *podman._global,
+        *podman.base_command,
         "login",
         "--tls-verify=false",
         "--username",
@@ -593,7 +552,7 @@ def test_skopeo_logs_in_pushes_and_pulls_with_basic_auth(
     # Without logging in: refused, nothing stored.
     result = skopeo.run(
         "copy",
-        *skopeo._remote("--src-tls-verify", "--dest-tls-verify"),
+        *skopeo.remote_flags("--src-tls-verify", "--dest-tls-verify"),
         f"oci:{image.path}:latest",
         remote,
         check=False,
@@ -618,7 +577,7 @@ def test_skopeo_logs_in_pushes_and_pulls_with_basic_auth(
     other = _name("team-a")
     denied = reader.run(
         "copy",
-        *reader._remote("--src-tls-verify", "--dest-tls-verify"),
+        *reader.remote_flags("--src-tls-verify", "--dest-tls-verify"),
         f"oci:{image.path}:latest",
         f"docker://{basic_registry.host}/{other}:v1",
         check=False,
@@ -1198,7 +1157,7 @@ def test_skopeo_logs_in_pushes_and_pulls_with_tokens(
     other = _name("team-a")
     denied = reader.run(
         "copy",
-        *reader._remote("--src-tls-verify", "--dest-tls-verify"),
+        *reader.remote_flags("--src-tls-verify", "--dest-tls-verify"),
         f"oci:{image.path}:latest",
         f"docker://{token_registry.host}/{other}:v1",
         check=False,

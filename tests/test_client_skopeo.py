@@ -38,7 +38,7 @@ class Skopeo:
     env: dict[str, str]
 
     @property
-    def _global(self) -> list[str]:
+    def base_command(self) -> list[str]:
         return [
             str(SKOPEO),
             "--policy", str(self.home / "policy.json"),
@@ -51,7 +51,7 @@ class Skopeo:
         self, *args: str, check: bool = True, options: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``skopeo <options> <args>``; ``options`` are skopeo's global flags."""
-        command = [*self._global, *options, *args]
+        command = [*self.base_command, *options, *args]
         result = subprocess.run(command, env=self.env, capture_output=True, timeout=180)
         if check and result.returncode != 0:
             raise SkopeoFailed(
@@ -61,7 +61,7 @@ class Skopeo:
             )
         return result
 
-    def _remote(self, *tls_flags: str) -> list[str]:
+    def remote_flags(self, *tls_flags: str) -> list[str]:
         """Plain HTTP, this test's (empty) auth file, and no retries: a failure shows at once."""
         tls = [f"{flag}=false" for flag in tls_flags]
         return [*tls, "--authfile", str(self.home / "auth.json"), "--retry-times", "0"]
@@ -69,7 +69,7 @@ class Skopeo:
     def copy(
         self, source: str, destination: str, *flags: str, options: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[bytes]:
-        remote = self._remote("--src-tls-verify", "--dest-tls-verify")
+        remote = self.remote_flags("--src-tls-verify", "--dest-tls-verify")
         return self.run("copy", *remote, *flags, source, destination, options=options)
 
     def push(
@@ -92,15 +92,20 @@ class Skopeo:
         self, image: str, *flags: str, check: bool = True, options: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[bytes]:
         return self.run(
-            "inspect", *self._remote("--tls-verify"), *flags, image, check=check, options=options
+            "inspect",
+            *self.remote_flags("--tls-verify"),
+            *flags,
+            image,
+            check=check,
+            options=options,
         )
 
     def list_tags(self, repository: str) -> dict[str, Any]:
-        result = self.run("list-tags", *self._remote("--tls-verify"), repository)
+        result = self.run("list-tags", *self.remote_flags("--tls-verify"), repository)
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
     def delete(self, image: str) -> subprocess.CompletedProcess[bytes]:
-        return self.run("delete", *self._remote("--tls-verify"), image)
+        return self.run("delete", *self.remote_flags("--tls-verify"), image)
 
 
 @pytest.fixture

@@ -9,22 +9,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from sqlalchemy import text
 
 from shared.db import make_engine
-from tests.conftest import running_registry
+from tests.conftest import registry_fixture
 from tests.registry import OCI_CONFIG, OCI_MANIFEST, RegistryUnderTest, error_codes, sha256
 
-
-@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryUnderTest]:
-    backend: str = request.param
-    root = tmp_path_factory.mktemp(f"database-faults-{backend}")
-    with running_registry(backend, root, database_lock_timeout_seconds="1") as running:
-        yield running
+registry = registry_fixture(
+    "database-faults", ("sqlite", "mariadb"), database_lock_timeout_seconds="1"
+)
 
 
 @contextmanager

@@ -10,23 +10,18 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import pymysql
 import pytest
 from sqlalchemy import make_url
 
 from shared.migrate import upgrade
-from tests.conftest import MARIADB
-
-
-def admin_connection() -> pymysql.connections.Connection:
-    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+from tests.registry import MARIADB, mariadb_server
 
 
 @pytest.fixture
 def database_name() -> Iterator[str]:
     name = f"registry_setup_{uuid.uuid4().hex[:8]}"
     yield name
-    with admin_connection() as connection, connection.cursor() as cursor:
+    with mariadb_server() as connection, connection.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
@@ -34,11 +29,11 @@ def database_name() -> Iterator[str]:
 def limited_account() -> Iterator[tuple[str, str]]:
     """A MySQL account that may connect but create no database."""
     user, password = f"limited_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
-    with admin_connection() as connection, connection.cursor() as cursor:
+    with mariadb_server() as connection, connection.cursor() as cursor:
         cursor.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
         cursor.execute(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}'")
     yield user, password
-    with admin_connection() as connection, connection.cursor() as cursor:
+    with mariadb_server() as connection, connection.cursor() as cursor:
         cursor.execute(f"DROP USER IF EXISTS '{user}'@'%'")
         cursor.execute(f"DROP USER IF EXISTS '{user}'@'localhost'")
 
@@ -59,7 +54,7 @@ def migrate_in_a_process(url: str) -> tuple[subprocess.CompletedProcess[str], fl
 def test_a_database_that_does_not_exist_is_created_with_the_schema(database_name: str) -> None:
     url = f"{MARIADB}/{database_name}?charset=utf8mb4"
     upgrade(url)
-    with admin_connection() as connection, connection.cursor() as cursor:
+    with mariadb_server() as connection, connection.cursor() as cursor:
         cursor.execute(
             "SELECT default_character_set_name, default_collation_name"
             " FROM information_schema.schemata WHERE schema_name = %s",
@@ -74,7 +69,7 @@ def test_an_account_that_may_not_create_the_database_fails_at_once_in_one_line(
     database_name: str, limited_account: tuple[str, str]
 ) -> None:
     user, password = limited_account
-    with admin_connection() as connection, connection.cursor() as cursor:
+    with mariadb_server() as connection, connection.cursor() as cursor:
         # May read the database once it exists, so that the server tells it does not.
         cursor.execute(f"GRANT SELECT ON `{database_name}`.* TO '{user}'@'%'")
         cursor.execute(f"GRANT SELECT ON `{database_name}`.* TO '{user}'@'localhost'")

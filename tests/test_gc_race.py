@@ -15,14 +15,14 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import httpx
 import pytest
 
-from tests.conftest import isolated_registry
+from tests.conftest import registry_fixture
 from tests.registry import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -51,17 +51,9 @@ UNREFERENCED_BLOBS = (
 )
 
 
-@pytest.fixture(params=["sqlite", "mariadb", "oss"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryUnderTest]:
-    """A registry of its own whose unreferenced blobs become collectable two seconds after
-    they were pushed (and, with ``gc --grace 1s``, after one)."""
-    backend: str = request.param
-    with isolated_registry(
-        backend, tmp_path_factory.mktemp(f"gc-race-{backend}"), gc_grace_seconds="2"
-    ) as running:
-        yield running
+# A registry of each test's own whose unreferenced blobs become collectable two seconds after
+# they were pushed (and, with ``gc --grace 1s``, after one).
+registry = registry_fixture("gc-race", scope="function", isolated=True, gc_grace_seconds="2")
 
 
 @dataclass(frozen=True)

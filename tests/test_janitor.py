@@ -8,26 +8,16 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from janitor import leases
-from tests.conftest import running_registry
+from tests.conftest import registry_fixture, running_registry
 from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
 
-
-@pytest.fixture(scope="module", params=["sqlite", "mariadb", "oss"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryUnderTest]:
-    """A registry of this module's own, so that its garbage collections touch no other test's
-    data; reconcile may move blobs at once."""
-    backend = request.param
-    with running_registry(
-        backend, tmp_path_factory.mktemp(f"janitor-{backend}"), promote_delay_seconds="0"
-    ) as running:
-        yield running
+# A registry of this module's own, so that its garbage collections touch no other test's data;
+# reconcile may move blobs at once.
+registry = registry_fixture("janitor", promote_delay_seconds="0")
 
 
 def admin_ok(registry: RegistryUnderTest, *args: str) -> str:

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 from shared.db import make_engine
 from shared.reference import parse_digest
 from shared.storage import keys
-from tests.conftest import isolated_registry, running_registry
+from tests.conftest import registry_fixture, running_registry
 from tests.registry import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -177,19 +177,12 @@ def assert_image_pulls(
 # --- the registry these tests share ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["sqlite", "mariadb", "oss"])
-def registry(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryUnderTest]:
-    """A registry of this module's own: its sweeps touch no other test's data. Reconcile
-    moves blobs still at their upload key at once; a blob nothing references may be
-    collected one second after it was pushed."""
-    backend: str = request.param
-    root = tmp_path_factory.mktemp(f"janitor-faults-{backend}")
-    with isolated_registry(
-        backend, root, promote_delay_seconds="0", gc_grace_seconds="1"
-    ) as running:
-        yield running
+# A registry of this module's own: its sweeps touch no other test's data. Reconcile moves blobs
+# still at their upload key at once; a blob nothing references may be collected one second
+# after it was pushed.
+registry = registry_fixture(
+    "janitor-faults", isolated=True, promote_delay_seconds="0", gc_grace_seconds="1"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-import pymysql
 import pytest
 from alembic import command
 
 from shared.migrate import alembic_config, upgrade
+from tests.registry import mariadb_database
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'check.db'}"
         return
-    name = f"registry_migrations_{uuid.uuid4().hex[:8]}"
-    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    try:
-        yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE `{name}`")
-        connection.close()
+    with mariadb_database("registry_migrations") as url:
+        yield url
 
 
 def test_migrations_match_the_models(database_url: str) -> None:

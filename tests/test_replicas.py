@@ -42,6 +42,7 @@ from tests import test_client_podman as podman_client
 from tests import test_client_skopeo as skopeo_client
 from tests.docker_engine import DockerEngine
 from tests.images import single_image
+from tests.podman import Podman
 from tests.registry import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -731,7 +732,7 @@ def test_skopeo_copies_an_image_in_and_back_out(
 
 @pytest.mark.client
 def test_podman_pushes_and_pulls_back_an_image(
-    registry: ReplicatedRegistry, repo: str, podman: podman_client.Podman, tmp_path: Path
+    registry: ReplicatedRegistry, repo: str, podman: Podman, tmp_path: Path
 ) -> None:
     """``podman push``, every local image removed, ``podman pull``: the same image, whose
     layers unpack to the config's ``diff_ids``."""

@@ -384,11 +384,11 @@ def test_the_filesystem_driver_reads_bytes_the_page_cache_lacks(tmp_path: Path) 
     try:
         os.fsync(fd)  # clean pages, which the kernel may drop
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        if not filesystem._nowait or filesystem._in_page_cache(fd, 0, len(data) - 1):
+        if not filesystem.page_cache_visible() or filesystem.in_page_cache(fd, 0, len(data) - 1):
             pytest.skip("this filesystem cannot say what the page cache holds, or keeps it")
         assert run(read_all(driver, "blob", 1000, len(data) - 1000)) == data[1000:-999]
         assert run(read_all(driver, "blob")) == data
-        assert filesystem._in_page_cache(fd, 0, len(data) - 1)  # read once, now cached
+        assert filesystem.in_page_cache(fd, 0, len(data) - 1)  # read once, now cached
         assert run(read_all(driver, "blob", 5, 2 * 1024 * KiB)) == data[5 : 2 * 1024 * KiB + 1]
     finally:
         os.close(fd)

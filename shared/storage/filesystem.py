@@ -28,7 +28,7 @@ _nowait = hasattr(os, "RWF_NOWAIT")
 _probe = bytearray(1)  # scratch: what the probes read is never looked at
 
 
-def _in_page_cache(fd: int, first: int, last: int) -> bool:
+def in_page_cache(fd: int, first: int, last: int) -> bool:
     """Whether the page cache holds the bytes ``first`` and ``last`` of the file, so that a read
     of the range between them will not wait for the disk (the kernel caches a file written or
     read in order as a whole, and reads ahead). Asked with RWF_NOWAIT, which fails at once
@@ -55,6 +55,12 @@ def _mapped(what: str, key: str) -> Iterator[None]:
         raise ObjectNotFound(f"{what}: no object {key!r}") from exc
     except OSError as exc:
         raise StorageError(f"{what} {key!r}: {exc.strerror or exc}") from exc
+
+
+def page_cache_visible() -> bool:
+    """Whether this machine can tell what the page cache holds (else every read is made in a
+    worker thread)."""
+    return _nowait
 
 
 class FilesystemDriver:
@@ -123,7 +129,7 @@ class FilesystemDriver:
             while position <= last:
                 want = min(READ_CHUNK, last - position + 1)
                 with _mapped("read", key):
-                    if _in_page_cache(fd, position, position + want - 1):
+                    if in_page_cache(fd, position, position + want - 1):
                         chunk = os.pread(fd, want, position)
                         inline += 1
                         if inline % YIELD_EVERY == 0:
