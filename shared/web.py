@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -105,30 +105,32 @@ def install_error_handlers(app: FastAPI) -> None:
             head=request.method == "HEAD",
         )
 
-    async def storage_failed(request: Request, exc: Exception) -> Response:
-        # The storage backend failed (after the driver's own retries): nothing was recorded,
-        # and the client may send the request again.
-        log.warning("storage error method=%s path=%s: %s", request.method, request.url.path, exc)
-        return error_response(
-            ErrorCode.UNAVAILABLE,
-            "the storage backend is unavailable; retry the request",
-            headers={"Retry-After": "1"},
-            head=request.method == "HEAD",
-        )
+    def retry_later(backend: str, *, trace: bool) -> Callable[..., Awaitable[Response]]:
+        """503 ``UNAVAILABLE`` with ``Retry-After``: the storage backend failed (after the
+        driver's own retries), or the database could not be reached or granted a lock in time
+        (SQLite's busy timeout, InnoDB's lock wait after the retries). Nothing was recorded,
+        and the client may send the request again."""
 
-    async def database_failed(request: Request, exc: Exception) -> Response:
-        # The database could not be reached, or a lock was not granted in time (SQLite's busy
-        # timeout, InnoDB's lock wait after the retries): the transaction was rolled back, and
-        # the client may send the request again.
-        log.error(
-            "database error method=%s path=%s", request.method, request.url.path, exc_info=exc
-        )
-        return error_response(
-            ErrorCode.UNAVAILABLE,
-            "the database is unavailable; retry the request",
-            headers={"Retry-After": "1"},
-            head=request.method == "HEAD",
-        )
+        async def handler(request: Request, exc: Exception) -> Response:
+            log.warning(
+                "%s error method=%s path=%s: %s",
+                backend,
+                request.method,
+                request.url.path,
+                exc,
+                exc_info=exc if trace else None,
+            )
+            return error_response(
+                ErrorCode.UNAVAILABLE,
+                f"the {backend} is unavailable; retry the request",
+                headers={"Retry-After": "1"},
+                head=request.method == "HEAD",
+            )
+
+        return handler
+
+    storage_failed = retry_later("storage backend", trace=False)
+    database_failed = retry_later("database", trace=True)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error(

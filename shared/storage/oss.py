@@ -470,6 +470,19 @@ class OssDriver:
         full = self._full(key)
         folder = full.rstrip("/") + "/"
         layout = _Layout()
+        async for item in self._listed(key, full):
+            match = _SEGMENT.match(item.key)
+            if item.key == full:
+                layout.base = _Piece(item.key, 0, item.size, item.last_modified)
+            elif match and match["base"] == full:
+                start = int(match["start"])
+                layout.segments[start] = _Piece(item.key, start, item.size, item.last_modified)
+            elif item.key.startswith(folder):
+                layout.children.append(item.key)
+        return layout
+
+    async def _listed(self, key: str, full: str) -> AsyncIterator[Any]:
+        """Every object whose name starts with ``full``, page after page."""
         token = ""
         while True:
             page = await self._call(
@@ -483,16 +496,9 @@ class OssDriver:
                 ),
             )
             for item in page.object_list:
-                match = _SEGMENT.match(item.key)
-                if item.key == full:
-                    layout.base = _Piece(item.key, 0, item.size, item.last_modified)
-                elif match and match["base"] == full:
-                    start = int(match["start"])
-                    layout.segments[start] = _Piece(item.key, start, item.size, item.last_modified)
-                elif item.key.startswith(folder):
-                    layout.children.append(item.key)
+                yield item
             if not page.is_truncated:
-                return layout
+                return
             token = page.next_continuation_token
 
     async def _delete_keys(self, what: str, keys: list[str]) -> None:
@@ -758,24 +764,9 @@ class OssDriver:
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         full = self._full(prefix)
         collapser = _Collapser()
-        token = ""
-        while True:
-            page = await self._call(
-                "ListObjectsV2",
-                prefix,
-                partial(
-                    self.bucket.list_objects_v2,
-                    prefix=full,
-                    continuation_token=token,
-                    max_keys=self.page_size,
-                ),
-            )
-            for item in page.object_list:
-                for key, layout in collapser.add(item.key, item.size, item.last_modified):
-                    yield self._info(key, layout)
-            if not page.is_truncated:
-                break
-            token = page.next_continuation_token
+        async for item in self._listed(prefix, full):
+            for key, layout in collapser.add(item.key, item.size, item.last_modified):
+                yield self._info(key, layout)
         for key, layout in collapser.finish():
             yield self._info(key, layout)
 

@@ -258,11 +258,7 @@ class HtpasswdGuard(Guard):
         except LoginThrottled as exc:
             log.info("login throttled client=%s: %s", client_address(request), exc.detail)
             REFUSALS.labels("login_throttled").inc()
-            raise RegistryError(
-                ErrorCode.TOOMANYREQUESTS,
-                exc.detail,
-                headers={"Retry-After": str(exc.retry_after)},
-            ) from None
+            raise
         except BadCredentials as exc:
             log.info("authentication failed client=%s: %s", client_address(request), exc)
             _refuse("bad_credentials", ErrorCode.UNAUTHORIZED, str(exc), self.challenge)

@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from shared.errors import ErrorCode, RegistryError
+
 SLOTS = 2  # bcrypt checks at once
 ADDRESS_BURST, ADDRESS_RATE = 10.0, 1 / 3  # failures, then one every 3 s
 USER_BURST, USER_RATE = 30.0, 1.0
@@ -34,11 +36,14 @@ SUSPECT_QUEUE = 8  # checks of failing addresses waiting at once
 MAX_TRACKED = 50_000  # addresses and names remembered; the fullest buckets are dropped first
 
 
-class LoginThrottled(Exception):
+class LoginThrottled(RegistryError):
+    """Too many failed logins lately: 429 ``TOOMANYREQUESTS`` with ``Retry-After``."""
+
     def __init__(self, retry_after: float, detail: str) -> None:
-        super().__init__(detail)
         self.retry_after = max(1, int(retry_after + 0.999))
-        self.detail = detail
+        super().__init__(
+            ErrorCode.TOOMANYREQUESTS, detail, headers={"Retry-After": str(self.retry_after)}
+        )
 
 
 @dataclass(slots=True)

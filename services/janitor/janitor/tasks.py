@@ -78,38 +78,30 @@ def _sweep(name: str, run: Any) -> dict[str, Any]:
     return report.as_dict()
 
 
-@app.task(
-    name="janitor.purge_stale_uploads",
-    time_limit=SWEEP_LIMIT,
-    soft_time_limit=SWEEP_LIMIT - 60,
-    **common,
-)
-def purge_stale_uploads(older_than_seconds: int | None = None) -> dict[str, Any]:
-    settings = get_settings()
-    age = dt.timedelta(
-        seconds=older_than_seconds
-        if older_than_seconds is not None
-        else settings.upload_purge_age_seconds
+def _sweep_task(name: str) -> Any:
+    return app.task(
+        name=f"janitor.{name}", time_limit=SWEEP_LIMIT, soft_time_limit=SWEEP_LIMIT - 60, **common
     )
+
+
+def _seconds(given: int | None, configured: int) -> dt.timedelta:
+    return dt.timedelta(seconds=configured if given is None else given)
+
+
+@_sweep_task("purge_stale_uploads")
+def purge_stale_uploads(older_than_seconds: int | None = None) -> dict[str, Any]:
+    age = _seconds(older_than_seconds, get_settings().upload_purge_age_seconds)
     return _sweep("purge_stale_uploads", uploads.purge_stale_uploads(get_storage(), older_than=age))
 
 
-@app.task(
-    name="janitor.collect_garbage",
-    time_limit=SWEEP_LIMIT,
-    soft_time_limit=SWEEP_LIMIT - 60,
-    **common,
-)
+@_sweep_task("collect_garbage")
 def collect_garbage(grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
     settings = get_settings()
-    grace = dt.timedelta(
-        seconds=grace_seconds if grace_seconds is not None else settings.gc_grace_seconds
-    )
     return _sweep(
         "collect_garbage",
         gc.collect_garbage(
             get_storage(),
-            grace=grace,
+            grace=_seconds(grace_seconds, settings.gc_grace_seconds),
             untagged_manifests=settings.gc_untagged_manifests,
             dry_run=dry_run,
             limit=settings.gc_batch_size,
@@ -117,19 +109,14 @@ def collect_garbage(grace_seconds: int | None = None, dry_run: bool = False) -> 
     )
 
 
-@app.task(
-    name="janitor.reconcile", time_limit=SWEEP_LIMIT, soft_time_limit=SWEEP_LIMIT - 60, **common
-)
+@_sweep_task("reconcile")
 def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
     settings = get_settings()
-    grace = dt.timedelta(
-        seconds=grace_seconds if grace_seconds is not None else settings.reconcile_grace_seconds
-    )
     return _sweep(
         "reconcile",
         reconcile.reconcile(
             get_storage(),
-            grace=grace,
+            grace=_seconds(grace_seconds, settings.reconcile_grace_seconds),
             promote_after=dt.timedelta(seconds=settings.promote_delay_seconds),
             gc_grace=dt.timedelta(seconds=settings.gc_grace_seconds),
         ),

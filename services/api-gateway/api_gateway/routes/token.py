@@ -89,14 +89,10 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
         if header is not None:
             try:
                 name = await issuer.credentials.user(header, client_address(request))
-            except LoginThrottled as exc:
+            except LoginThrottled:
                 REFUSALS.labels("login_throttled").inc()
                 log.info("token request throttled client=%s", client_address(request))
-                raise RegistryError(
-                    ErrorCode.TOOMANYREQUESTS,
-                    exc.detail,
-                    headers={"Retry-After": str(exc.retry_after)},
-                ) from None
+                raise
             except BadCredentials as exc:
                 unauthorized("bad_credentials", request, exc)
             user = issuer.users.get().users.get(name)
@@ -143,7 +139,7 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
                     429,
                     ErrorCode.TOOMANYREQUESTS,
                     "slow_down",
-                    exc.detail,
+                    str(exc.detail),
                     **{"Retry-After": str(exc.retry_after)},
                 )
             except BadCredentials as exc:

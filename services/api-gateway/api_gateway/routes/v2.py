@@ -2,8 +2,8 @@
 the service the route table names.
 
 :func:`build_router` makes them for the configuration: with no authentication and no limits
-(the default) the routes are the plain ones, doing no work for either; otherwise the version
-check asks the guard, and each forwarded request is checked (guard, then limits) first.
+(the default) neither does any work; otherwise the version check asks the guard, and each
+forwarded request is checked (guard, then limits) first.
 """
 
 from __future__ import annotations
@@ -85,43 +85,20 @@ def build_router(
             await guard.check_base(request)
             return JSONResponse({})
 
-    # The forwarding routes are plain Starlette routes: they take nothing FastAPI's dependency
+    # The forwarding route is a plain Starlette route: it takes nothing FastAPI's dependency
     # machinery would resolve, and skipping it is a good part of a proxied request's cost.
-    if guard is None and limits is None and not extra_headers:
-
-        async def to_service(request: Request) -> Response:
-            found = routing.match(_raw_path(request), request.method)
-            request.state.route_name = found.route.name
-            base_url = service_urls[found.route.service]
-            storage = request.app.state.local_storage
-            serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
-            async with _time_limit(found.route, limit, request.method):
-                return await forward(
-                    _pool(request),
-                    base_url,
-                    found.path,
-                    request,
-                    request_id(request),
-                    serve_locally,
-                    blob_bytes=found.route.blob_bytes,
-                )
-
-        router.add_route("/{path:path}", to_service, methods=METHODS)
-        return router
-
-    async def to_service_checked(request: Request) -> Response:
-        storage = request.app.state.local_storage
+    async def to_service(request: Request) -> Response:
         found = routing.match(_raw_path(request), request.method)
         request.state.route_name = found.route.name
         query = await guard.check(request, found) if guard is not None else None
         done = limits.admit(request, found) if limits is not None else None
-        base_url = service_urls[found.route.service]
+        storage = request.app.state.local_storage
         serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
         try:
             async with _time_limit(found.route, limit, request.method):
                 return await forward(
                     _pool(request),
-                    base_url,
+                    service_urls[found.route.service],
                     found.path,
                     request,
                     request_id(request),
@@ -134,5 +111,5 @@ def build_router(
             if done is not None:
                 done()
 
-    router.add_route("/{path:path}", to_service_checked, methods=METHODS)
+    router.add_route("/{path:path}", to_service, methods=METHODS)
     return router

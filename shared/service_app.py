@@ -1,0 +1,32 @@
+"""The application of a service behind the gateway (the blob and the manifest service): what
+both are made of, assembled once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI
+
+from shared import health, internal_auth
+from shared.observability import ObservabilityMiddleware, configure_logging
+from shared.settings import get_settings
+from shared.web import ApiVersionMiddleware, install_error_handlers, service_lifespan
+
+
+def service_app(
+    service: str, routers: Sequence[APIRouter], readiness: dict[str, health.Check], host: str
+) -> FastAPI:
+    """A service's application (the blob or manifest service): its routes, health and
+    readiness, the spec's errors, the internal secret, metrics and request ids, and the event
+    relay while it runs. ``host`` is the address it listens on."""
+    settings = get_settings()
+    configure_logging(settings.log_level, service)
+    app = FastAPI(title=service, docs_url=None, redoc_url=None, lifespan=service_lifespan)
+    app.include_router(health.health_router(readiness))
+    for router in routers:
+        app.include_router(router)
+    install_error_handlers(app)
+    internal_auth.install(app, settings, host)
+    app.add_middleware(ApiVersionMiddleware)
+    app.add_middleware(ObservabilityMiddleware, service=service)
+    return app
