@@ -94,7 +94,8 @@ class DomainError(RegistryError):
     """A situation the spec answers in a way of its own: code and status from :data:`ANSWERS`."""
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
-        code, status = ANSWERS[type(self)]
+        # a subclass (a more particular situation) is answered as the situation it refines
+        code, status = next(ANSWERS[kind] for kind in type(self).__mro__ if kind in ANSWERS)
         super().__init__(code, detail, headers=headers)
         self.status = status
 

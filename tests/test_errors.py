@@ -142,6 +142,15 @@ def test_every_domain_error_has_an_answer() -> None:
     assert set(DomainError.__subclasses__()) == set(ANSWERS)
 
 
+def test_a_refined_domain_error_is_answered_as_the_situation_it_refines() -> None:
+    class UploadBusy(UploadRangeMismatch):
+        pass
+
+    raised = UploadBusy("another request is writing", headers={"Range": "0-9"})
+    assert (raised.code.code, raised.status) == ("BLOB_UPLOAD_INVALID", 416)
+    assert raised.headers == {"Range": "0-9"}
+
+
 def test_registry_errors_do_not_share_headers() -> None:
     first = RegistryError(ErrorCode.UNKNOWN)
     second = RegistryError(ErrorCode.UNKNOWN)
