@@ -1,7 +1,23 @@
-"""Engine and sessions for the metadata database.
+"""The metadata database: how code reaches it.
 
-Sessions are short: a handler opens one, does its queries, commits and closes it before any
-bytes stream, so no connection is held while a client uploads or downloads.
+Two blocks say what a piece of work does:
+
+- ``with transaction() as session``: writes, committed when the block ends (an ORM session;
+  ``session.connection()`` for Core statements).
+- ``with reading() as connection``: reads only (a Core connection, no ORM session).
+
+Two runners say how a coroutine runs a function made of such blocks; domain functions use
+them, so routes never choose a thread:
+
+- ``await read(function, *args)``: a short read.
+- ``await write(function, *args)``: writes, run again when the database chose them as a
+  deadlock victim.
+
+Code already on a thread of its own (the event relay, Celery's synchronous tasks) calls
+``retrying(function, *args)``, what ``write`` runs on its worker thread.
+
+Blocks are short: one is opened, queried and closed before any bytes stream, so no connection
+is held while a client uploads or downloads, and no storage work is done inside one.
 """
 
 from __future__ import annotations
@@ -76,11 +92,8 @@ def forget_engine() -> None:
 
 
 @lru_cache
-def _sessionmaker(readonly: bool) -> sessionmaker[Session]:
-    engine = get_engine()
-    if readonly:
-        engine = engine.execution_options(readonly=True)
-    return sessionmaker(bind=engine, expire_on_commit=False)
+def _sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
 # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in growing
@@ -93,10 +106,10 @@ _sqlite_writer = threading.Lock()
 def transaction() -> Iterator[Session]:
     """A session in a write transaction: committed when the block ends, rolled back on error."""
     if get_engine().dialect.name == "sqlite":
-        with _sqlite_writer, _sessionmaker(False)() as session, session.begin():
+        with _sqlite_writer, _sessionmaker()() as session, session.begin():
             yield session
         return
-    with _sessionmaker(False)() as session, session.begin():
+    with _sessionmaker()() as session, session.begin():
         yield session
 
 
@@ -106,29 +119,28 @@ def _read_engine() -> Engine:
 
 
 @contextmanager
-def read_connection() -> Iterator[Connection]:
-    """A connection for one or two reads, without an ORM session."""
+def reading() -> Iterator[Connection]:
+    """A connection for reads: one or a few statements, no ORM objects."""
     with _read_engine().connect() as connection:
         yield connection
 
 
-async def run_read(function: Callable[..., T], *args: Any) -> T:
+async def read(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``function``, a short read (one or two statements, no write), from a coroutine.
 
     On SQLite it runs right here: a read is a lookup in a local file that never waits for a
-    writer (WAL), and costs less than the hop to a worker thread and back (manifest GETs went
-    from 2,200 to 4,100 per second). On MySQL it runs in a worker thread: a read there is a
-    network round trip, which must not hold up the event loop."""
+    writer (WAL), and costs less than the hop to a worker thread and back. On MySQL it runs in
+    a worker thread: a read there is a network round trip, which must not hold up the event
+    loop."""
     if get_engine().dialect.name == "sqlite":
-        return function(*args)
-    return await asyncio.to_thread(function, *args)
+        return function(*args, **kwargs)
+    return await asyncio.to_thread(function, *args, **kwargs)
 
 
-@contextmanager
-def reading() -> Iterator[Session]:
-    """A session for reads only."""
-    with _sessionmaker(True)() as session, session.begin():
-        yield session
+async def write(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``function``, which writes in transactions of its own, from a coroutine: in a
+    worker thread, and again when the database chose it as a deadlock victim."""
+    return await asyncio.to_thread(retrying, function, *args, **kwargs)
 
 
 # MySQL/MariaDB errors after which the whole transaction may simply be run again: a deadlock
@@ -148,14 +160,18 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def retrying(work: Callable[[], T], attempts: int = 5) -> T:
-    """Run ``work`` (which opens its own transaction) again when the database chose it as a
-    deadlock victim, as concurrent pushes, deletes and garbage collection sometimes make it."""
-    for attempt in range(attempts):
+ATTEMPTS = 5
+
+
+def retrying(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``function`` (which opens its own transactions) on this thread, again when the
+    database chose it as a deadlock victim, as concurrent pushes, deletes and garbage
+    collection sometimes make it."""
+    for attempt in range(ATTEMPTS):
         try:
-            return work()
+            return function(*args, **kwargs)
         except OperationalError as exc:
-            if not is_retryable(exc) or attempt == attempts - 1:
+            if not is_retryable(exc) or attempt == ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 import uuid
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any, Literal
 
 from celery import Celery
@@ -208,7 +208,7 @@ class _Relay:
                     events.extend(_take_left_behind())
                 sent = [event.id for event in events if publish(event)]
                 if sent:
-                    db.retrying(partial(_delete, sent))
+                    db.retrying(_delete, sent)
             except Exception:  # the rows stay; the next poll takes them
                 log.warning("event relay failed", exc_info=True)
             if stopping:
@@ -219,9 +219,9 @@ def _take_left_behind() -> list[Event]:
     """Rows due for relaying (their process did not send them), taken for
     :data:`RELAY_DELAY`."""
     now = utcnow()
-    with db.reading() as session:
+    with db.reading() as connection:
         due = list(
-            session.scalars(
+            connection.scalars(
                 select(OutboxEvent.id)
                 .where(OutboxEvent.relay_after <= now)
                 .order_by(OutboxEvent.created_at)

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 from shared import db
 from shared.observability import metrics_response
 from shared.storage import get_storage
+from shared.web import Endpoint
 
 Check = Callable[[], Awaitable[None]]
 TIMEOUT = 3.0
@@ -21,7 +23,7 @@ TIMEOUT = 3.0
 
 async def database() -> None:
     def ping() -> None:
-        with db.read_connection() as connection:
+        with db.reading() as connection:
             connection.execute(text("SELECT 1"))
 
     await asyncio.to_thread(ping)
@@ -37,15 +39,13 @@ async def broker() -> None:
     await asyncio.to_thread(broker_connection_check)
 
 
-def health_router(checks: dict[str, Check]) -> APIRouter:
-    router = APIRouter()
+def health_routes(checks: dict[str, Check]) -> list[BaseRoute]:
+    """``/healthz``, ``/readyz`` (running ``checks``) and ``/metrics``."""
 
-    @router.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    @router.get("/readyz", include_in_schema=False)
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
@@ -56,11 +56,14 @@ def health_router(checks: dict[str, Check]) -> APIRouter:
         ready = all(result == "ok" for result in results.values())
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
-    @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         return metrics_response()
 
-    return router
+    return [
+        Endpoint("/healthz", healthz, methods=["GET"]),
+        Endpoint("/readyz", readyz, methods=["GET"]),
+        Endpoint("/metrics", metrics, methods=["GET"]),
+    ]
 
 
 def service_reachable(url: str) -> Check:

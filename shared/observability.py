@@ -86,6 +86,7 @@ class ObservabilityMiddleware:
         if self.assign_request_ids:
             request_id = request_id or uuid.uuid4().hex
             scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})  # where the route that serves it writes its name
         token = request_id_var.set(request_id)
 
         async def counting_receive() -> Message:
@@ -111,21 +112,13 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            route = _route_label(scope)
+            route = str(state.get("route_name", "unmatched"))
             method = scope["method"]
             REQUESTS.labels(self.service, route, method, str(status)).inc()
             DURATION.labels(self.service, route, method).observe(time.perf_counter() - started)
             REQUEST_BYTES.labels(self.service).inc(received)
             RESPONSE_BYTES.labels(self.service).inc(sent)
             request_id_var.reset(token)
-
-
-def _route_label(scope: Scope) -> str:
-    state = scope.get("state") or {}
-    if "route_name" in state:
-        return str(state["route_name"])
-    route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
 
 
 class _RequestIdFilter(logging.Filter):

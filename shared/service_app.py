@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
+from starlette.routing import BaseRoute
 
 from shared import health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
@@ -14,7 +15,7 @@ from shared.web import ApiVersionMiddleware, install_error_handlers, service_lif
 
 
 def service_app(
-    service: str, routers: Sequence[APIRouter], readiness: dict[str, health.Check], host: str
+    service: str, routes: Sequence[BaseRoute], readiness: dict[str, health.Check], host: str
 ) -> FastAPI:
     """A service's application (the blob or manifest service): its routes, health and
     readiness, the spec's errors, the internal secret, metrics and request ids, and the event
@@ -22,9 +23,7 @@ def service_app(
     settings = get_settings()
     configure_logging(settings.log_level, service)
     app = FastAPI(title=service, docs_url=None, redoc_url=None, lifespan=service_lifespan)
-    app.include_router(health.health_router(readiness))
-    for router in routers:
-        app.include_router(router)
+    app.router.routes.extend([*health.health_routes(readiness), *routes])
     install_error_handlers(app)
     internal_auth.install(app, settings, host)
     app.add_middleware(ApiVersionMiddleware)

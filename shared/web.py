@@ -22,10 +22,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import events
 from shared.errors import ErrorCode, RegistryError, error_body
+from shared.reference import validate_name
 from shared.storage import StorageError
 
 log = logging.getLogger("registry")
@@ -63,6 +65,22 @@ def error_response(
 def request_id(request: Request) -> str:
     assigned: str | None = getattr(request.state, "request_id", None)
     return assigned or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+class Endpoint(Route):
+    """A route of the registry's: a plain endpoint, ``async (request) -> Response``. Its path
+    pattern labels the request's metrics (never the path, which names a repository); an
+    endpoint may name what it did more closely (the gateway's forwarding route names the API
+    route it forwarded)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("state", {})["route_name"] = self.path
+        await super().handle(scope, receive, send)
+
+
+def repository_name(request: Request) -> str:
+    """The repository a ``/v2/{name:path}/...`` route names, checked against the spec's grammar."""
+    return validate_name(request.path_params["name"])
 
 
 def install_error_handlers(app: FastAPI) -> None:

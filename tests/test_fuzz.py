@@ -277,8 +277,13 @@ def only_an_upload_was_discarded(
     (a digest that does not match, a body cut short) ends. Its row goes at once (only the row
     of the upload the request named); its object, and that of a failed single-POST upload, is
     left to the janitor (the ``blob:upload:cancelled`` event; stopped here), so an object under
-    ``uploads/`` that no upload row names may appear or change. Nothing else."""
-    if set(changes) - {"uploads", "storage"}:
+    ``uploads/`` that no upload row names may appear or change. The event that hands it to
+    the janitor goes through the outbox: a ``blob:upload:cancelled`` row may appear, and rows
+    of earlier requests may go as the relay sends them. Nothing else."""
+    if set(changes) - {"uploads", "storage", "event_outbox"}:
+        return False
+    recorded = changes.get("event_outbox", {}).get("new", [])
+    if not all('"action":"blob:upload:cancelled"' in row for row in recorded):
         return False
     if "uploads" in changes:
         change = changes["uploads"]

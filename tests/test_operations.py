@@ -91,6 +91,7 @@ def test_the_manifest_service_labels_reads_by_their_route(
     routes = {
         "manifest": "/v2/{name:path}/manifests/{reference}",
         "tags": "/v2/{name:path}/tags/list",
+        "catalog": "/v2/_catalog",
     }
 
     def counts(text: str) -> dict[str, float]:
@@ -102,6 +103,7 @@ def test_the_manifest_service_labels_reads_by_their_route(
     before = counts(httpx.get(url).text)
     assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 200
     assert registry.http.get(f"/v2/{repo}/tags/list").status_code == 200
+    assert registry.http.get("/v2/_catalog").status_code == 200
     after_text = httpx.get(url).text
     assert counts(after_text) == {name: count + 1 for name, count in before.items()}
     assert repo not in after_text

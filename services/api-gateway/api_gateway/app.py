@@ -55,18 +55,17 @@ def _readiness() -> dict[str, health.Check]:
 def create_app() -> FastAPI:
     configure_logging(get_settings().log_level, SERVICE)
     app = FastAPI(title=SERVICE, docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.include_router(health.health_router(_readiness()))
+    routes = health.health_routes(_readiness())
     settings = get_settings()
     # Authentication, limits and the internal secret: each only when configured, so that the
     # default (anonymous) gateway's routes do no work for them.
     setup = auth.configure(settings)
     if setup.issuer is not None:
-        app.include_router(token.build_router(setup.issuer))
-    app.include_router(
-        v2.build_router(
-            setup.guard, request_limits(settings), internal_auth.gateway_headers(settings)
-        )
+        routes += token.build_routes(setup.issuer)
+    routes += v2.build_routes(
+        setup.guard, request_limits(settings), internal_auth.gateway_headers(settings)
     )
+    app.router.routes.extend(routes)
     install_error_handlers(app)
     app.add_middleware(
         HeaderLimitMiddleware,

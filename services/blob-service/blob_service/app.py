@@ -16,7 +16,7 @@ def create_app() -> FastAPI:
     return service_app(
         SERVICE,
         # Upload routes first: their paths are more specific than /blobs/<digest>.
-        [uploads.router, blobs.router],
+        [*uploads.routes, *blobs.routes],
         {"database": health.database, "storage": health.storage, "broker": health.broker},
         get_settings().blob_service_host,
     )

@@ -41,19 +41,24 @@ _LINKED = (
 )
 
 
-def stat(repository: str, digest: Digest) -> BlobInfo:
-    with db.read_connection() as connection:
+async def stat(repository: str, digest: Digest) -> BlobInfo:
+    """The blob ``digest`` as ``repository`` holds it, or BLOB_UNKNOWN."""
+    return await db.read(_stat, repository, digest)
+
+
+def _stat(repository: str, digest: Digest) -> BlobInfo:
+    with db.reading() as connection:
         row = connection.execute(_LINKED, {"repository": repository, "digest": str(digest)}).first()
     if row is None:
         raise _unknown(repository, digest)
     return BlobInfo(row.digest, row.size, row.storage_key)
 
 
-def unlink(repository: str, digest: Digest) -> None:
-    db.retrying(lambda: _unlink_once(repository, digest))
+async def unlink(repository: str, digest: Digest) -> None:
+    await db.write(_unlink, repository, digest)
 
 
-def _unlink_once(repository: str, digest: Digest) -> None:
+def _unlink(repository: str, digest: Digest) -> None:
     """Delete a blob from a repository: the link goes; the bytes stay until garbage
     collection finds no repository and no manifest using them."""
     with db.transaction() as session:

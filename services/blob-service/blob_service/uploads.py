@@ -41,7 +41,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import db, events
@@ -227,7 +227,7 @@ async def _keep_renewed(lease: _Lease) -> None:
         await asyncio.sleep(lease.seconds / 3)
         started = time.monotonic()
         try:
-            renewed = await asyncio.to_thread(_renew, lease)
+            renewed = await db.write(_renew, lease)
         except Exception:  # the database is unreachable: writing stops at write_until
             log.warning("could not renew the lease of upload %s", lease.upload_uuid, exc_info=True)
             continue
@@ -239,7 +239,7 @@ async def _keep_renewed(lease: _Lease) -> None:
 
 def _holds(lease: _Lease) -> bool:
     """Whether the database still names this request as the upload's writer."""
-    with db.read_connection() as connection:
+    with db.reading() as connection:
         found = connection.execute(
             select(Upload.uuid).where(
                 Upload.uuid == lease.upload_uuid, Upload.writer == lease.token
@@ -259,7 +259,7 @@ def _hand_over_stray_writes(upload: UploadState) -> None:
 async def _confirm_held(lease: _Lease) -> None:
     """404 when the upload went away under this request (a DELETE of it), which is why its
     bytes may be missing from storage: the answer is then that, not a storage failure."""
-    if lease.held and not lease.gone and not await asyncio.to_thread(_holds, lease):
+    if lease.held and not lease.gone and not await db.read(_holds, lease):
         lease.gone = True
     if lease.gone:
         raise RegistryError(
@@ -286,9 +286,9 @@ async def _holding(lease: _Lease) -> AsyncIterator[_Lease]:
             await renewer
         try:
             if lease.gone:
-                await asyncio.to_thread(_hand_over_stray_writes, lease.upload)
+                await db.write(_hand_over_stray_writes, lease.upload)
             elif lease.held:
-                await asyncio.to_thread(_free, lease)
+                await db.write(_free, lease)
         except Exception:  # a lease expires by itself; reconcile finds stray objects
             log.warning("could not free upload %s", lease.upload_uuid, exc_info=True)
 
@@ -302,9 +302,7 @@ async def _writing(
     while True:
         taken_at = time.monotonic()
         try:
-            state = await asyncio.to_thread(
-                db.retrying, lambda: _claim(repository, upload_uuid, offset, token)
-            )
+            state = await db.write(_claim, repository, upload_uuid, offset, token)
             break
         except _UploadBusy:
             if time.monotonic() > give_up:
@@ -329,8 +327,12 @@ async def _fenced(
 # --- sessions ------------------------------------------------------------------------------
 
 
-def start(repository: str, writer: str | None = None) -> UploadState:
+async def start(repository: str, writer: str | None = None) -> UploadState:
     """A new upload session; with ``writer``, already leased to that request."""
+    return await db.write(_start, repository, writer)
+
+
+def _start(repository: str, writer: str | None) -> UploadState:
     upload_uuid = str(uuid.uuid4())
     key = keys.upload_key(upload_uuid)
     expires = utcnow() + dt.timedelta(seconds=_lease_seconds()) if writer else None
@@ -348,12 +350,22 @@ def start(repository: str, writer: str | None = None) -> UploadState:
     return UploadState(upload_uuid, repository, 0, key)
 
 
-def find(repository: str, upload_uuid: str) -> UploadState:
-    with db.reading() as session:
-        row = session.get(Upload, upload_uuid)
-        if row is None or row.repository != repository:
-            raise _upload_unknown(upload_uuid)
-        return UploadState(row.uuid, row.repository, row.size, row.storage_key)
+async def find(repository: str, upload_uuid: str) -> UploadState:
+    """The upload session ``upload_uuid`` of ``repository``, or BLOB_UPLOAD_UNKNOWN."""
+    return await db.read(_find, repository, upload_uuid)
+
+
+_UPLOAD = select(Upload.repository, Upload.size, Upload.storage_key).where(
+    Upload.uuid == bindparam("uuid")
+)
+
+
+def _find(repository: str, upload_uuid: str) -> UploadState:
+    with db.reading() as connection:
+        row = connection.execute(_UPLOAD, {"uuid": upload_uuid}).first()
+    if row is None or row.repository != repository:
+        raise _upload_unknown(upload_uuid)
+    return UploadState(upload_uuid, row.repository, row.size, row.storage_key)
 
 
 def _record_size(state: UploadState, lease: _Lease, new_size: int, *, free: bool) -> UploadState:
@@ -407,9 +419,7 @@ async def _write(
     # When recording fails, the bytes past the recorded size stay: they are not part of the
     # upload, and the next chunk overwrites them (the record may have been made after all,
     # when only its answer was lost: undoing would then lose acknowledged bytes).
-    state = await asyncio.to_thread(
-        db.retrying, lambda: _record_size(state, lease, new_size, free=free)
-    )
+    state = await db.write(_record_size, state, lease, new_size, free=free)
     if hasher is not None:
         _hashers.put(state.uuid, new_size, hasher)
     return state
@@ -481,7 +491,7 @@ async def _complete(
             ErrorCode.DIGEST_INVALID,
             f"digest {digest} given, but the content has digest {actual}",
         )
-    await asyncio.to_thread(db.retrying, lambda: _record_blob(state, lease, digest, request_id))
+    await db.write(_record_blob, state, lease, digest, request_id)
     _hashers.drop(state.uuid)
     return CommittedBlob(str(digest), state.size)
 
@@ -562,7 +572,7 @@ async def _end(state: UploadState, lease: _Lease, request_id: str | None) -> Non
             events.record(session, _cancelled(state, request_id))
             return True
 
-    if await asyncio.to_thread(drop_row):
+    if await db.write(drop_row):
         lease.held = False
 
 
@@ -585,7 +595,7 @@ async def cancel(repository: str, upload_uuid: str, request_id: str | None = Non
             events.record(session, _cancelled(state, request_id))
             return state
 
-    await asyncio.to_thread(db.retrying, drop_row)
+    await db.write(drop_row)
 
 
 async def monolithic(
@@ -599,7 +609,7 @@ async def monolithic(
     request: if the request fails (the client goes away mid-body, say), it ends with it."""
     token = str(uuid.uuid4())
     taken_at = time.monotonic()
-    state = await asyncio.to_thread(start, repository, token)
+    state = await start(repository, token)
     async with _holding(_new_lease(state, token, taken_at)) as lease:
         try:
             return await _complete(storage, state, lease, digest, body, request_id)
@@ -613,13 +623,13 @@ async def monolithic(
 # --- mounts --------------------------------------------------------------------------------
 
 
-def mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob | None:
-    return db.retrying(lambda: _mount_once(repository, digest, source))
-
-
-def _mount_once(repository: str, digest: Digest, source: str | None) -> CommittedBlob | None:
+async def mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob | None:
     """Link an existing blob into ``repository`` (cross-repository mount). With no ``source``
     the blob is mounted from whichever repository holds it. None when it cannot be mounted."""
+    return await db.write(_mount, repository, digest, source)
+
+
+def _mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob | None:
     with db.transaction() as session:
         query = select(Blob).where(Blob.digest == str(digest), Blob.state == BLOB_PRESENT)
         if source is not None:

@@ -132,7 +132,7 @@ async def _keep_renewed(claim: Claim) -> None:
     while True:
         await asyncio.sleep(RENEW_EVERY)
         renewed_at = time.monotonic()
-        if not await asyncio.to_thread(db.retrying, lambda: _renew(claim)):
+        if not await db.write(_renew, claim):
             claim.deadline = 0.0  # taken over: every later check fails
             return
         claim.deadline = renewed_at + CLAIM_SECONDS - MARGIN
@@ -147,7 +147,7 @@ async def claimed(
     block sets as ``claim.record`` is applied to the row when the claim is freed, in the same
     transaction. Raises :class:`BlobBusy` when another task holds the claim."""
     token = uuid.uuid4().hex
-    claim = await asyncio.to_thread(db.retrying, lambda: _take(digest, token, orphan))
+    claim = await db.write(_take, digest, token, orphan)
     if claim is None:
         yield None
         return
@@ -161,4 +161,4 @@ async def claimed(
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        await asyncio.to_thread(db.retrying, lambda: _finish(claim))
+        await db.write(_finish, claim)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from typing import TypeVar
 
 from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.orm import Session
@@ -66,6 +67,11 @@ def _unreferenced_blobs(cutoff: dt.datetime) -> Select[str, int]:
     )
 
 
+def _unreferenced(cutoff: dt.datetime) -> list[tuple[str, int]]:
+    with db.reading() as connection:
+        return list(connection.execute(_unreferenced_blobs(cutoff)).tuples())
+
+
 def mark(cutoff: dt.datetime, batch: int = 1000) -> int:
     """Give every unreferenced blob older than ``cutoff`` that has no review a review due now
     (a review already recorded keeps its time: a later one is there for a reason)."""
@@ -96,17 +102,25 @@ def _due_by(grace: dt.timedelta) -> dt.datetime:
     return utcnow() + max(NOW, configured - grace)
 
 
+Review = TypeVar("Review", BlobReview, ManifestReview)
+
+
+def _next_due(session: Session, kind: type[Review], grace: dt.timedelta) -> Review | None:
+    """The review of ``kind`` due first, locked; reviews other sweeps hold are skipped."""
+    return session.scalars(
+        select(kind)
+        .where(kind.review_after <= _due_by(grace))
+        .order_by(kind.review_after)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+
+
 def _review_next_blob(grace: dt.timedelta) -> tuple[str, str, int] | None:
     """Take one due review and decide it. Returns (outcome, digest, size), or None when no
     review is due."""
     with db.transaction() as session:
-        review = session.scalars(
-            select(BlobReview)
-            .where(BlobReview.review_after <= _due_by(grace))
-            .order_by(BlobReview.review_after)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
+        review = _next_due(session, BlobReview, grace)
         if review is None:
             return None
         digest = review.digest
@@ -166,13 +180,7 @@ def _review_again(digest: str) -> None:
 
 def _review_next_manifest(grace: dt.timedelta) -> tuple[str, str] | None:
     with db.transaction() as session:
-        review = session.scalars(
-            select(ManifestReview)
-            .where(ManifestReview.review_after <= _due_by(grace))
-            .order_by(ManifestReview.review_after)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
+        review = _next_due(session, ManifestReview, grace)
         if review is None:
             return None
         manifest = session.get(Manifest, review.manifest_id, with_for_update=True)
@@ -229,25 +237,25 @@ async def collect_garbage(
     report = Report("collect_garbage", dry_run=dry_run)
     cutoff = utcnow() - grace
     if dry_run:
-        with db.reading() as session:
-            for digest, size in session.execute(_unreferenced_blobs(cutoff)).tuples():
-                report.tick(progress)
-                report.deleted += 1
-                report.bytes_freed += size
-                report.would_delete.append(digest)
+        unreferenced = await db.read(_unreferenced, cutoff)
+        for digest, size in unreferenced:
+            report.tick(progress)
+            report.deleted += 1
+            report.bytes_freed += size
+            report.would_delete.append(digest)
         return report
     if untagged_manifests:
         for _ in range(limit):
-            decided = db.retrying(lambda: _review_next_manifest(grace))
+            decided = await db.write(_review_next_manifest, grace)
             if decided is None:
                 break
             report.tick(progress)
             if decided[0] == "delete":
                 log.info("gc manifest deleted digest=%s", decided[1])
-    mark(cutoff)
+    await db.write(mark, cutoff)
     busy: set[str] = set()
     for _ in range(limit):
-        decided_blob = db.retrying(lambda: _review_next_blob(grace))
+        decided_blob = await db.write(_review_next_blob, grace)
         if decided_blob is None:
             break
         outcome, digest, size = decided_blob
@@ -258,7 +266,7 @@ async def collect_garbage(
             except BlobBusy:
                 # A promote is moving its bytes: reviewed again, after every review due now
                 # (met again in this sweep, those have all been taken: the next sweep does it).
-                db.retrying(lambda: _review_again(digest))  # noqa: B023
+                await db.write(_review_again, digest)
                 report.kept += 1
                 if digest in busy:
                     break

@@ -59,10 +59,10 @@ async def _move(storage: StorageDriver, digest: str, final_key: str) -> str:
 
 
 def _unused(upload_uuid: str, key: str) -> bool:
-    with db.reading() as session:
-        if session.get(Upload, upload_uuid) is not None:
+    with db.reading() as connection:
+        if connection.scalars(select(Upload.uuid).where(Upload.uuid == upload_uuid)).first():
             return False  # still in progress
-        in_use = session.scalars(
+        in_use = connection.scalars(
             select(Blob.digest).where(Blob.storage_key == key).limit(1)
         ).first()
         return in_use is None  # else the bytes of a blob not moved yet
@@ -76,7 +76,7 @@ async def discard(storage: StorageDriver, key: str) -> bool:
     upload_uuid = keys.upload_uuid_of_key(key)
     if upload_uuid is None:
         raise ValueError(f"{key!r} is not an upload's object")
-    if not db.retrying(lambda: _unused(upload_uuid, key)):
+    if not await db.read(_unused, upload_uuid, key):
         return False
     await storage.delete(key)
     return True

@@ -35,9 +35,25 @@ log = logging.getLogger(__name__)
 def _present(digest: str) -> bool:
     """Whether a blob row owns the object (read first: most objects are owned, and claiming
     each would write)."""
-    with db.reading() as session:
-        state = session.scalars(select(Blob.state).where(Blob.digest == digest)).first()
+    with db.reading() as connection:
+        state = connection.scalars(select(Blob.state).where(Blob.digest == digest)).first()
     return state == BLOB_PRESENT
+
+
+def _unfinished(promote_before: dt.datetime) -> tuple[list[str], list[str]]:
+    """Blobs whose promotion is overdue, and blobs whose deletion began."""
+    with db.reading() as connection:
+        stragglers = list(
+            connection.scalars(
+                select(Blob.digest).where(
+                    Blob.state == BLOB_PRESENT,
+                    Blob.storage_key.like("uploads/%"),
+                    Blob.created_at < promote_before,
+                )
+            )
+        )
+        deleting = list(connection.scalars(select(Blob.digest).where(Blob.state == BLOB_DELETING)))
+    return stragglers, deleting
 
 
 async def reconcile(
@@ -51,17 +67,7 @@ async def reconcile(
     report = Report("reconcile")
     now = utcnow()
 
-    with db.reading() as session:
-        stragglers = list(
-            session.scalars(
-                select(Blob.digest).where(
-                    Blob.state == BLOB_PRESENT,
-                    Blob.storage_key.like("uploads/%"),
-                    Blob.created_at < now - promote_after,
-                )
-            )
-        )
-        deleting = list(session.scalars(select(Blob.digest).where(Blob.state == BLOB_DELETING)))
+    stragglers, deleting = await db.read(_unfinished, now - promote_after)
     for digest in stragglers:
         report.tick(progress)
         try:
@@ -94,7 +100,7 @@ async def reconcile(
         owner = keys.digest_of_blob_key(item.key)
         if owner is None or item.modified > now - grace:
             continue
-        if _present(str(owner)):
+        if await db.read(_present, str(owner)):
             report.kept += 1
             continue
         try:
@@ -108,5 +114,5 @@ async def reconcile(
         else:
             report.kept += 1
 
-    mark(now - gc_grace)
+    await db.write(mark, now - gc_grace)
     return report

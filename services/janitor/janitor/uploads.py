@@ -35,7 +35,7 @@ async def purge_stale_uploads(
     report = Report("purge_stale_uploads")
     cutoff = utcnow() - older_than
     while True:
-        stale = db.retrying(lambda: _take_stale(cutoff, batch))
+        stale = await db.write(_take_stale, cutoff, batch)
         if not stale:
             return report
         for _, key in stale:

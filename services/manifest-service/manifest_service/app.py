@@ -15,7 +15,7 @@ SERVICE = "manifest-service"
 def create_app() -> FastAPI:
     return service_app(
         SERVICE,
-        [catalog.router, manifests.router, tags.router, referrers.router],
+        [*catalog.routes, *manifests.routes, *tags.routes, *referrers.routes],
         {"database": health.database, "broker": health.broker},
         get_settings().manifest_service_host,
     )

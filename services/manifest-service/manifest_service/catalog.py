@@ -11,8 +11,13 @@ _FIRST_PAGE = select(Repository.name).order_by(Repository.name).limit(bindparam(
 _NEXT_PAGE = _FIRST_PAGE.where(Repository.name > bindparam("last"))
 
 
-def list_repositories(n: int, last: str | None) -> tuple[list[str], bool]:
-    with db.read_connection() as connection:
+async def list_repositories(n: int, last: str | None) -> tuple[list[str], bool]:
+    """Up to ``n`` repository names after ``last`` in lexical order, and whether more follow."""
+    return await db.read(_list_repositories, n, last)
+
+
+def _list_repositories(n: int, last: str | None) -> tuple[list[str], bool]:
+    with db.reading() as connection:
         if last:
             rows = connection.execute(_NEXT_PAGE, {"limit": n + 1, "last": last})
         else:

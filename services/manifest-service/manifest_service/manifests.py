@@ -65,14 +65,18 @@ def check_reference(reference: str) -> None:
         validate_tag(reference)
 
 
-def get(repository: str, reference: str) -> StoredManifest:
+async def get(repository: str, reference: str) -> StoredManifest:
+    return await db.read(_get, repository, reference)
+
+
+def _get(repository: str, reference: str) -> StoredManifest:
     if not is_digest(reference) and not TAG_RE.fullmatch(reference):
         # A name that cannot be a tag names no manifest: 404, as the conformance suite expects.
         raise _unknown(repository, reference)
     check_reference(reference)
     query = _BY_DIGEST if is_digest(reference) else _BY_TAG
     # The hottest read of a registry: one statement, no ORM objects.
-    with db.read_connection() as connection:
+    with db.reading() as connection:
         row = connection.execute(query, {"repository": repository, "reference": reference}).first()
     if row is None:
         raise _unknown(repository, reference)
@@ -93,9 +97,15 @@ _BY_DIGEST = (
 )
 
 
-def put(repository: str, reference: str, body: bytes, content_type: str | None) -> PushedManifest:
+async def put(
+    repository: str, reference: str, body: bytes, content_type: str | None
+) -> PushedManifest:
     """Store a manifest under a tag or its digest. Every blob it references (and, for an
     index, every manifest) must already be in the repository; its subject need not be."""
+    return await db.write(_put, repository, reference, body, content_type)
+
+
+def _put(repository: str, reference: str, body: bytes, content_type: str | None) -> PushedManifest:
     check_reference(reference)
     parsed = media_types.parse(body, content_type)
     if is_digest(reference):
@@ -110,25 +120,23 @@ def put(repository: str, reference: str, body: bytes, content_type: str | None) 
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
         tag = reference
 
-    def store() -> None:
-        # The push path in Core statements (no ORM unit of work): about six round trips.
-        with db.transaction() as session:
-            connection = session.connection()
-            repository_id = ensure_repository_id(connection, repository)
-            _check_references(connection, repository_id, repository, parsed)
-            key = {"repository_id": repository_id, "digest": digest}
-            manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
-            if manifest_id is not None:
-                # Held against a concurrent delete (a client's, or garbage collection's) until
-                # this transaction ends; gone meanwhile, it is stored again. (Read plainly
-                # first: a locking read of a missing row would take a gap lock on MySQL.)
-                manifest_id = connection.execute(_MANIFEST_HELD, key).scalar()
-            if manifest_id is None:
-                manifest_id = _insert(connection, repository_id, digest, body, parsed)
-            if tag is not None:
-                _set_tag(session, connection, repository_id, tag, manifest_id)
+    # The push path in Core statements (no ORM unit of work): about six round trips.
+    with db.transaction() as session:
+        connection = session.connection()
+        repository_id = ensure_repository_id(connection, repository)
+        _check_references(connection, repository_id, repository, parsed)
+        key = {"repository_id": repository_id, "digest": digest}
+        manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
+        if manifest_id is not None:
+            # Held against a concurrent delete (a client's, or garbage collection's) until
+            # this transaction ends; gone meanwhile, it is stored again. (Read plainly
+            # first: a locking read of a missing row would take a gap lock on MySQL.)
+            manifest_id = connection.execute(_MANIFEST_HELD, key).scalar()
+        if manifest_id is None:
+            manifest_id = _insert(connection, repository_id, digest, body, parsed)
+        if tag is not None:
+            _set_tag(session, connection, repository_id, tag, manifest_id)
 
-    db.retrying(store)
     # No event: a push leaves the janitor nothing to do (the blobs it references are already
     # in place), and one per push would cost the worker more than the push itself.
     return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
@@ -252,11 +260,11 @@ def _set_tag(
     )
 
 
-def delete_reference(repository: str, reference: str) -> None:
-    db.retrying(lambda: _delete_reference_once(repository, reference))
+async def delete_reference(repository: str, reference: str) -> None:
+    await db.write(_delete_reference, repository, reference)
 
 
-def _delete_reference_once(repository: str, reference: str) -> None:
+def _delete_reference(repository: str, reference: str) -> None:
     """Delete by digest: the manifest and every tag pointing at it. Delete by tag: the tag."""
     check_reference(reference)
     with db.transaction() as session:

@@ -3,6 +3,7 @@ repository whose ``subject`` is a given digest, as an OCI image index of descrip
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -11,22 +12,37 @@ from sqlalchemy import select
 from manifest_service.media_types import OCI_INDEX
 from shared import db
 from shared.models import Manifest
-from shared.repositories import find_repository
+from shared.repositories import repository_id
 
 
-def referrers(repository: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
+async def referrers(repository: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
+    """The image index listing the referrers of ``digest``, of ``artifact_type`` if given."""
+    # In a worker thread whatever the database: a subject may have many referrers.
+    return await asyncio.to_thread(_referrers, repository, digest, artifact_type)
+
+
+_COLUMNS = (
+    Manifest.media_type,
+    Manifest.digest,
+    Manifest.size,
+    Manifest.artifact_type,
+    Manifest.annotations,
+)
+
+
+def _referrers(repository: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
     descriptors: list[dict[str, Any]] = []
-    with db.reading() as session:
-        repo = find_repository(session, repository)
-        if repo is not None:
+    with db.reading() as connection:
+        found = repository_id(connection, repository)
+        if found is not None:
             query = (
-                select(Manifest)
-                .where(Manifest.repository_id == repo.id, Manifest.subject_digest == digest)
+                select(*_COLUMNS)
+                .where(Manifest.repository_id == found, Manifest.subject_digest == digest)
                 .order_by(Manifest.created_at, Manifest.id)
             )
             if artifact_type is not None:
                 query = query.where(Manifest.artifact_type == artifact_type)
-            for manifest in session.scalars(query):
+            for manifest in connection.execute(query):
                 descriptor: dict[str, Any] = {
                     "mediaType": manifest.media_type,
                     "digest": manifest.digest,

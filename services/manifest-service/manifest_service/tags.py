@@ -19,16 +19,20 @@ _FIRST_PAGE = (
 _NEXT_PAGE = _FIRST_PAGE.where(Tag.name > bindparam("last"))
 
 
-def list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bool]:
+async def list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bool]:
     """Up to ``n`` tags after ``last`` in lexical order, and whether more follow."""
+    return await db.read(_list_tags, repository, n, last)
+
+
+def _list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bool]:
     params: dict[str, object] = {"name": repository, "limit": n + 1}
     query = _FIRST_PAGE
     if last:
         query, params = _NEXT_PAGE, {**params, "last": last}
-    with db.read_connection() as connection:
+    with db.reading() as connection:
         result = connection.execute(query, params)
         # The names straight from the DBAPI cursor: a Row per tag would cost more than the
-        # query itself on a long list (0.57 -> 0.34 ms for 1,000 tags on SQLite).
+        # query itself on a long list (bench/README.md, "Special paths").
         names: list[str] = [row[0] for row in result.cursor.fetchall()]
         result.close()
         if not names and repository_id(connection, repository) is None:

@@ -18,14 +18,16 @@ import datetime as dt
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 from api_gateway.auth import REFUSALS, BadCredentials, TokenIssuer, client_address, log
 from api_gateway.logins import LoginThrottled
 from api_gateway.tokens import InvalidToken
 from shared.errors import ErrorCode, RegistryError, error_body
 from shared.users import User
+from shared.web import Endpoint
 
 MAX_FORM_BYTES = 16 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -42,8 +44,8 @@ def _oauth_error(status: int, code: ErrorCode, oauth: str, detail: str, **header
     return JSONResponse(body, status_code=status, headers={**NO_STORE, **headers})
 
 
-def build_router(issuer: TokenIssuer) -> APIRouter:
-    router = APIRouter()
+def build_routes(issuer: TokenIssuer) -> list[BaseRoute]:
+    """``GET`` and ``POST /auth/token`` for ``issuer``."""
 
     def check_service(service: str | None) -> None:
         if service is not None and service != issuer.service:
@@ -79,7 +81,6 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
             body["refresh_token"] = issuer.refresh_token(user)
         return JSONResponse(body, headers=NO_STORE)
 
-    @router.get("/auth/token")
     async def get_token(request: Request) -> Response:
         params = request.query_params
         check_service(params.get("service"))
@@ -101,7 +102,6 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
         refresh = params.get("offline_token", "").lower() == "true"
         return answer(user, scopes, refresh, oauth=False)
 
-    @router.post("/auth/token")
     async def post_token(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
@@ -169,4 +169,7 @@ def build_router(issuer: TokenIssuer) -> APIRouter:
             "grant_type is password or refresh_token",
         )
 
-    return router
+    return [
+        Endpoint("/auth/token", get_token, methods=["GET"]),
+        Endpoint("/auth/token", post_token, methods=["POST"]),
+    ]

@@ -1,7 +1,7 @@
 """The gateway's routes: the API version check, and everything else under ``/v2/`` forwarded to
 the service the route table names.
 
-:func:`build_router` makes them for the configuration: with no authentication and no limits
+:func:`build_routes` makes them for the configuration: with no authentication and no limits
 (the default) neither does any work; otherwise the version check asks the guard, and each
 forwarded request is checked (guard, then limits) first.
 """
@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 from api_gateway import routing
 from api_gateway.auth import Guard
@@ -23,7 +24,7 @@ from api_gateway.proxy import forward
 from shared.errors import ErrorCode, RegistryError
 from shared.observability import CLIENTS_CUT_OFF
 from shared.settings import get_settings
-from shared.web import request_id
+from shared.web import Endpoint, request_id
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -58,35 +59,24 @@ async def _time_limit(route: routing.Route, seconds: float, method: str) -> Asyn
         ) from None
 
 
-def build_router(
+def build_routes(
     guard: Guard | None = None,
     limits: RequestLimits | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
-) -> APIRouter:
-    router = APIRouter()
+) -> list[BaseRoute]:
     settings = get_settings()
     # Where each service is, worked out once rather than per request.
     service_urls = {service: settings.service_url(service) for service in ("blob", "manifest")}
     limit = settings.request_timeout_seconds
 
-    @router.get("/v2/_ping")
-    async def ping() -> Response:
+    async def ping(request: Request) -> Response:
         return JSONResponse({"status": "OK"})
 
-    if guard is None:
-
-        @router.api_route("/v2/", methods=["GET", "HEAD"])
-        async def api_version() -> Response:
-            return JSONResponse({})
-    else:
-
-        @router.api_route("/v2/", methods=["GET", "HEAD"])
-        async def api_version_authenticated(request: Request) -> Response:
+    async def api_version(request: Request) -> Response:
+        if guard is not None:
             await guard.check_base(request)
-            return JSONResponse({})
+        return JSONResponse({})
 
-    # The forwarding route is a plain Starlette route: it takes nothing FastAPI's dependency
-    # machinery would resolve, and skipping it is a good part of a proxied request's cost.
     async def to_service(request: Request) -> Response:
         found = routing.match(_raw_path(request), request.method)
         request.state.route_name = found.route.name
@@ -111,5 +101,8 @@ def build_router(
             if done is not None:
                 done()
 
-    router.add_route("/{path:path}", to_service, methods=METHODS)
-    return router
+    return [
+        Endpoint("/v2/_ping", ping, methods=["GET"]),
+        Endpoint("/v2/", api_version, methods=["GET", "HEAD"]),
+        Endpoint("/{path:path}", to_service, methods=METHODS),
+    ]

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from blob_service import blobs
-from blob_service.deps import PathDigest, RepositoryName, Storage
 from blob_service.ranges import parse_range
-from shared import db
 from shared.blobs import open_blob
-from shared.storage import keys
-from shared.web import BYTE_RANGE_HEADER, SERVE_LOCALLY_HEADER, STORAGE_KEY_HEADER
-
-router = APIRouter()
+from shared.reference import Digest, parse_digest
+from shared.storage import get_storage, keys
+from shared.web import (
+    BYTE_RANGE_HEADER,
+    SERVE_LOCALLY_HEADER,
+    STORAGE_KEY_HEADER,
+    Endpoint,
+    repository_name,
+)
 
 # Content under a digest never changes.
 CACHE_CONTROL = "max-age=31536000, immutable"
@@ -31,17 +32,17 @@ def _headers(info: blobs.BlobInfo) -> dict[str, str]:
     }
 
 
-@router.head("/v2/{name:path}/blobs/{digest}")
-async def head_blob(name: RepositoryName, digest: PathDigest) -> Response:
-    info = await db.run_read(blobs.stat, name, digest)
-    return Response(headers={**_headers(info), "Content-Length": str(info.size)})
+def _blob(request: Request) -> tuple[str, Digest]:
+    return repository_name(request), parse_digest(request.path_params["digest"])
 
 
-@router.get("/v2/{name:path}/blobs/{digest}")
-async def get_blob(
-    name: RepositoryName, digest: PathDigest, request: Request, storage: Storage
-) -> Response:
-    info = await db.run_read(blobs.stat, name, digest)
+async def get_blob(request: Request) -> Response:
+    """GET (the bytes, or the ``Range`` asked for) and HEAD (the headers alone)."""
+    name, digest = _blob(request)
+    info = await blobs.stat(name, digest)
+    if request.method == "HEAD":
+        return Response(headers={**_headers(info), "Content-Length": str(info.size)})
+    storage = get_storage()
     headers = _headers(info)
     wanted = request.headers.get("range")
     span = parse_range(wanted, info.size) if wanted else None
@@ -76,7 +77,13 @@ async def get_blob(
     return StreamingResponse(body, status_code=status, headers=headers)
 
 
-@router.delete("/v2/{name:path}/blobs/{digest}", status_code=202)
-async def delete_blob(name: RepositoryName, digest: PathDigest) -> Response:
-    await asyncio.to_thread(blobs.unlink, name, digest)
+async def delete_blob(request: Request) -> Response:
+    await blobs.unlink(*_blob(request))
     return Response(status_code=202, headers={"Content-Length": "0"})
+
+
+PATH = "/v2/{name:path}/blobs/{digest}"
+routes = [
+    Endpoint(PATH, get_blob, methods=["GET", "HEAD"]),
+    Endpoint(PATH, delete_blob, methods=["DELETE"]),
+]

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from manifest_service import catalog
 from manifest_service.pagination import next_link, page_size
-from shared import db
-
-router = APIRouter()
+from shared.web import Endpoint
 
 
-@router.get("/v2/_catalog")
-async def list_repositories(
-    n: Annotated[str | None, Query()] = None,
-    last: Annotated[str | None, Query()] = None,
-) -> JSONResponse:
-    size = page_size(n)
-    names, more = await db.run_read(catalog.list_repositories, size, last)
+async def list_repositories(request: Request) -> JSONResponse:
+    size = page_size(request.query_params.get("n"))
+    names, more = await catalog.list_repositories(size, request.query_params.get("last"))
     headers = {}
     if more and names:
         headers["Link"] = next_link("/v2/_catalog", size, names[-1])
     return JSONResponse({"repositories": names}, headers=headers)
+
+
+routes = [Endpoint("/v2/_catalog", list_repositories, methods=["GET"])]

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import APIRouter, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from manifest_service import manifests, media_types
-from manifest_service.deps import RepositoryName
-from shared import db
 from shared.errors import ErrorCode, ManifestTooLarge, RegistryError
 from shared.numbers import NumberInvalid, is_decimal, parse_decimal
-from shared.reference import validate_name
 from shared.settings import get_settings
-
-router = APIRouter()
+from shared.web import Endpoint, repository_name
 
 
 def _accepts(accept: str, media_type: str) -> bool:
@@ -27,8 +22,10 @@ def _accepts(accept: str, media_type: str) -> bool:
     return bool(offered & (media_types.INDEXES | {"*/*", "application/*"}))
 
 
-async def _serve(name: str, reference: str, request: Request, with_body: bool) -> Response:
-    stored = await db.run_read(manifests.get, name, reference)
+async def read_manifest(request: Request) -> Response:
+    """GET and HEAD: the manifest, or its headers alone."""
+    reference: str = request.path_params["reference"]
+    stored = await manifests.get(repository_name(request), reference)
     if not _accepts(",".join(request.headers.getlist("accept")), stored.media_type):
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
@@ -40,22 +37,8 @@ async def _serve(name: str, reference: str, request: Request, with_body: bool) -
         "ETag": f'"{stored.digest}"',
         "Content-Length": str(len(stored.content)),
     }
-    return Response(
-        stored.content if with_body else b"", media_type=stored.media_type, headers=headers
-    )
-
-
-async def read_manifest(request: Request) -> Response:
-    """GET and HEAD: the hottest route of a registry, a plain Starlette route (nothing for
-    FastAPI's dependency machinery to resolve)."""
-    request.state.route_name = MANIFEST_PATH  # (plain routes leave scope["route"] unset)
-    name = validate_name(request.path_params["name"])
-    reference: str = request.path_params["reference"]
-    return await _serve(name, reference, request, with_body=request.method == "GET")
-
-
-MANIFEST_PATH = "/v2/{name:path}/manifests/{reference}"
-router.add_route(MANIFEST_PATH, read_manifest, methods=["GET", "HEAD"])
+    body = stored.content if request.method == "GET" else b""
+    return Response(body, media_type=stored.media_type, headers=headers)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -76,17 +59,12 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@router.put("/v2/{name:path}/manifests/{reference}")
-async def put_manifest(
-    name: RepositoryName,
-    reference: str,
-    request: Request,
-) -> Response:
+async def put_manifest(request: Request) -> Response:
+    name = repository_name(request)
+    reference: str = request.path_params["reference"]
     manifests.check_reference(reference)
     body = await _read_limited(request, get_settings().max_manifest_size)
-    pushed = await asyncio.to_thread(
-        manifests.put, name, reference, body, request.headers.get("content-type")
-    )
+    pushed = await manifests.put(name, reference, body, request.headers.get("content-type"))
     headers = {
         "Location": f"/v2/{name}/manifests/{pushed.digest}",
         "Docker-Content-Digest": pushed.digest,
@@ -97,7 +75,14 @@ async def put_manifest(
     return Response(status_code=201, headers=headers)
 
 
-@router.delete("/v2/{name:path}/manifests/{reference}")
-async def delete_manifest(name: RepositoryName, reference: str) -> Response:
-    await asyncio.to_thread(manifests.delete_reference, name, reference)
+async def delete_manifest(request: Request) -> Response:
+    await manifests.delete_reference(repository_name(request), request.path_params["reference"])
     return Response(status_code=202, headers={"Content-Length": "0"})
+
+
+PATH = "/v2/{name:path}/manifests/{reference}"
+routes = [
+    Endpoint(PATH, read_manifest, methods=["GET", "HEAD"]),
+    Endpoint(PATH, put_manifest, methods=["PUT"]),
+    Endpoint(PATH, delete_manifest, methods=["DELETE"]),
+]
