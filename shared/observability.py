@@ -83,10 +83,10 @@ class ObservabilityMiddleware:
         sent = 0
         incoming = next((v for k, v in reversed(scope["headers"]) if k == b"x-request-id"), None)
         request_id = incoming.decode("latin-1")[:128] if incoming else None
+        state = scope.setdefault("state", {})  # where the route that serves it writes its name
         if self.assign_request_ids:
             request_id = request_id or uuid.uuid4().hex
-            scope.setdefault("state", {})["request_id"] = request_id
-        state = scope.setdefault("state", {})  # where the route that serves it writes its name
+            state["request_id"] = request_id
         token = request_id_var.set(request_id)
 
         async def counting_receive() -> Message:

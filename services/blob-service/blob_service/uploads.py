@@ -36,13 +36,14 @@ import hashlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, select, update
+from cachetools import LRUCache
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from shared import db, events
 from shared.errors import ErrorCode, RegistryError, UploadRangeMismatch
@@ -80,36 +81,41 @@ class CommittedBlob:
     size: int
 
 
-class _HashCache:
-    """Running sha256 hashers of uploads in progress in this process, bounded in number."""
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self._items: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
-        self._capacity = capacity
-
-    def take(self, upload_uuid: str, offset: int) -> hashlib._Hash | None:
-        """The hasher that has seen exactly the first ``offset`` bytes, or None."""
-        item = self._items.pop(upload_uuid, None)
-        if offset == 0:
-            return hashlib.sha256()
-        if item is None or item[0] != offset:
-            return None
-        return item[1]
-
-    def put(self, upload_uuid: str, offset: int, hasher: hashlib._Hash) -> None:
-        self._items[upload_uuid] = (offset, hasher)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    def drop(self, upload_uuid: str) -> None:
-        self._items.pop(upload_uuid, None)
+# Running sha256 hashers of uploads in progress in this process, by upload: (bytes seen,
+# hasher). Only a cache: a request that finds none hashes the stored bytes again.
+_hashers: LRUCache[str, tuple[int, hashlib._Hash]] = LRUCache(maxsize=4096)
 
 
-_hashers = _HashCache()
+def _hasher_at(upload_uuid: str, offset: int) -> hashlib._Hash | None:
+    """The hasher that has seen exactly the first ``offset`` bytes of the upload, or None;
+    taken out of the cache (a request puts it back once it has written more)."""
+    item = _hashers.pop(upload_uuid, None)
+    if offset == 0:
+        return hashlib.sha256()
+    if item is None or item[0] != offset:
+        return None
+    return item[1]
 
 
 def _upload_unknown(upload_uuid: str) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_uuid[:100]!r} unknown")
+
+
+_UPLOAD = select(
+    Upload.repository, Upload.size, Upload.storage_key, Upload.writer_expires_at
+).where(Upload.uuid == bindparam("uuid"))
+_UPLOAD_LOCKED = _UPLOAD.with_for_update()
+
+
+def _upload_row(
+    connection: Connection | Session, repository: str, upload_uuid: str, *, lock: bool = False
+) -> Row[str, int, str, dt.datetime | None]:
+    """The upload's row (locked until the transaction ends with ``lock``), or
+    BLOB_UPLOAD_UNKNOWN when there is none in ``repository``."""
+    row = connection.execute(_UPLOAD_LOCKED if lock else _UPLOAD, {"uuid": upload_uuid}).first()
+    if row is None or row.repository != repository:
+        raise _upload_unknown(upload_uuid)
+    return row
 
 
 def _range_mismatch(state: UploadState, detail: str) -> UploadRangeMismatch:
@@ -180,13 +186,7 @@ def _claim(repository: str, upload_uuid: str, offset: int | None, token: str) ->
     when another request holds the lease or the upload does not end at ``offset``."""
     now = utcnow()
     with db.transaction() as session:
-        row = session.execute(
-            select(Upload.repository, Upload.size, Upload.storage_key, Upload.writer_expires_at)
-            .where(Upload.uuid == upload_uuid)
-            .with_for_update()
-        ).first()
-        if row is None or row.repository != repository:
-            raise _upload_unknown(upload_uuid)
+        row = _upload_row(session, repository, upload_uuid, lock=True)
         state = UploadState(upload_uuid, repository, row.size, row.storage_key)
         if row.writer_expires_at is not None and row.writer_expires_at > now:
             raise _UploadBusy(state)
@@ -355,17 +355,10 @@ async def find(repository: str, upload_uuid: str) -> UploadState:
     return await db.read(_find, repository, upload_uuid)
 
 
-_UPLOAD = select(Upload.repository, Upload.size, Upload.storage_key).where(
-    Upload.uuid == bindparam("uuid")
-)
-
-
 def _find(repository: str, upload_uuid: str) -> UploadState:
     with db.reading() as connection:
-        row = connection.execute(_UPLOAD, {"uuid": upload_uuid}).first()
-    if row is None or row.repository != repository:
-        raise _upload_unknown(upload_uuid)
-    return UploadState(upload_uuid, row.repository, row.size, row.storage_key)
+        row = _upload_row(connection, repository, upload_uuid)
+    return UploadState(upload_uuid, repository, row.size, row.storage_key)
 
 
 def _record_size(state: UploadState, lease: _Lease, new_size: int, *, free: bool) -> UploadState:
@@ -401,7 +394,7 @@ async def _write(
 ) -> UploadState:
     """Write one chunk at the end of the upload and record it. With ``content_range`` the
     chunk must be exactly as long as the range says (else 416, nothing kept)."""
-    hasher = _hashers.take(state.uuid, state.size)
+    hasher = _hasher_at(state.uuid, state.size)
     new_size = await storage.append(state.storage_key, state.size, _fenced(chunks, lease, hasher))
     if (
         content_range is not None
@@ -421,7 +414,7 @@ async def _write(
     # when only its answer was lost: undoing would then lose acknowledged bytes).
     state = await db.write(_record_size, state, lease, new_size, free=free)
     if hasher is not None:
-        _hashers.put(state.uuid, new_size, hasher)
+        _hashers[state.uuid] = (new_size, hasher)
     return state
 
 
@@ -440,7 +433,7 @@ async def append(
 
 
 async def _digest_of(storage: StorageDriver, state: UploadState, algorithm: str) -> str:
-    hasher = _hashers.take(state.uuid, state.size) if algorithm == "sha256" else None
+    hasher = _hasher_at(state.uuid, state.size) if algorithm == "sha256" else None
     if hasher is None:
         # The running hash is not in this process: read the upload back.
         hasher = hashlib.new(algorithm)
@@ -492,7 +485,7 @@ async def _complete(
             f"digest {digest} given, but the content has digest {actual}",
         )
     await db.write(_record_blob, state, lease, digest, request_id)
-    _hashers.drop(state.uuid)
+    _hashers.pop(state.uuid, None)
     return CommittedBlob(str(digest), state.size)
 
 
@@ -547,7 +540,7 @@ def _record_blob(state: UploadState, lease: _Lease, digest: Digest, request_id: 
 
 
 def _cancelled(state: UploadState, request_id: str | None) -> Event:
-    _hashers.drop(state.uuid)
+    _hashers.pop(state.uuid, None)
     return Event(
         action="blob:upload:cancelled",
         target=Target(
@@ -583,13 +576,7 @@ async def cancel(repository: str, upload_uuid: str, request_id: str | None = Non
 
     def drop_row() -> UploadState:
         with db.transaction() as session:
-            row = session.execute(
-                select(Upload.repository, Upload.size, Upload.storage_key)
-                .where(Upload.uuid == upload_uuid)
-                .with_for_update()
-            ).first()
-            if row is None or row.repository != repository:
-                raise _upload_unknown(upload_uuid)
+            row = _upload_row(session, repository, upload_uuid, lock=True)
             session.execute(delete(Upload).where(Upload.uuid == upload_uuid))
             state = UploadState(upload_uuid, repository, row.size, row.storage_key)
             events.record(session, _cancelled(state, request_id))
