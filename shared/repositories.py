@@ -22,42 +22,20 @@ from shared.models import (
 )
 from shared.reviews import review_blobs, review_manifests
 
-
-def find_repository(session: Session, name: str) -> Repository | None:
-    return session.scalars(select(Repository).where(Repository.name == name)).first()
-
-
-def ensure_repository(session: Session, name: str) -> Repository:
-    """The repository called ``name``, created if it does not exist (safe under races)."""
-    repository = find_repository(session, name)
-    if repository is not None:
-        return repository
-    try:
-        with session.begin_nested():
-            repository = Repository(name=name)
-            session.add(repository)
-    except IntegrityError:
-        # Created meanwhile by a concurrent request. A locking read sees it: a plain one
-        # would read this transaction's snapshot (MySQL's REPEATABLE READ), from before.
-        repository = session.scalars(
-            select(Repository).where(Repository.name == name).with_for_update(read=True)
-        ).one()
-    return repository
-
-
 _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"))
 _INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
 
 
-def repository_id(connection: Connection, name: str) -> int | None:
+def find_repository_id(connection: Connection | Session, name: str) -> int | None:
     """The id of the repository called ``name``, or None: one Core statement."""
     found: int | None = connection.execute(_REPOSITORY_ID, {"name": name}).scalar()
     return found
 
 
 def ensure_repository_id(connection: Connection, name: str) -> int:
-    """``ensure_repository`` in Core, for hot paths that need only the id."""
-    found = repository_id(connection, name)
+    """The id of the repository called ``name``, created if it does not exist (safe under
+    races)."""
+    found = find_repository_id(connection, name)
     if found is not None:
         return found
     try:
@@ -66,18 +44,19 @@ def ensure_repository_id(connection: Connection, name: str) -> int:
             assert result.inserted_primary_key is not None
             return int(result.inserted_primary_key[0])
     except IntegrityError:
-        # Created meanwhile by a concurrent request: a locking read sees it (see above).
+        # Created meanwhile by a concurrent request. A locking read sees it: a plain one
+        # would read this transaction's snapshot (MySQL's REPEATABLE READ), from before.
         locking = _REPOSITORY_ID.with_for_update(read=True)
         return int(connection.execute(locking, {"name": name}).scalar_one())
 
 
-def link_blob(session: Session, repository: Repository, digest: str) -> None:
-    exists = session.get(RepositoryBlob, (repository.id, digest))
+def link_blob(session: Session, repository_id: int, digest: str) -> None:
+    exists = session.get(RepositoryBlob, (repository_id, digest))
     if exists is not None:
         return
     try:
         with session.begin_nested():
-            session.add(RepositoryBlob(repository_id=repository.id, blob_digest=digest))
+            session.add(RepositoryBlob(repository_id=repository_id, blob_digest=digest))
     except IntegrityError:
         pass  # linked meanwhile by a concurrent request: the outcome is the same
 

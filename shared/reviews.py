@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import cast
+from typing import TypeVar, cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.models import BlobReview, ManifestReview, utcnow
 from shared.settings import get_settings
+
+_Key = TypeVar("_Key", str, int)
 
 
 def grace() -> dt.timedelta:
@@ -28,41 +30,39 @@ def grace() -> dt.timedelta:
 def review_blobs(
     session: Session, digests: Iterable[str], reason: str, delay: dt.timedelta | None = None
 ) -> None:
-    due = utcnow() + (grace() if delay is None else delay)
-    # A fixed order, so that two transactions reviewing the same blobs do not deadlock.
-    for digest in sorted(set(digests)):
-        _upsert(session, BlobReview, digest, {"digest": digest}, due, reason)
-
-
-def _upsert(
-    session: Session,
-    model: type[BlobReview] | type[ManifestReview],
-    key: object,
-    fields: dict[str, object],
-    due: dt.datetime,
-    reason: str,
-) -> None:
-    # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
-    # transactions doing that before inserting deadlock each other.
-    try:
-        with session.begin_nested():
-            session.add(model(**fields, review_after=due, reason=reason))
-        return
-    except IntegrityError:
-        pass
-    review = cast(
-        "BlobReview | ManifestReview | None",
-        session.get(model, key, with_for_update=True, populate_existing=True),
-    )
-    if review is not None and review.review_after < due:
-        review.review_after = due
-        review.reason = reason
+    _review(session, BlobReview, "digest", digests, reason, delay)
 
 
 def review_manifests(
     session: Session, manifest_ids: Iterable[int], reason: str, delay: dt.timedelta | None = None
 ) -> None:
+    # (A manifest deleted meanwhile fails the insert's foreign key: nothing to review.)
+    _review(session, ManifestReview, "manifest_id", manifest_ids, reason, delay)
+
+
+def _review(
+    session: Session,
+    model: type[BlobReview] | type[ManifestReview],
+    column: str,
+    keys: Iterable[_Key],
+    reason: str,
+    delay: dt.timedelta | None,
+) -> None:
     due = utcnow() + (grace() if delay is None else delay)
-    for manifest_id in sorted(set(manifest_ids)):
-        # (A manifest deleted meanwhile fails the insert's foreign key: nothing to review.)
-        _upsert(session, ManifestReview, manifest_id, {"manifest_id": manifest_id}, due, reason)
+    # A fixed order, so that two transactions reviewing the same rows do not deadlock.
+    for key in sorted(set(keys)):
+        # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
+        # transactions doing that before inserting deadlock each other.
+        try:
+            with session.begin_nested():
+                session.add(model(**{column: key}, review_after=due, reason=reason))
+            continue
+        except IntegrityError:
+            pass
+        review = cast(
+            "BlobReview | ManifestReview | None",
+            session.get(model, key, with_for_update=True, populate_existing=True),
+        )
+        if review is not None and review.review_after < due:
+            review.review_after = due
+            review.reason = reason

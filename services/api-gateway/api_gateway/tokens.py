@@ -145,34 +145,13 @@ class TokenKeys:
     def issue(self, subject: str, access: list[dict[str, Any]], ttl: int) -> tuple[str, int]:
         """An access token for ``subject`` ("" for anonymous); returns it and its issue time."""
         now = int(time.time())
-        claims = {
-            "iss": self.issuer,
-            "sub": subject,
-            "aud": self.audience,
-            "exp": now + ttl,
-            "nbf": now - 1,
-            "iat": now,
-            "jti": secrets.token_urlsafe(16),
-            "access": access,
-        }
-        return self._sign(claims), now
+        return self._sign(subject, self.audience, now, ttl, {"access": access}), now
 
     def issue_refresh(self, subject: str, password_hash: bytes, ttl: int) -> str:
         """A refresh token (OAuth2 ``refresh_token``): valid only at the token endpoint, only
         while the user exists with the same password."""
-        now = int(time.time())
-        claims = {
-            "iss": self.issuer,
-            "sub": subject,
-            "aud": self._refresh_audience,
-            "exp": now + ttl,
-            "nbf": now - 1,
-            "iat": now,
-            "jti": secrets.token_urlsafe(16),
-            "token_use": REFRESH_USE,
-            "pwd": self.password_stamp(password_hash),
-        }
-        return self._sign(claims)
+        extra = {"token_use": REFRESH_USE, "pwd": self.password_stamp(password_hash)}
+        return self._sign(subject, self._refresh_audience, int(time.time()), ttl, extra)
 
     def password_stamp(self, password_hash: bytes) -> str:
         return hmac.new(self._stamp_key, password_hash, hashlib.sha256).hexdigest()[:32]
@@ -181,9 +160,19 @@ class TokenKeys:
     def _refresh_audience(self) -> str:
         return f"{self.audience}#refresh"
 
-    def _sign(self, claims: dict[str, Any]) -> str:
+    def _sign(self, subject: str, audience: str, now: int, ttl: int, extra: dict[str, Any]) -> str:
         if self.signing is None:
             raise RuntimeError("this gateway has no key to issue tokens with")
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": audience,
+            "exp": now + ttl,
+            "nbf": now - 1,
+            "iat": now,
+            "jti": secrets.token_urlsafe(16),
+            **extra,
+        }
         return jwt.encode(
             claims,
             self.signing,

@@ -10,7 +10,7 @@ from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.models import BLOB_PRESENT, Blob, Repository, RepositoryBlob
 from shared.reference import Digest
-from shared.repositories import find_repository
+from shared.repositories import find_repository_id
 from shared.reviews import review_blobs
 
 
@@ -62,12 +62,12 @@ def _unlink(repository: str, digest: Digest) -> None:
     """Delete a blob from a repository: the link goes; the bytes stay until garbage
     collection finds no repository and no manifest using them."""
     with db.transaction() as session:
-        repo = find_repository(session, repository)
+        repo = find_repository_id(session, repository)
         if repo is None:
             raise _unknown(repository, digest)
         result = session.execute(
             delete(RepositoryBlob).where(
-                RepositoryBlob.repository_id == repo.id, RepositoryBlob.blob_digest == str(digest)
+                RepositoryBlob.repository_id == repo, RepositoryBlob.blob_digest == str(digest)
             )
         )
         if result.rowcount == 0:  # type: ignore[attr-defined]

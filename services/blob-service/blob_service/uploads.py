@@ -59,7 +59,7 @@ from shared.models import (
 )
 from shared.observability import request_id_var
 from shared.reference import Digest
-from shared.repositories import ensure_repository, link_blob
+from shared.repositories import ensure_repository_id, link_blob
 from shared.reviews import review_blobs
 from shared.settings import get_settings
 from shared.storage import StorageDriver, StorageError, keys
@@ -516,8 +516,9 @@ def _record_blob(state: UploadState, lease: _Lease, digest: Digest, request_id: 
             blob.state = BLOB_PRESENT
             blob.storage_key = state.storage_key
             blob.size = state.size
-        repository = ensure_repository(session, state.repository)
-        link_blob(session, repository, str(digest))
+        link_blob(
+            session, ensure_repository_id(session.connection(), state.repository), str(digest)
+        )
         # Pushed blobs that no manifest will use are collected once the grace period is over.
         review_blobs(session, [str(digest)], "uploaded")
         # The janitor moves the upload's object to the blob's own key.
@@ -627,8 +628,7 @@ def _mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob
         blob = session.scalars(query.limit(1).with_for_update()).first()
         if blob is None:
             return None
-        target = ensure_repository(session, repository)
-        link_blob(session, target, blob.digest)
+        link_blob(session, ensure_repository_id(session.connection(), repository), blob.digest)
         # A mounted blob is about to be used by a manifest: push its review past the grace period.
         review_blobs(session, [blob.digest], "mounted")
         return CommittedBlob(blob.digest, blob.size)

@@ -158,41 +158,29 @@ def _list_users(store: users.UserStore) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
     parser = argparse.ArgumentParser(prog="registry-admin", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gc_cmd = commands.add_parser(
         "gc", help="delete blobs (and by policy manifests) nothing references"
     )
+    purge = commands.add_parser("purge-uploads", help="delete uploads nobody finished")
+    rec = commands.add_parser("reconcile", help="finish interrupted work, delete orphaned objects")
+    for sweep, option, text, setting in (
+        (gc_cmd, "--grace", "never collect what is younger than this", "GC_GRACE_SECONDS"),
+        (purge, "--older-than", "uploads idle longer go", "UPLOAD_PURGE_AGE_SECONDS"),
+        (rec, "--grace", "younger objects are never orphans", "RECONCILE_GRACE_SECONDS"),
+    ):
+        sweep.add_argument(option, type=duration, help=f"{text} (default: REGISTRY_{setting})")
     gc_cmd.add_argument(
         "--dry-run", action="store_true", help="report what would be deleted, delete nothing"
     )
     gc_cmd.add_argument(
-        "--grace",
-        type=duration,
-        default=dt.timedelta(seconds=settings.gc_grace_seconds),
-        help="never collect what is younger than this (default: REGISTRY_GC_GRACE_SECONDS)",
-    )
-    gc_cmd.add_argument(
         "--untagged",
         action=argparse.BooleanOptionalAction,
-        default=settings.gc_untagged_manifests,
-        help="also collect manifests that no tag, index or subject refers to",
+        help="also collect manifests that no tag, index or subject refers to (default:"
+        " REGISTRY_GC_UNTAGGED_MANIFESTS)",
     )
     gc_cmd.add_argument("--limit", type=int, default=1_000_000, help="most reviews to take")
-    purge = commands.add_parser("purge-uploads", help="delete uploads nobody finished")
-    purge.add_argument(
-        "--older-than",
-        type=duration,
-        default=dt.timedelta(seconds=settings.upload_purge_age_seconds),
-    )
-    rec = commands.add_parser("reconcile", help="finish interrupted work, delete orphaned objects")
-    rec.add_argument(
-        "--grace",
-        type=duration,
-        default=dt.timedelta(seconds=settings.reconcile_grace_seconds),
-        help="objects younger than this are never called orphans",
-    )
     user = commands.add_parser("user", help="add, remove or list the users of the users file")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for command, text in (
@@ -246,13 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             uploads.purge_stale_uploads(storage, older_than=args.older_than, progress=tick),
             bar,
         )
-    work = reconcile.reconcile(
-        storage,
-        grace=args.grace,
-        promote_after=dt.timedelta(seconds=settings.promote_delay_seconds),
-        gc_grace=dt.timedelta(seconds=settings.gc_grace_seconds),
-        progress=tick,
-    )
+    work = reconcile.reconcile(storage, grace=args.grace, progress=tick)
     return _run("reconcile", work, bar)
 
 

@@ -226,14 +226,19 @@ def _review_next_manifest(grace: dt.timedelta) -> tuple[str, str] | None:
 async def collect_garbage(
     storage: StorageDriver,
     *,
-    grace: dt.timedelta,
-    untagged_manifests: bool = False,
+    grace: dt.timedelta | None = None,
+    untagged_manifests: bool | None = None,
     dry_run: bool = False,
-    limit: int = 1000,
+    limit: int | None = None,
     progress: Progress = None,
 ) -> Report:
     """Mark, then sweep at most ``limit`` due reviews. ``dry_run`` only reports what a run
-    would delete and how many bytes it would free."""
+    would delete and how many bytes it would free. What is not given is as configured."""
+    settings = get_settings()
+    grace = dt.timedelta(seconds=settings.gc_grace_seconds) if grace is None else grace
+    if untagged_manifests is None:
+        untagged_manifests = settings.gc_untagged_manifests
+    limit = settings.gc_batch_size if limit is None else limit
     report = Report("collect_garbage", dry_run=dry_run)
     cutoff = utcnow() - grace
     if dry_run:

@@ -27,6 +27,7 @@ from janitor.promotion import discard, promote
 from janitor.report import Progress, Report
 from shared import db
 from shared.models import BLOB_DELETING, BLOB_PRESENT, Blob, utcnow
+from shared.settings import get_settings
 from shared.storage import StorageDriver, keys
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,14 @@ def _unfinished(promote_before: dt.datetime) -> tuple[list[str], list[str]]:
 async def reconcile(
     storage: StorageDriver,
     *,
-    grace: dt.timedelta,
-    promote_after: dt.timedelta,
-    gc_grace: dt.timedelta,
+    grace: dt.timedelta | None = None,
     progress: Progress = None,
 ) -> Report:
+    """Objects younger than ``grace`` (default: as configured) are never called orphans."""
+    settings = get_settings()
+    grace = dt.timedelta(seconds=settings.reconcile_grace_seconds) if grace is None else grace
+    promote_after = dt.timedelta(seconds=settings.promote_delay_seconds)
+    gc_grace = dt.timedelta(seconds=settings.gc_grace_seconds)
     report = Report("reconcile")
     now = utcnow()
 

@@ -21,7 +21,6 @@ from janitor.report import Report
 from janitor.worker import SWEEP_LIMIT, app
 from shared.events import EVENT_TASK, Event
 from shared.observability import request_id_var
-from shared.settings import get_settings
 from shared.storage import StorageError, get_storage
 
 log = logging.getLogger(__name__)
@@ -84,40 +83,22 @@ def _sweep_task(name: str) -> Any:
     )
 
 
-def _seconds(given: int | None, configured: int) -> dt.timedelta:
-    return dt.timedelta(seconds=configured if given is None else given)
+def _seconds(given: int | None) -> dt.timedelta | None:
+    return None if given is None else dt.timedelta(seconds=given)
 
 
 @_sweep_task("purge_stale_uploads")
 def purge_stale_uploads(older_than_seconds: int | None = None) -> dict[str, Any]:
-    age = _seconds(older_than_seconds, get_settings().upload_purge_age_seconds)
-    return _sweep("purge_stale_uploads", uploads.purge_stale_uploads(get_storage(), older_than=age))
+    work = uploads.purge_stale_uploads(get_storage(), older_than=_seconds(older_than_seconds))
+    return _sweep("purge_stale_uploads", work)
 
 
 @_sweep_task("collect_garbage")
 def collect_garbage(grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
-    settings = get_settings()
-    return _sweep(
-        "collect_garbage",
-        gc.collect_garbage(
-            get_storage(),
-            grace=_seconds(grace_seconds, settings.gc_grace_seconds),
-            untagged_manifests=settings.gc_untagged_manifests,
-            dry_run=dry_run,
-            limit=settings.gc_batch_size,
-        ),
-    )
+    work = gc.collect_garbage(get_storage(), grace=_seconds(grace_seconds), dry_run=dry_run)
+    return _sweep("collect_garbage", work)
 
 
 @_sweep_task("reconcile")
 def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
-    settings = get_settings()
-    return _sweep(
-        "reconcile",
-        reconcile.reconcile(
-            get_storage(),
-            grace=_seconds(grace_seconds, settings.reconcile_grace_seconds),
-            promote_after=dt.timedelta(seconds=settings.promote_delay_seconds),
-            gc_grace=dt.timedelta(seconds=settings.gc_grace_seconds),
-        ),
-    )
+    return _sweep("reconcile", reconcile.reconcile(get_storage(), grace=_seconds(grace_seconds)))

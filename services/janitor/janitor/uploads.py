@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from janitor.report import Progress, Report
 from shared import db
 from shared.models import Upload, utcnow
+from shared.settings import get_settings
 from shared.storage import StorageDriver
 
 
@@ -28,10 +29,17 @@ def _take_stale(cutoff: dt.datetime, batch: int) -> list[tuple[str, str]]:
 
 
 async def purge_stale_uploads(
-    storage: StorageDriver, *, older_than: dt.timedelta, batch: int = 200, progress: Progress = None
+    storage: StorageDriver,
+    *,
+    older_than: dt.timedelta | None = None,
+    batch: int = 200,
+    progress: Progress = None,
 ) -> Report:
     """Rows first (in batches that replicas split between them), then their objects: a crash
-    in between leaves only an orphan object, which reconcile deletes."""
+    in between leaves only an orphan object, which reconcile deletes. ``older_than`` is as
+    configured unless given."""
+    if older_than is None:
+        older_than = dt.timedelta(seconds=get_settings().upload_purge_age_seconds)
     report = Report("purge_stale_uploads")
     cutoff = utcnow() - older_than
     while True:

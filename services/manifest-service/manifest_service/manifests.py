@@ -19,7 +19,7 @@ from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
 from shared.repositories import (
     delete_manifest,
     ensure_repository_id,
-    find_repository,
+    find_repository_id,
     linked_digests,
 )
 from shared.reviews import review_manifests
@@ -44,17 +44,17 @@ def _unknown(repository: str, reference: str) -> RegistryError:
     )
 
 
-def _find(session: Session, repository: Repository, reference: str) -> Manifest | None:
+def _find(session: Session, repository_id: int, reference: str) -> Manifest | None:
     if is_digest(reference):
         return session.scalars(
             select(Manifest).where(
-                Manifest.repository_id == repository.id, Manifest.digest == reference
+                Manifest.repository_id == repository_id, Manifest.digest == reference
             )
         ).first()
     return session.scalars(
         select(Manifest)
         .join(Tag, Tag.manifest_id == Manifest.id)
-        .where(Tag.repository_id == repository.id, Tag.name == reference)
+        .where(Tag.repository_id == repository_id, Tag.name == reference)
     ).first()
 
 
@@ -268,7 +268,7 @@ def _delete_reference(repository: str, reference: str) -> None:
     """Delete by digest: the manifest and every tag pointing at it. Delete by tag: the tag."""
     check_reference(reference)
     with db.transaction() as session:
-        repo = find_repository(session, repository)
+        repo = find_repository_id(session, repository)
         if repo is None:
             raise _unknown(repository, reference)
         if is_digest(reference):
@@ -277,7 +277,7 @@ def _delete_reference(repository: str, reference: str) -> None:
                 raise _unknown(repository, reference)
             delete_manifest(session, manifest, "manifest deleted")
         else:
-            tag = session.get(Tag, (repo.id, reference))
+            tag = session.get(Tag, (repo, reference))
             if tag is None:
                 raise _unknown(repository, reference)
             session.delete(tag)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from manifest_service.media_types import OCI_INDEX
 from shared import db
 from shared.models import Manifest
-from shared.repositories import repository_id
+from shared.repositories import find_repository_id
 
 
 async def referrers(repository: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
@@ -33,7 +33,7 @@ _COLUMNS = (
 def _referrers(repository: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
     descriptors: list[dict[str, Any]] = []
     with db.reading() as connection:
-        found = repository_id(connection, repository)
+        found = find_repository_id(connection, repository)
         if found is not None:
             query = (
                 select(*_COLUMNS)

@@ -7,7 +7,7 @@ from sqlalchemy import bindparam, select
 from shared import db
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Repository, Tag
-from shared.repositories import repository_id
+from shared.repositories import find_repository_id
 
 _FIRST_PAGE = (
     select(Tag.name)
@@ -35,7 +35,7 @@ def _list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bo
         # query itself on a long list (bench/README.md, "Special paths").
         names: list[str] = [row[0] for row in result.cursor.fetchall()]
         result.close()
-        if not names and repository_id(connection, repository) is None:
+        if not names and find_repository_id(connection, repository) is None:
             raise RegistryError(
                 ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry"
             )
