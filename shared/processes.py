@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from shared.settings import Settings
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,12 @@ def _celery(command: str, *options: str, level: str) -> list[str]:
     ]
 
 
+_IN_ONE = ("--pool", "threads", "--beat-thread")
+
+
 def processes(settings: Settings) -> list[Process]:
     level = settings.log_level
-    return [
+    http = [
         Process(
             "blob-service",
             _uvicorn(
@@ -101,11 +106,14 @@ def processes(settings: Settings) -> list[Process]:
             ),
             f"http://{settings.gateway_host}:{settings.gateway_port}",
         ),
-        Process(
-            "janitor",
-            _celery("worker", "--concurrency", "1", "--hostname", "janitor@%h", level=level),
-            None,
-        ),
+    ]
+    worker = ("--concurrency", "1", "--hostname", "janitor@%h")
+    if settings.beat_in_worker:
+        # One process: the tasks in a thread, beat in another.
+        return [*http, Process("janitor", _celery("worker", *worker, *_IN_ONE, level=level), None)]
+    return [
+        *http,
+        Process("janitor", _celery("worker", *worker, level=level), None),
         Process(
             "janitor-beat",
             _celery("beat", "--schedule", settings.beat_schedule_file, level=level),

@@ -10,25 +10,31 @@ crash stops nothing else and a process that cannot start does not spin.
 
 With authentication on and no internal secret, it makes one for the processes it starts, so
 that their ports serve the gateway only (``shared.internal_auth``).
+
+The supervisor itself imports the standard library only: the settings, the folders and the
+migrations are the work of a child (``python -m shared.runner --prepare``) that hands it the
+plan as JSON and exits, so that a process which only waits holds no more memory than Python.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-
-from shared import migrate
 from shared.processes import Process, processes
-from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 FIRST_DELAY = 1.0  # seconds before a process that exited is started again
 MAX_DELAY = 30.0
@@ -42,12 +48,21 @@ def wait_until_up(process: Process, popen: subprocess.Popen[bytes], timeout: flo
     while time.monotonic() < deadline:
         if popen.poll() is not None:
             raise RuntimeError(f"{process.name} exited with status {popen.returncode}")
-        try:
-            httpx.get(f"{process.url}/v2/", timeout=1)
+        if answers(process.url):
             return
-        except httpx.TransportError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     raise RuntimeError(f"{process.name} did not answer at {process.url} within {timeout}s")
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status: with authentication on, 401)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=1) as conn:
+            conn.sendall(f"GET /v2/ HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            return conn.recv(5) == b"HTTP/"
+    except OSError:
+        return False
 
 
 def start(
@@ -106,17 +121,43 @@ def configured_folders(settings: Settings) -> list[Path]:
     return folders
 
 
-def environment(settings: Settings, base: dict[str, str]) -> dict[str, str]:
-    """The processes' environment: ``base``, plus an internal secret made for this run when
-    authentication is on and none is set."""
-    env = dict(base)
+def prepare() -> int:
+    """``--prepare``: make the folders the configuration names and apply the migrations, then
+    print the plan (the processes, the variables to add to their environment, the banner) as
+    JSON on standard output. 2 when the configuration cannot be served."""
+    from shared import migrate
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    try:
+        for folder in configured_folders(settings):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        say(f"cannot create a folder the configuration names: {exc}")
+        return 2
+    try:
+        migrate.upgrade(settings.database_url)
+    except migrate.DatabaseSetupError as exc:
+        say(str(exc))
+        return 2
+    env = {}
     if settings.auth != "none" and not settings.internal_secret.get_secret_value():
         env["REGISTRY_INTERNAL_SECRET"] = secrets.token_urlsafe(32)
         say(
             f"REGISTRY_AUTH={settings.auth} and no REGISTRY_INTERNAL_SECRET: made one for "
             "this run, so that the services answer the gateway only"
         )
-    return env
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    banner = (
+        f"\nregistry listening on {gateway}  (try: curl {gateway}/v2/)\n"
+        f"  database: {settings.database_url}\n"
+        f"  storage:  {settings.storage_url}\n"
+        f"  broker:   {settings.broker_url}\n"
+        "Ctrl-C stops it.\n"
+    )
+    plan = {"processes": [asdict(p) for p in processes(settings)], "env": env, "banner": banner}
+    print(json.dumps(plan))
+    return 0
 
 
 def say(message: str) -> None:
@@ -198,9 +239,7 @@ class Supervisor:
                 continue
             if child.popen is None or child.popen.poll() is not None:
                 return False
-            try:
-                httpx.get(f"{child.process.url}/v2/", timeout=1)
-            except httpx.TransportError:
+            if not answers(child.process.url):
                 return False
         return True
 
@@ -208,19 +247,16 @@ class Supervisor:
         stop_all([(c.process, c.popen) for c in self.children if c.popen is not None])
 
 
-def main() -> int:
-    settings = get_settings()
-    try:
-        for folder in configured_folders(settings):
-            folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        say(f"cannot create a folder the configuration names: {exc}")
-        return 2
-    try:
-        migrate.upgrade(settings.database_url)
-    except migrate.DatabaseSetupError as exc:
-        say(str(exc))
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--prepare"]:
+        return prepare()
+    preparing = subprocess.run(
+        [sys.executable, "-m", "shared.runner", "--prepare"], stdout=subprocess.PIPE, check=False
+    )
+    if preparing.returncode != 0:
+        return preparing.returncode
+    # The plan is the last line (a migration may have printed before it).
+    plan: dict[str, Any] = json.loads(preparing.stdout.splitlines()[-1])
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -231,7 +267,8 @@ def main() -> int:
     # process started in the background by a script inherits it ignored.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    supervisor = Supervisor(processes(settings), environment(settings, dict(os.environ)))
+    to_run = [Process(**process) for process in plan["processes"]]
+    supervisor = Supervisor(to_run, {**os.environ, **plan["env"]})
     supervisor.start()
     announced = False
     try:
@@ -239,15 +276,7 @@ def main() -> int:
             supervisor.check()
             if not announced and supervisor.answering():
                 announced = True
-                gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
-                print(
-                    f"\nregistry listening on {gateway}  (try: curl {gateway}/v2/)\n"
-                    f"  database: {settings.database_url}\n"
-                    f"  storage:  {settings.storage_url}\n"
-                    f"  broker:   {settings.broker_url}\n"
-                    "Ctrl-C stops it.\n",
-                    flush=True,
-                )
+                print(plan["banner"], flush=True)
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass

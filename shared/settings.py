@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = 3600
     reconcile_grace_seconds: int = 3600  # objects younger than this are never called orphans
     promote_delay_seconds: int = 60
+    # Beat as a thread of the (one) janitor worker, whose tasks run in a thread of its own: one
+    # process for the whole janitor, as `make run` wants. Off where the worker has replicas
+    # (Kubernetes, Compose): there beat is a process of its own, started once, and the worker
+    # runs its tasks in a prefork child, which enforces the tasks' hard time limits.
+    beat_in_worker: bool = True
     beat_schedule_file: str = str(
         DATA_DIR / "celerybeat-schedule"
     )  # reconcile moves blobs still at their upload key after this

@@ -196,6 +196,9 @@ def replicated_registry(
                 "manifest_service_port": str(next(ports)),
                 "janitor_metrics_port": str(next(ports)),
                 "beat_schedule_file": str(root / f"celerybeat-schedule-{number}"),
+                # As Kubernetes runs it: beat a process of its own, the worker's tasks in a
+                # prefork child.
+                "beat_in_worker": "false",
             }
             env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
             settings.append(Settings(**values))  # type: ignore[arg-type]

@@ -1075,7 +1075,12 @@ def test_each_service_has_its_own_dockerfile_and_there_is_no_other() -> None:
         found |= {Path(directory, file) for file in files if file == "Dockerfile"}
     assert found == set(DOCKERFILES.values())
     # Every process of the registry runs from one of the images.
-    assert set(IMAGE_OF) == {p.name for p in processes(settings_from({}))} | {"flower", "migrate"}
+    names = {
+        p.name
+        for beat in ("true", "false")
+        for p in processes(settings_from({"REGISTRY_BEAT_IN_WORKER": beat}))
+    }
+    assert set(IMAGE_OF) == names | {"flower", "migrate"}
 
 
 @pytest.mark.parametrize("folder", sorted(IMAGE_DEFAULTS))

@@ -228,4 +228,4 @@ def test_beat_schedules_the_sweeps(tmp_path_factory: pytest.TempPathFactory, rep
             lambda: digest not in blob_keys(running), timeout=60, what="beat-driven collection"
         )
         eventually(running.storage_matches_database, what="storage matching the database")
-        assert "janitor.collect_garbage" in running.log("janitor-beat")
+        assert "janitor.collect_garbage" in running.log("janitor")

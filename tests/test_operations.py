@@ -293,15 +293,16 @@ def test_the_runner_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: Path)
     """``make run`` (``python -m shared.runner``): every process up, the gateway answering;
     Ctrl-C (SIGINT) stops them all, even when the runner was started from a script that
     left SIGINT ignored, as a shell does for a background job. The folders the configuration
-    names are made first: beat's schedule file in a folder that does not exist yet runs."""
+    names are made first: beat's schedule file in a folder that does not exist yet runs. The
+    janitor is one process (its beat a thread of its worker)."""
     schedule = tmp_path / "not" / "yet" / "celerybeat-schedule"
     with running_runner(tmp_path, beat_schedule_file=str(schedule)) as runner:
         assert runner.popen.poll() is None, runner.text()[-3000:]
         children = child_pids(runner.popen.pid)
-        assert len(children) >= 5  # gateway, two services, janitor worker and beat
+        assert len(children) == 4  # gateway, two services, the janitor
         assert httpx.get(f"http://127.0.0.1:{runner.ports['gateway']}/v2/").status_code == 200
         assert schedule.parent.is_dir()
-        time.sleep(3)  # beat opened its schedule, or exited
+        eventually(lambda: any(schedule.parent.iterdir()), what="beat opening its schedule")
         assert runner.popen.poll() is None, runner.text()[-3000:]
         assert "starting it again" not in runner.text(), runner.text()[-3000:]
         assert set(children) <= set(child_pids(runner.popen.pid))
@@ -330,18 +331,19 @@ def test_the_runner_starts_a_process_that_died_again_and_keeps_the_others(
             what="the blob service started again",
         )
 
-        # Beat cannot start while a file is where its schedule's folder should be: each exit
-        # in a row waits twice as long before the next start.
-        os.kill(runner.child("janitor.worker beat"), signal.SIGKILL)
+        # Beat (a thread of the janitor's worker) cannot start while a file is where its
+        # schedule's folder should be, and the worker stops with it: each exit in a row waits
+        # twice as long before the next start.
+        os.kill(runner.child("janitor.worker worker"), signal.SIGKILL)
         shutil.rmtree(schedule.parent)
         schedule.parent.write_bytes(b"in the way")
         eventually(
             lambda: (
-                "janitor-beat exited with status 1 after" in runner.text()
+                "janitor exited with status 1 after" in runner.text()
                 and "starting it again in 4s" in runner.text()
             ),
             timeout=60,
-            what="beat failing, started again after 1 s, 2 s, 4 s",
+            what="the janitor failing, started again after 1 s, 2 s, 4 s",
         )
         schedule.parent.unlink()
         schedule.parent.mkdir()
@@ -349,7 +351,7 @@ def test_the_runner_starts_a_process_that_died_again_and_keeps_the_others(
         delays = [
             line.rsplit(" ", 1)[1]
             for line in runner.text().splitlines()
-            if line.startswith("registry: janitor-beat") and "starting it again in" in line
+            if line.startswith("registry: janitor ") and "starting it again in" in line
         ]
         assert delays[:3] == ["1s", "2s", "4s"], delays
 

@@ -1,6 +1,7 @@
-"""The janitor's Prometheus metrics, served on ``REGISTRY_JANITOR_METRICS_PORT`` by the worker's
-pool process (the one that runs the tasks). Flower's ``/metrics`` adds Celery's own view:
-events, task runtimes and states across all workers."""
+"""The janitor's Prometheus metrics, served on ``REGISTRY_JANITOR_METRICS_PORT`` by the process
+that runs the tasks: the worker's prefork child, or the worker itself with a pool of threads.
+Flower's ``/metrics`` adds Celery's own view: events, task runtimes and states across all
+workers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import logging
 import time
 from typing import Any
 
-from celery.signals import task_failure, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 from prometheus_client import Counter, Histogram, start_http_server
 
 from shared.settings import get_settings
@@ -31,6 +38,13 @@ ORPHANS = Counter(
 )
 
 _started: dict[str, float] = {}
+
+
+@worker_init.connect
+def _serve_unless_prefork(sender: Any = None, **_: Any) -> None:
+    pool = getattr(sender, "pool_cls", "")
+    if "prefork" not in (pool if isinstance(pool, str) else pool.__module__):
+        _serve()
 
 
 @worker_process_init.connect

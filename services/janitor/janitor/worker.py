@@ -1,17 +1,25 @@
 """The janitor's Celery application: ``celery -A janitor.worker worker`` consumes the services'
 events and runs the housekeeping tasks; ``celery -A janitor.worker beat`` schedules the
-periodic sweeps (garbage collection, stale upload purging, reconcile)."""
+periodic sweeps (garbage collection, stale upload purging, reconcile), or ``worker
+--beat-thread`` does both in one process (``REGISTRY_BEAT_IN_WORKER``, the embedded default)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
-from celery import Celery
+import click
+from celery import Celery, bootsteps
+from celery.beat import Service
 from celery.signals import setup_logging
+from celery.worker import state as worker_state
 
 from shared.events import broker_options
 from shared.observability import configure_logging
 from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # The longest a sweep may run (seconds): the tasks' time limit.
 SWEEP_LIMIT = 3000
@@ -55,3 +63,52 @@ app.conf.broker_transport_options = {
 def _logging(**_: Any) -> None:
     # JSON lines like the services', with the request id of the event being handled.
     configure_logging(settings.log_level, "janitor")
+
+
+class _Beat(threading.Thread):
+    """Beat in a thread of the worker. A beat that stops on an error (its schedule file cannot
+    be opened, say) stops the worker with status 1, so that whoever supervises it starts both
+    again: never a worker that runs on with no beat."""
+
+    def __init__(self, celery: Celery) -> None:
+        super().__init__(name="Beat", daemon=True)
+        self.celery = celery
+        # A short longest sleep, so that the thread stops soon when the worker does.
+        self.service = Service(
+            celery, max_interval=1, schedule_filename=celery.conf.beat_schedule_filename
+        )
+
+    def run(self) -> None:
+        self.celery.set_current()
+        try:
+            self.service.start()
+        except Exception:
+            log.exception("beat stopped; the worker stops with it")
+            worker_state.should_stop = 1
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.join(timeout=10)
+
+
+class BeatThread(bootsteps.StartStopStep):  # type: ignore[misc]
+    """``worker --beat-thread``: beat runs in a thread of this worker (Celery's own ``--beat``
+    forks a process for it)."""
+
+    label = "Beat thread"
+    conditional = True
+
+    def __init__(self, worker: Any, beat_thread: bool = False, **kwargs: Any) -> None:
+        self.enabled = beat_thread
+        super().__init__(worker, **kwargs)
+
+    def create(self, worker: Any) -> _Beat:
+        return _Beat(worker.app)
+
+
+app.user_options["worker"].add(
+    click.Option(
+        ["--beat-thread"], is_flag=True, default=False, help="Run beat in a thread of the worker."
+    )
+)
+app.steps["worker"].add(BeatThread)
