@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from shared import db
 from shared.observability import metrics_response
 from shared.storage import get_storage
 from shared.web import Endpoint
@@ -22,6 +20,11 @@ TIMEOUT = 3.0
 
 
 async def database() -> None:
+    # (Imported here: the gateway, which reaches no database, does not load SQLAlchemy.)
+    from sqlalchemy import text
+
+    from shared import db
+
     def ping() -> None:
         with db.reading() as connection:
             connection.execute(text("SELECT 1"))

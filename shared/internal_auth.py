@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ErrorCode
@@ -109,7 +109,7 @@ def is_loopback(address: str) -> bool:
         return False  # a host name, or a wildcard: other hosts may reach it
 
 
-def install(app: FastAPI, settings: Settings, configured_host: str) -> None:
+def install(app: Starlette, settings: Settings, configured_host: str) -> None:
     """Add the middleware to a service's app when a secret is configured; without one, with
     authentication on, refuse to serve a network (see the module's docstring)."""
     secret = settings.internal_secret.get_secret_value()

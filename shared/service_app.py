@@ -3,28 +3,43 @@ both are made of, assembled once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared import health, internal_auth
+from shared import events, health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
-from shared.web import ApiVersionMiddleware, install_error_handlers, service_lifespan
+from shared.web import ApiVersionMiddleware, install_error_handlers, retry_later
+
+
+@asynccontextmanager
+async def service_lifespan(app: Starlette) -> AsyncIterator[None]:
+    """The event relay runs while the service does (``shared.events``); at shutdown it sends
+    what is waiting, and what it cannot send stays in the database for another relay."""
+    events.start_relay()
+    yield
+    await asyncio.to_thread(events.stop_relay)
 
 
 def service_app(
     service: str, routes: Sequence[BaseRoute], readiness: dict[str, health.Check], host: str
-) -> FastAPI:
+) -> Starlette:
     """A service's application (the blob or manifest service): its routes, health and
     readiness, the spec's errors, the internal secret, metrics and request ids, and the event
     relay while it runs. ``host`` is the address it listens on."""
     settings = get_settings()
     configure_logging(settings.log_level, service)
-    app = FastAPI(title=service, docs_url=None, redoc_url=None, lifespan=service_lifespan)
-    app.router.routes.extend([*health.health_routes(readiness), *routes])
+    app = Starlette(routes=[*health.health_routes(readiness), *routes], lifespan=service_lifespan)
     install_error_handlers(app)
+    database_failed = retry_later("database", trace=True)
+    app.add_exception_handler(OperationalError, database_failed)
+    app.add_exception_handler(PoolTimeout, database_failed)
     internal_auth.install(app, settings, host)
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=service)

@@ -9,23 +9,17 @@ with ``Retry-After``, as nothing was recorded and the request may be sent again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import events
 from shared.errors import ErrorCode, RegistryError, error_body
 from shared.reference import validate_name
 from shared.storage import StorageError
@@ -83,7 +77,10 @@ def repository_name(request: Request) -> str:
     return validate_name(request.path_params["name"])
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: Starlette) -> None:
+    """The answers every HTTP process gives; a service adds the database's
+    (``shared.service_app``)."""
+
     async def registry_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RegistryError)
         return error_response(
@@ -92,15 +89,6 @@ def install_error_handlers(app: FastAPI) -> None:
             status=exc.status,
             headers=exc.headers,
             head=request.method == "HEAD",
-        )
-
-    async def invalid_request(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        detail = "; ".join(
-            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()
-        )
-        return error_response(
-            ErrorCode.UNSUPPORTED, detail, status=400, head=request.method == "HEAD"
         )
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -123,33 +111,6 @@ def install_error_handlers(app: FastAPI) -> None:
             head=request.method == "HEAD",
         )
 
-    def retry_later(backend: str, *, trace: bool) -> Callable[..., Awaitable[Response]]:
-        """503 ``UNAVAILABLE`` with ``Retry-After``: the storage backend failed (after the
-        driver's own retries), or the database could not be reached or granted a lock in time
-        (SQLite's busy timeout, InnoDB's lock wait after the retries). Nothing was recorded,
-        and the client may send the request again."""
-
-        async def handler(request: Request, exc: Exception) -> Response:
-            log.warning(
-                "%s error method=%s path=%s: %s",
-                backend,
-                request.method,
-                request.url.path,
-                exc,
-                exc_info=exc if trace else None,
-            )
-            return error_response(
-                ErrorCode.UNAVAILABLE,
-                f"the {backend} is unavailable; retry the request",
-                headers={"Retry-After": "1"},
-                head=request.method == "HEAD",
-            )
-
-        return handler
-
-    storage_failed = retry_later("storage backend", trace=False)
-    database_failed = retry_later("database", trace=True)
-
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error(
             "unhandled error method=%s path=%s", request.method, request.url.path, exc_info=exc
@@ -157,13 +118,35 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(ErrorCode.UNKNOWN, "internal error", head=request.method == "HEAD")
 
     app.add_exception_handler(RegistryError, registry_error)
-    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
-    app.add_exception_handler(StorageError, storage_failed)
-    app.add_exception_handler(OperationalError, database_failed)
-    app.add_exception_handler(PoolTimeout, database_failed)
+    app.add_exception_handler(StorageError, retry_later("storage backend", trace=False))
     app.add_exception_handler(Exception, unexpected)
+
+
+def retry_later(backend: str, *, trace: bool) -> Callable[..., Awaitable[Response]]:
+    """503 ``UNAVAILABLE`` with ``Retry-After``: the storage backend failed (after the driver's
+    own retries), or the database could not be reached or granted a lock in time (SQLite's
+    busy timeout, InnoDB's lock wait after the retries). Nothing was recorded, and the client
+    may send the request again."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        log.warning(
+            "%s error method=%s path=%s: %s",
+            backend,
+            request.method,
+            request.url.path,
+            exc,
+            exc_info=exc if trace else None,
+        )
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            f"the {backend} is unavailable; retry the request",
+            headers={"Retry-After": "1"},
+            head=request.method == "HEAD",
+        )
+
+    return handler
 
 
 class ApiVersionMiddleware:
@@ -190,12 +173,3 @@ class ApiVersionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
-
-
-@asynccontextmanager
-async def service_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The event relay runs while the service does (``shared.events``); at shutdown it sends
-    what is waiting, and what it cannot send stays in the database for another relay."""
-    events.start_relay()
-    yield
-    await asyncio.to_thread(events.stop_relay)

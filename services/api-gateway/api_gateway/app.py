@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api_gateway import auth
 from api_gateway.limits import ClientRateLimitMiddleware, HeaderLimitMiddleware, request_limits
 from api_gateway.proxy import make_client
-from api_gateway.routes import token, v2
+from api_gateway.routes import v2
 from shared import health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
@@ -22,7 +22,7 @@ SERVICE = "api-gateway"
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # Requests with bodies may be many and slow (uploads over bad links): a larger pool of
     # their own, so that they wait neither for each other nor take the reads' connections.
     async with make_client() as reads, make_client(limit=4096) as writes:
@@ -52,20 +52,21 @@ def _readiness() -> dict[str, health.Check]:
     return checks
 
 
-def create_app() -> FastAPI:
+def create_app() -> Starlette:
     configure_logging(get_settings().log_level, SERVICE)
-    app = FastAPI(title=SERVICE, docs_url=None, redoc_url=None, lifespan=lifespan)
     routes = health.health_routes(_readiness())
     settings = get_settings()
     # Authentication, limits and the internal secret: each only when configured, so that the
     # default (anonymous) gateway's routes do no work for them.
     setup = auth.configure(settings)
     if setup.issuer is not None:
+        from api_gateway.routes import token
+
         routes += token.build_routes(setup.issuer)
     routes += v2.build_routes(
         setup.guard, request_limits(settings), internal_auth.gateway_headers(settings)
     )
-    app.router.routes.extend(routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(
         HeaderLimitMiddleware,

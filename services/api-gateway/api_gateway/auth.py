@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 from cachetools import TLRUCache, TTLCache
@@ -43,11 +43,15 @@ from starlette.requests import Request
 
 from api_gateway import routing
 from api_gateway.logins import LoginThrottle, LoginThrottled
-from api_gateway.tokens import InvalidToken, TokenKeys, access_of, keys_from_settings
 from shared.errors import ErrorCode, RegistryError
 from shared.reference import MAX_NAME_LENGTH, NAME_RE
 from shared.settings import Settings
 from shared.users import NOTHING, User, UsersFile, check_password
+
+if TYPE_CHECKING:
+    # (Imported where token authentication is configured: the JWT and cryptography libraries
+    # stay out of a gateway that does not use them.)
+    from api_gateway.tokens import TokenKeys
 
 log = logging.getLogger("registry.auth")
 
@@ -327,6 +331,8 @@ class TokenGuard(Guard):
         cached = self._verified.get(key)
         if cached is not None:
             return cached[0]
+        from api_gateway.tokens import InvalidToken, access_of
+
         try:
             claims = self.keys.verify(token)
             access = access_of(claims)
@@ -438,6 +444,8 @@ class TokenIssuer:
     def refreshed_user(self, token: str) -> User:
         """The user a refresh token is for, if it is valid and the user still exists with the
         same password; else InvalidToken."""
+        from api_gateway.tokens import InvalidToken
+
         claims = self.keys.verify_refresh(token)
         user = self.users.get().users.get(claims["sub"])
         stamp = claims.get("pwd")
@@ -496,6 +504,8 @@ def configure(settings: Settings) -> AuthSetup:
     if settings.auth == "htpasswd":
         users = _users_file(settings)
         return AuthSetup(HtpasswdGuard(users, BasicCredentials(users), settings.auth_realm), None)
+    from api_gateway.tokens import keys_from_settings
+
     keys = keys_from_settings(
         private_key_file=settings.auth_token_private_key_file,
         public_key_file=settings.auth_token_public_key_file,

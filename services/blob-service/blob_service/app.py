@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from blob_service.routes import blobs, uploads
 from shared import health
@@ -12,7 +12,7 @@ from shared.settings import get_settings
 SERVICE = "blob-service"
 
 
-def create_app() -> FastAPI:
+def create_app() -> Starlette:
     return service_app(
         SERVICE,
         # Upload routes first: their paths are more specific than /blobs/<digest>.

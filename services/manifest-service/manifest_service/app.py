@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from manifest_service.routes import catalog, manifests, referrers, tags
 from shared import health
@@ -12,7 +12,7 @@ from shared.settings import get_settings
 SERVICE = "manifest-service"
 
 
-def create_app() -> FastAPI:
+def create_app() -> Starlette:
     return service_app(
         SERVICE,
         [*catalog.routes, *manifests.routes, *tags.routes, *referrers.routes],
