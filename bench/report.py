@@ -100,7 +100,7 @@ def table(table_rows: list[Row]) -> str:
                 f"{row.metric.label} ({row.metric.unit})"
                 + (f" {direction}" if row.metric.compared else ""),
                 spread(row.ours, row.metric.unit),
-                spread(row.reference, row.metric.unit),
+                "-" if row.metric.ours_only else spread(row.reference, row.metric.unit),
                 (f"{ratio:.2f}" + verdict) if ratio is not None else "-",
             ]
         )

@@ -49,6 +49,7 @@ class Metric:
     unit: str
     higher_is_better: bool
     compared: bool = True  # False: shown for information, no ratio
+    ours_only: bool = False  # a figure the reference has no counterpart of
 
 
 @dataclass(frozen=True)
@@ -620,6 +621,10 @@ class TagListing(Scenario):
         }
 
 
+# Ours, one process at a time (the reference is one process: its figures are the sums).
+OUR_PROCESSES = ("api-gateway", "blob-service", "manifest-service", "janitor")
+
+
 class Memory(Scenario):
     name = "memory"
     metrics = (
@@ -628,6 +633,11 @@ class Memory(Scenario):
         Metric("pull_rss", "peak RSS during pull", "MiB", False),
         Metric("push", "push throughput", "MB/s", True),
         Metric("pull", "pull throughput", "MB/s", True),
+        *(
+            Metric(f"{when}_rss_{process}", f"{label}: {process}", "MiB", False, False, True)
+            for process in OUR_PROCESSES
+            for when, label in (("idle", "RSS idle"), ("peak", "peak RSS"))
+        ),
     )
 
     def __init__(self, sizes: Sizes) -> None:
@@ -640,39 +650,54 @@ class Memory(Scenario):
         blob = self.blobs[rep]
         repo = "bench/memory"
         idle = registry.rss_kib()
+        idle_by_process = registry.rss_kib_by_process()
         with Connection(registry.endpoint) as connection:
             with RssSampler(registry) as sampler, ctx.timed("push"):
                 started = time.perf_counter()
                 connection.push_blob(repo, ctx.data, blob)
                 push_seconds = time.perf_counter() - started
             push_peak = sampler.peak_kib
+            push_peaks = sampler.peak_kib_by_process
             with RssSampler(registry) as sampler, ctx.timed("pull"):
                 started = time.perf_counter()
                 connection.download(f"/v2/{repo}/blobs/{blob.digest}").check(blob, "pull")
                 pull_seconds = time.perf_counter() - started
             pull_peak = sampler.peak_kib
-        return {
+            peaks = {
+                name: max(kib, push_peaks.get(name, 0))
+                for name, kib in sampler.peak_kib_by_process.items()
+            }
+        figures = {
             "idle_rss": idle / 1024,
             "push_rss": push_peak / 1024,
             "pull_rss": pull_peak / 1024,
             "push": mb_per_s(blob.size, push_seconds),
             "pull": mb_per_s(blob.size, pull_seconds),
         }
+        if registry.name == "ours":
+            figures |= {f"idle_rss_{name}": kib / 1024 for name, kib in idle_by_process.items()}
+            figures |= {f"peak_rss_{name}": kib / 1024 for name, kib in peaks.items()}
+        return figures
 
 
 class RssSampler:
     """Sums VmRSS of all the registry's processes (children of children included) every 100 ms
-    in a thread; ``peak_kib`` is the largest sum seen, one sample taken at start and at end."""
+    in a thread; ``peak_kib`` is the largest sum seen, one sample taken at start and at end,
+    and ``peak_kib_by_process`` the largest figure seen of each process."""
 
     def __init__(self, registry: Registry, interval: float = 0.1) -> None:
         self.registry = registry
         self.interval = interval
         self.peak_kib = 0
+        self.peak_kib_by_process: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        self.peak_kib = max(self.peak_kib, self.registry.rss_kib())
+        by_process = self.registry.rss_kib_by_process()
+        self.peak_kib = max(self.peak_kib, sum(by_process.values()))
+        for name, kib in by_process.items():
+            self.peak_kib_by_process[name] = max(kib, self.peak_kib_by_process.get(name, 0))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -153,6 +153,14 @@ class Registry:
     def rss_kib(self) -> int:
         return sum(rss_kib(pid) for pid in self.pids())
 
+    def rss_kib_by_process(self) -> dict[str, int]:
+        """The resident set of each of this registry's processes (its children included)."""
+        return {
+            name: sum(rss_kib(pid) for pid in descendants([popen.pid]))
+            for name, popen in self.popens
+            if popen.poll() is None
+        }
+
     def dead(self) -> list[str]:
         return [
             f"{name} exited with status {p.returncode}"

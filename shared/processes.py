@@ -57,9 +57,7 @@ def _celery(command: str, *options: str, level: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "celery",
-        "-A",
-        "janitor.worker",
+        "janitor",
         command,
         "--loglevel",
         level.upper(),

@@ -248,8 +248,8 @@ def flower_command_ok(command: list[str], port: int) -> None:
     """Flower runs on the janitor's Celery app (the one shared.processes starts the worker of),
     on ``port``."""
     worker = next(p.argv for p in processes(settings_from({})) if p.name == "janitor")
-    app = worker[1:5]  # -m celery -A janitor.worker
-    assert command[:6] == ["python", *app, "flower"], command
+    assert worker[1:3] == ["-m", "janitor"]  # python -m janitor worker: janitor.worker's app
+    assert command[:6] == ["python", "-m", "celery", "-A", "janitor.worker", "flower"], command
     assert f"--port={port}" in command, command
 
 
@@ -1219,11 +1219,12 @@ def test_janitor_dockerfile_checks_that_its_worker_answers() -> None:
     final = _final_stage("janitor")
     command = _exec_form(final.last("CMD"))
     check = _healthcheck(final)
-    # celery -A <the worker's app> inspect ping, addressed to the node the worker names itself
-    # (--hostname janitor@%h: %h is the host name, $HOSTNAME in the container's shell).
+    # celery -A <the worker's app> inspect ping (python -m janitor runs janitor.worker's app),
+    # addressed to the node the worker names itself (--hostname janitor@%h: %h is the host
+    # name, $HOSTNAME in the container's shell).
+    assert command[:4] == ["python", "-m", "janitor", "worker"], command
     celery = check.index("celery")
-    app = _option(command, "-A")
-    assert check[celery + 1 : celery + 5] == ["-A", app, "inspect", "ping"], check
+    assert check[celery + 1 : celery + 5] == ["-A", "janitor.worker", "inspect", "ping"], check
     node = _option(command, "--hostname").replace("%h", "$HOSTNAME")
     assert _option(check, "--destination") == node, check
     ping_timeout = float(_option(check, "--timeout"))

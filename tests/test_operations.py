@@ -334,7 +334,7 @@ def test_the_runner_starts_a_process_that_died_again_and_keeps_the_others(
         # Beat (a thread of the janitor's worker) cannot start while a file is where its
         # schedule's folder should be, and the worker stops with it: each exit in a row waits
         # twice as long before the next start.
-        os.kill(runner.child("janitor.worker worker"), signal.SIGKILL)
+        os.kill(runner.child("-m janitor worker"), signal.SIGKILL)
         shutil.rmtree(schedule.parent)
         schedule.parent.write_bytes(b"in the way")
         eventually(
