@@ -53,7 +53,7 @@ def _uvicorn(
 GATEWAY_PROTOCOL = "api_gateway.connections:GatewayProtocol"
 
 
-def _celery(command: str, *options: str, level: str) -> list[str]:
+def _janitor(command: str, *options: str, level: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -108,13 +108,13 @@ def processes(settings: Settings) -> list[Process]:
     worker = ("--concurrency", "1", "--hostname", "janitor@%h")
     if settings.beat_in_worker:
         # One process: the tasks in a thread, beat in another.
-        return [*http, Process("janitor", _celery("worker", *worker, *_IN_ONE, level=level), None)]
+        return [*http, Process("janitor", _janitor("worker", *worker, *_IN_ONE, level=level), None)]
     return [
         *http,
-        Process("janitor", _celery("worker", *worker, level=level), None),
+        Process("janitor", _janitor("worker", *worker, level=level), None),
         Process(
             "janitor-beat",
-            _celery("beat", "--schedule", settings.beat_schedule_file, level=level),
+            _janitor("beat", "--schedule", settings.beat_schedule_file, level=level),
             None,
         ),
     ]
