@@ -209,8 +209,8 @@ def stack(
                         headers={"Authorization": who} if who else {},
                     )
                     credentials.append(f"Bearer {answer.json()['token']}")
-        # Nothing changes the stored data behind the requests' backs from here on.
-        reg.kill("janitor-beat")
+        # Nothing changes the stored data behind the requests' backs from here on (the janitor
+        # is one process, its beat a thread of it).
         reg.kill("janitor")
         yield stack
 
