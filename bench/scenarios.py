@@ -3,7 +3,7 @@
 A scenario has an untimed ``prepare`` per registry (push what it reads, check it once with a
 full SHA-256) and a ``run`` per repetition whose timed parts are inside ``ctx.timed(label)``,
 which also measures the client's own CPU time. Every request is checked (status codes, digests,
-lengths, CRC-32 of pulled bytes, complete tag lists): a wrong answer raises ``Failure``, which
+lengths of pulled bytes, complete tag lists): a wrong answer raises ``Failure``, which
 the harness records and which makes the run exit non-zero.
 """
 

@@ -15,7 +15,9 @@ database records are such a failure too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import BinaryIO
 
 from shared.reference import parse_digest
 from shared.storage import ObjectNotFound, StorageDriver, StorageError
@@ -40,6 +42,28 @@ async def open_blob(
         await chunks.aclose()
         raise
     return _after_first(first, chunks, digest)
+
+
+def open_blob_file(storage: StorageDriver, storage_key: str, digest: str, end: int) -> BinaryIO:
+    """The file of blob ``digest`` (stored at ``storage_key`` or moved to its own key), open
+    for reading and holding at least ``end + 1`` bytes, for a local driver (``storage.local``).
+    An open file stays readable whatever the janitor does with its key afterwards."""
+    try:
+        file = storage.open_file(storage_key)
+    except ObjectNotFound:
+        final_key = blob_key(parse_digest(digest))
+        if storage_key == final_key:
+            raise
+        file = storage.open_file(final_key)  # moved meanwhile
+    try:
+        size = os.fstat(file.fileno()).st_size
+    except OSError as exc:
+        file.close()
+        raise StorageError(f"blob {digest}: {exc}") from exc
+    if size <= end:
+        file.close()
+        raise StorageError(f"blob {digest} ends at {size} bytes, {end + 1} recorded")
+    return file
 
 
 async def _after_first(

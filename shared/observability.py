@@ -57,6 +57,11 @@ CLIENTS_CUT_OFF = Counter(
     ["phase"],
 )
 
+SENDFILE_BYTES = Counter(
+    "registry_gateway_sendfile_bytes_total",
+    "Response bytes the gateway's kernel sent from files (sendfile), not passing through Python",
+)
+
 
 def metrics_response() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -107,6 +112,8 @@ class ObservabilityMiddleware:
                     ]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":
+                sent += message.get("count") or 0
             await send(message)
 
         try:

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from shared.settings import Settings, get_settings
@@ -75,6 +75,11 @@ class StorageDriver(Protocol):
 
     def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (a folder, ending with ``/``)."""
+        ...
+
+    def open_file(self, key: str) -> BinaryIO:
+        """The object's file, open for reading: for drivers whose objects are files on this
+        machine (``local``); the others raise ``StorageError``."""
         ...
 
     async def redirect_url(self, key: str, expires: int = 600) -> str | None:

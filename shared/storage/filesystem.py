@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 
@@ -82,6 +83,10 @@ class FilesystemDriver:
     def path(self, key: str) -> Path:
         """Where the object of ``key`` is (or would be)."""
         return self._path(key)
+
+    def open_file(self, key: str) -> BinaryIO:
+        with _mapped("open", key):
+            return open(self._path(key), "rb", buffering=0)
 
     async def append(self, key: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
         path = self._path(key)

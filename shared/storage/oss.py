@@ -74,7 +74,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Se
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import oss2
@@ -778,6 +778,9 @@ class OssDriver:
             size = sum(p.size for p in layout.segments.values())
         modified = dt.datetime.fromtimestamp(layout.modified(), dt.UTC).replace(tzinfo=None)
         return ObjectInfo(self._relative(full), size, modified)
+
+    def open_file(self, key: str) -> BinaryIO:
+        raise StorageError("OSS objects are not files on this machine")
 
     async def redirect_url(self, key: str, expires: int = 600) -> str | None:
         """A signed URL that GETs the object straight from OSS for ``expires`` seconds, when

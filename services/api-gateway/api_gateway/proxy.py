@@ -13,13 +13,16 @@ service).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import BinaryIO
 
 import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from shared.blobs import TransferAborted, open_blob
+from api_gateway import zerocopy
+from shared.blobs import TransferAborted, open_blob, open_blob_file
 from shared.errors import ErrorCode, RegistryError
 from shared.numbers import NumberInvalid, parse_decimal
 from shared.settings import get_settings
@@ -142,26 +145,69 @@ async def forward(
             ErrorCode.UNAVAILABLE, f"the service failed to answer ({type(exc).__name__})"
         ) from None
     if local_storage is not None and STORAGE_KEY_HEADER in upstream.headers:
-        return await _serve_locally(upstream, local_storage)
+        return await _serve_locally(upstream, local_storage, request)
     if request.method == "HEAD" or (not blob_bytes and _is_small(upstream)):
         return await _pass_on(upstream)
     return _relay(upstream)
 
 
-async def _serve_locally(upstream: aiohttp.ClientResponse, storage: StorageDriver) -> Response:
+async def _serve_locally(
+    upstream: aiohttp.ClientResponse, storage: StorageDriver, request: Request
+) -> Response:
     key = upstream.headers[STORAGE_KEY_HEADER]
     first, _, last = upstream.headers[BYTE_RANGE_HEADER].partition("-")
     start, end = parse_decimal(first), parse_decimal(last)
     digest = upstream.headers["Docker-Content-Digest"]
     await upstream.read()  # empty; frees the connection for the next request
     upstream.release()
-    body = await open_blob(storage, key, digest, start, end)
-    response = StreamingResponse(body, status_code=upstream.status)
-    response.raw_headers = [
+    headers = [
         *_answer_headers(upstream, _DROP_SERVED),
         (b"content-length", str(end - start + 1).encode()),
     ]
+    if zerocopy.EXTENSION in request.scope.get("extensions", {}):
+        # The kernel sends the bytes: page cache to socket.
+        file = open_blob_file(storage, key, digest, end)
+        return _FileRange(file, start, end - start + 1, upstream.status, headers)
+    body = await open_blob(storage, key, digest, start, end)
+    response = StreamingResponse(body, status_code=upstream.status)
+    response.raw_headers = headers
     return response
+
+
+class _FileRange(Response):
+    """``count`` bytes of ``file`` from ``offset`` on, sent with the zero-copy extension."""
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        offset: int,
+        count: int,
+        status_code: int,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.file, self.offset, self.count = file, offset, count
+        self.status_code = status_code
+        self.raw_headers = headers
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.file:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            await send(
+                {
+                    "type": zerocopy.EXTENSION,
+                    "file": self.file,
+                    "offset": self.offset,
+                    "count": self.count,
+                    "more_body": False,
+                }
+            )
 
 
 async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
