@@ -23,6 +23,7 @@ is held while a client uploads or downloads, and no storage work is done inside 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,17 +32,22 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_settings
 
 T = TypeVar("T")
 
+# Connections a process's reads hold at once: as many as the worker threads that run them
+# (asyncio's default pool: the CPU count plus 4, at most 32), with as many again in reserve.
+READ_POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
 
-def make_engine(url: str, lock_timeout: int = 30) -> Engine:
+
+def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Engine:
     """An engine for ``url``; a transaction waits up to ``lock_timeout`` seconds for a lock
-    another transaction holds, then fails with ``OperationalError``."""
+    another transaction holds, then fails with ``OperationalError``. With ``reads`` (MySQL),
+    an engine for :func:`reading`: see there."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         # Several processes share one SQLite file: WAL lets readers go on while one writes,
@@ -71,6 +77,18 @@ def make_engine(url: str, lock_timeout: int = 30) -> Engine:
 
         return engine
     kwargs.update(pool_size=10, max_overflow=20, pool_recycle=3600)
+    if reads:
+        # One round trip per statement: no ping before it (a connection the server dropped
+        # fails the read, which read() sends again on a new one), no transaction around it
+        # (autocommit), so no ROLLBACK after it. Each statement sees what was committed when
+        # it ran. The pool is as large as the threads that read at once.
+        kwargs.update(
+            pool_pre_ping=False,
+            isolation_level="AUTOCOMMIT",
+            skip_autocommit_rollback=True,
+            pool_size=READ_POOL_SIZE,
+            max_overflow=READ_POOL_SIZE,
+        )
     if make_url(url).get_backend_name() in ("mysql", "mariadb"):
         kwargs["connect_args"] = {
             "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(lock_timeout)}"
@@ -115,12 +133,17 @@ def transaction() -> Iterator[Session]:
 
 @lru_cache
 def _read_engine() -> Engine:
-    return get_engine().execution_options(readonly=True)
+    engine = get_engine()
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(readonly=True)
+    settings = get_settings()
+    return make_engine(settings.database_url, settings.database_lock_timeout_seconds, reads=True)
 
 
 @contextmanager
 def reading() -> Iterator[Connection]:
-    """A connection for reads: one or a few statements, no ORM objects."""
+    """A connection for reads: one or a few statements, no ORM objects. On MySQL each
+    statement sees what was committed when it ran (there is no transaction around them)."""
     with _read_engine().connect() as connection:
         yield connection
 
@@ -131,9 +154,15 @@ async def read(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     On SQLite it runs right here: a read is a lookup in a local file that never waits for a
     writer (WAL), and costs less than the hop to a worker thread and back. On MySQL it runs in
     a worker thread: a read there is a network round trip, which must not hold up the event
-    loop."""
+    loop. It runs again, once, when it failed on a connection the server had dropped (a
+    restart, an idle timeout): the pool has thrown its connections away by then."""
     if get_engine().dialect.name == "sqlite":
         return function(*args, **kwargs)
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
     return await asyncio.to_thread(function, *args, **kwargs)
 
 

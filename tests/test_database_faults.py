@@ -1,6 +1,8 @@
 """When the database does not grant a lock in time (another process holds it longer than
 ``REGISTRY_DATABASE_LOCK_TIMEOUT_SECONDS``), the client is answered 503 ``UNAVAILABLE`` with
-``Retry-After``, nothing of the request is recorded, and sending it again works: never a 500."""
+``Retry-After``, nothing of the request is recorded, and sending it again works: never a 500.
+And when the database drops the registry's connections (a restart, an idle timeout), the reads
+after it are answered as if nothing happened."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import make_url, text
 
 from shared.db import make_engine
 from tests.conftest import registry_fixture
@@ -86,3 +89,43 @@ def test_a_manifest_put_kept_waiting_for_a_lock_is_answered_503_and_sent_again(
     again = registry.push_manifest(repo, "v1", manifest)
     assert again.status_code == 201, again.text
     assert registry.http.get(f"/v2/{repo}/manifests/v1").content == manifest
+
+
+@pytest.mark.parametrize("registry", ["mariadb"], indirect=True)
+def test_reads_go_on_after_the_database_dropped_every_connection(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    body, digest = registry.push_image(repo, "v1")
+    reads = (
+        f"/v2/{repo}/manifests/v1",
+        f"/v2/{repo}/manifests/{digest}",
+        f"/v2/{repo}/tags/list",
+        f"/v2/{repo}/blobs/{json.loads(body)['config']['digest']}",
+    )
+    for path in reads:  # the services' pools hold connections now
+        assert registry.http.get(path).status_code == 200
+    database = make_url(registry.settings.database_url).database
+    engine = make_engine(registry.settings.database_url)
+    try:
+        with engine.connect() as connection:
+            dropped = (
+                connection.execute(
+                    text(
+                        "SELECT id FROM information_schema.processlist "
+                        "WHERE db = :db AND id <> CONNECTION_ID()"
+                    ),
+                    {"db": database},
+                )
+                .scalars()
+                .all()
+            )
+            for session in dropped:
+                connection.execute(text(f"KILL {int(session)}"))
+    finally:
+        engine.dispose()
+    assert dropped
+    for _ in range(3):
+        for path in reads:
+            answer = registry.http.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+    assert registry.http.get(f"/v2/{repo}/manifests/v1").content == body
