@@ -31,9 +31,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.base import Executable
 
 from shared.settings import get_settings
 
@@ -164,6 +165,19 @@ async def read(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not exc.connection_invalidated:
             raise
     return await asyncio.to_thread(function, *args, **kwargs)
+
+
+def insert_new(
+    connection: Connection, statement: Executable, params: dict[str, Any]
+) -> CursorResult[Any] | None:
+    """Run an INSERT in the current transaction; None, and nothing written, when it breaks a
+    constraint (the row exists already: inserted meanwhile by a concurrent transaction). Both
+    SQLite and InnoDB undo the failed statement alone and the transaction goes on, so no
+    savepoint (two round trips on MySQL) is needed around it."""
+    try:
+        return connection.execute(statement, params)
+    except IntegrityError:
+        return None
 
 
 async def write(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

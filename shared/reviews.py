@@ -14,9 +14,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import TypeVar, cast
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from shared.db import insert_new
 from shared.models import BlobReview, ManifestReview, utcnow
 from shared.settings import get_settings
 
@@ -49,16 +50,16 @@ def _review(
     delay: dt.timedelta | None,
 ) -> None:
     due = utcnow() + (grace() if delay is None else delay)
+    session.flush()  # the session's pending changes first (a deleted manifest goes before)
+    connection = session.connection()
+    add = insert(model)
     # A fixed order, so that two transactions reviewing the same rows do not deadlock.
     for key in sorted(set(keys)):
         # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
         # transactions doing that before inserting deadlock each other.
-        try:
-            with session.begin_nested():
-                session.add(model(**{column: key}, review_after=due, reason=reason))
+        row = {column: key, "review_after": due, "reason": reason}
+        if insert_new(connection, add, row) is not None:
             continue
-        except IntegrityError:
-            pass
         review = cast(
             "BlobReview | ManifestReview | None",
             session.get(model, key, with_for_update=True, populate_existing=True),

@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from manifest_service import media_types
@@ -195,39 +194,36 @@ def _insert(
 ) -> int:
     references = {d.digest: False for d in parsed.blobs}
     references.update({d.digest: True for d in parsed.manifests})
-    try:
-        with connection.begin_nested():
-            inserted = connection.execute(
-                _INSERT_MANIFEST,
-                {
-                    "repository_id": repository_id,
-                    "digest": digest,
-                    "media_type": parsed.media_type,
-                    "artifact_type": parsed.artifact_type,
-                    "subject_digest": parsed.subject.digest if parsed.subject else None,
-                    "annotations": json.dumps(parsed.annotations) if parsed.annotations else None,
-                    "size": len(body),
-                    "content": body,
-                    "created_at": utcnow(),
-                },
-            )
-            assert inserted.inserted_primary_key is not None
-            manifest_id = int(inserted.inserted_primary_key[0])
-            if references:
-                connection.execute(
-                    _INSERT_REFERENCES,
-                    [
-                        {"manifest_id": manifest_id, "digest": d, "is_manifest": m}
-                        for d, m in references.items()
-                    ],
-                )
-    except IntegrityError:
-        # The same manifest pushed at the same moment by another client (a locking read sees
-        # its row; a plain one reads this transaction's older snapshot).
+    row = {
+        "repository_id": repository_id,
+        "digest": digest,
+        "media_type": parsed.media_type,
+        "artifact_type": parsed.artifact_type,
+        "subject_digest": parsed.subject.digest if parsed.subject else None,
+        "annotations": json.dumps(parsed.annotations) if parsed.annotations else None,
+        "size": len(body),
+        "content": body,
+        "created_at": utcnow(),
+    }
+    # Not inserted: the same manifest was pushed at the same moment by another client, and
+    # stored whole (a locking read sees its row; a plain one reads this transaction's older
+    # snapshot).
+    inserted = db.insert_new(connection, _INSERT_MANIFEST, row)
+    if inserted is None:
         return int(
             connection.execute(
                 _MANIFEST_HELD, {"repository_id": repository_id, "digest": digest}
             ).scalar_one()
+        )
+    assert inserted.inserted_primary_key is not None
+    manifest_id = int(inserted.inserted_primary_key[0])
+    if references:
+        connection.execute(
+            _INSERT_REFERENCES,
+            [
+                {"manifest_id": manifest_id, "digest": d, "is_manifest": m}
+                for d, m in references.items()
+            ],
         )
     return manifest_id
 
@@ -238,14 +234,10 @@ def _set_tag(
     key = {"repository_id": repository_id, "name": name}
     current = connection.execute(_TAGGED, key).scalar()
     if current is None:
-        try:
-            with connection.begin_nested():
-                connection.execute(
-                    _INSERT_TAG, {**key, "manifest_id": manifest_id, "updated_at": utcnow()}
-                )
+        row = {**key, "manifest_id": manifest_id, "updated_at": utcnow()}
+        if db.insert_new(connection, _INSERT_TAG, row) is not None:
             return
-        except IntegrityError:
-            current = connection.execute(_TAGGED, key).scalar_one()
+        current = connection.execute(_TAGGED, key).scalar_one()
     if current != manifest_id:
         # The manifest the tag leaves may now be untagged.
         review_manifests(session, [current], "tag moved")
