@@ -91,8 +91,11 @@ def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Eng
             max_overflow=READ_POOL_SIZE,
         )
     if make_url(url).get_backend_name() in ("mysql", "mariadb"):
+        # A page of tags (10,000 names at most) is read as one joined string: longer than
+        # GROUP_CONCAT's default limit of 1 KiB.
         kwargs["connect_args"] = {
-            "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(lock_timeout)}"
+            "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(lock_timeout)}, "
+            "SESSION group_concat_max_len = 4194304"
         }
     return create_engine(url, **kwargs)
 
