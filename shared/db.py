@@ -49,7 +49,7 @@ def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Eng
     """An engine for ``url``; a transaction waits up to ``lock_timeout`` seconds for a lock
     another transaction holds, then fails with ``OperationalError``. With ``reads`` (MySQL),
     an engine for :func:`reading`: see there."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several processes share one SQLite file: WAL lets readers go on while one writes,
         # and the busy timeout makes a writer wait for the lock instead of failing.
@@ -78,13 +78,14 @@ def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Eng
 
         return engine
     kwargs.update(pool_size=10, max_overflow=20, pool_recycle=3600)
+    # No ping before each use of a pooled connection (a round trip per transaction): a
+    # connection the server dropped fails its first statement instead, the pool throws its
+    # connections away, and read() and retrying() run the work again on a new one.
     if reads:
-        # One round trip per statement: no ping before it (a connection the server dropped
-        # fails the read, which read() sends again on a new one), no transaction around it
-        # (autocommit), so no ROLLBACK after it. Each statement sees what was committed when
-        # it ran. The pool is as large as the threads that read at once.
+        # One round trip per statement: no transaction around it (autocommit), so no
+        # ROLLBACK after it. Each statement sees what was committed when it ran. The pool is
+        # as large as the threads that read at once.
         kwargs.update(
-            pool_pre_ping=False,
             isolation_level="AUTOCOMMIT",
             skip_autocommit_rollback=True,
             pool_size=READ_POOL_SIZE,
@@ -124,6 +125,11 @@ def _sessionmaker() -> sessionmaker[Session]:
 _sqlite_writer = threading.Lock()
 
 
+class ConnectionLostBeforeCommit(OperationalError):
+    """The database dropped the connection while the transaction ran, before its commit was
+    sent: the server rolled it back, so it may run again from the start."""
+
+
 @contextmanager
 def transaction() -> Iterator[Session]:
     """A session in a write transaction: committed when the block ends, rolled back on error."""
@@ -132,7 +138,17 @@ def transaction() -> Iterator[Session]:
             yield session
         return
     with _sessionmaker()() as session, session.begin():
-        yield session
+        try:
+            yield session
+            session.flush()  # every statement sent here, before the commit
+        except DBAPIError as exc:
+            # (A connection lost during the commit is not this: whether the commit was done
+            # is unknown then, and the error is the caller's.)
+            if exc.connection_invalidated:
+                raise ConnectionLostBeforeCommit(
+                    exc.statement, exc.params, exc.orig or exc, connection_invalidated=True
+                ) from exc
+            raise
 
 
 @lru_cache
@@ -196,9 +212,12 @@ _RETRYABLE = {1213, 1205}
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether ``exc`` or an error it was raised while handling is a deadlock or lock timeout
-    (rolling back to a savepoint after a deadlock fails with "savepoint does not exist")."""
+    (rolling back to a savepoint after a deadlock fails with "savepoint does not exist"), or a
+    transaction whose connection the database dropped before its commit."""
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, ConnectionLostBeforeCommit):
+            return True
         args: tuple[Any, ...] = getattr(getattr(seen, "orig", seen), "args", ())
         if args and args[0] in _RETRYABLE:
             return True
@@ -212,7 +231,7 @@ ATTEMPTS = 5
 def retrying(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``function`` (which opens its own transactions) on this thread, again when the
     database chose it as a deadlock victim, as concurrent pushes, deletes and garbage
-    collection sometimes make it."""
+    collection sometimes make it, or dropped its connection (a restart, an idle timeout)."""
     for attempt in range(ATTEMPTS):
         try:
             return function(*args, **kwargs)
