@@ -11,8 +11,10 @@ uvicorn implements the extension nowhere, and its event loop (uvloop) has no ``s
 its transports, so it is done here: the transport's buffer is drained first (the status line
 and headers are in it), then ``os.sendfile`` runs on a duplicate of the socket's descriptor
 (the loop refuses to watch a descriptor a transport owns), waiting for the socket to take
-more when it is full. A piece the page cache does not hold is sent from a worker thread, so
-that the event loop never waits for the disk.
+more when it is full. Pieces are sent from worker threads (the kernel's copy runs there, on
+both cores when several pulls run at once, and a piece the page cache does not hold never
+makes the event loop wait for the disk); only small ones the page cache holds are sent from
+the event loop.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ EXTENSIONS: dict[str, dict[object, object]] = {EXTENSION: {}}
 
 # Bytes per sendfile call at most: other connections get the event loop between calls.
 PIECE = 4 * 1024 * 1024
+# Pieces from this size on are sent from a worker thread even from the page cache: the
+# kernel's copy into the socket is most of a pull's CPU, and threads spread concurrent pulls
+# over the cores (the hop costs less than the copy of such a piece).
+THREAD_FROM = 256 * 1024
 
 
 class ConnectionLost(Exception):
@@ -99,7 +105,7 @@ class FileSender:
                     raise ConnectionLost()
                 piece = min(count, PIECE)
                 try:
-                    if in_page_cache(source, offset, offset + piece - 1):
+                    if piece < THREAD_FROM and in_page_cache(source, offset, offset + piece - 1):
                         sent = os.sendfile(out, source, offset, piece)
                     else:
                         sent = await anyio.to_thread.run_sync(
