@@ -15,7 +15,12 @@ from starlette.routing import BaseRoute
 from shared import events, health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
-from shared.web import ApiVersionMiddleware, install_error_handlers, retry_later
+from shared.web import (
+    ApiVersionMiddleware,
+    freeze_startup_heap,
+    install_error_handlers,
+    retry_later,
+)
 
 
 @asynccontextmanager
@@ -23,6 +28,7 @@ async def service_lifespan(app: Starlette) -> AsyncIterator[None]:
     """The event relay runs while the service does (``shared.events``); at shutdown it sends
     what is waiting, and what it cannot send stays in the database for another relay."""
     events.start_relay()
+    freeze_startup_heap()
     yield
     await asyncio.to_thread(events.stop_relay)
 

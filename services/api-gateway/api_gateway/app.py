@@ -16,7 +16,7 @@ from shared import health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.storage import StorageDriver, get_storage
-from shared.web import ApiVersionMiddleware, install_error_handlers
+from shared.web import ApiVersionMiddleware, freeze_startup_heap, install_error_handlers
 
 SERVICE = "api-gateway"
 
@@ -29,6 +29,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.http = reads
         app.state.http_writes = writes
         app.state.local_storage = local_storage()
+        freeze_startup_heap()
         yield
 
 
