@@ -29,7 +29,7 @@ async def database() -> None:
         with db.reading() as connection:
             connection.execute(text("SELECT 1"))
 
-    await asyncio.to_thread(ping)
+    await db.read(ping)
 
 
 async def storage() -> None:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 from sqlalchemy import make_url, text
 
@@ -125,6 +126,9 @@ def test_writes_and_reads_go_on_after_the_database_dropped_every_connection(
     finally:
         engine.dispose()
     assert dropped
+    for service in ("blob", "manifest"):  # ready at once: no probe fails on a dropped connection
+        ready = httpx.get(f"{registry.settings.service_url(service)}/readyz")
+        assert ready.status_code == 200, (service, ready.text)
     registry.push_image(repo, "v2", [b"another layer"])  # each step answered 201
     for _ in range(3):
         for path in reads:

@@ -158,7 +158,8 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = zerocopy.EXTENSIONS
+        if self.scheme == "http":  # (under TLS the bytes must pass through the TLS layer)
+            self.scope["extensions"] = zerocopy.EXTENSIONS
         self._expect("headers", self._header_timeout)
 
     # --- the zero-copy send extension ---------------------------------------------------------

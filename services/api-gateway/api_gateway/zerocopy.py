@@ -20,7 +20,9 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import anyio
@@ -108,9 +110,7 @@ class FileSender:
                     if piece < THREAD_FROM and in_page_cache(source, offset, offset + piece - 1):
                         sent = os.sendfile(out, source, offset, piece)
                     else:
-                        sent = await anyio.to_thread.run_sync(
-                            os.sendfile, out, source, offset, piece
-                        )
+                        sent = await _in_thread(os.sendfile, out, source, offset, piece)
                 except BlockingIOError:
                     await self._writable(out)  # the socket is full: until it takes more
                     continue
@@ -162,6 +162,21 @@ async def send_file_message(
     await cycle.send(
         {"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)}
     )
+
+
+async def _in_thread(function: Callable[..., int], *args: int) -> int:
+    """``function(*args)`` in a worker thread. When the awaiting task is cancelled (a
+    shutdown's deadline), it still waits for the thread: the descriptors the call uses are
+    closed by the caller right after, and must not be while the thread may use them (or
+    their numbers, reused meanwhile)."""
+    running = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        while not running.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([running])
+        raise
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

@@ -19,12 +19,14 @@ _FIRST_PAGE = (
 _NEXT_PAGE = _FIRST_PAGE.where(Tag.name > bindparam("last"))
 
 
-def _joined(page: Select[str]) -> Select[int, str | None]:
-    """A page's names in one row: how many, and joined by commas (a tag has none). The
-    driver decodes one value instead of a row per tag, which on MySQL cost more than the
-    query itself on a long list."""
+def _joined(page: Select[str]) -> Select[int, int | None, str | None]:
+    """A page's names in one row: how many, their total length, and joined by commas (a tag
+    has none). The driver decodes one value instead of a row per tag, which on MySQL cost
+    more than the query itself on a long list."""
     names = page.subquery()
-    return select(func.count(), func.aggregate_strings(names.c.name, ",")).select_from(names)
+    return select(
+        func.count(), func.sum(func.length(names.c.name)), func.aggregate_strings(names.c.name, ",")
+    ).select_from(names)
 
 
 _FIRST_JOINED = _joined(_FIRST_PAGE)
@@ -42,11 +44,13 @@ def _list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bo
     if last:
         query, rows, params = _NEXT_JOINED, _NEXT_PAGE, {**params, "last": last}
     with db.reading() as connection:
-        count, joined = connection.execute(query, params).one()
+        count, length, joined = connection.execute(query, params).one()
         # The aggregate keeps no order: sorted here, as the database orders them (names are
         # ASCII, the column's collation binary).
         names = sorted(joined.split(",")) if joined else []
-        if len(names) != count:  # cut at MySQL's group_concat_max_len: row by row instead
+        if count and len(joined or "") != (length or 0) + count - 1:
+            # Cut short at MySQL's group_concat_max_len (a server whose packet limit is lower
+            # than a page): row by row instead.
             names = list(connection.execute(rows, params).scalars())
         if not names and find_repository_id(connection, repository) is None:
             raise RegistryError(
