@@ -51,10 +51,10 @@ def open_blob_file(storage: StorageDriver, storage_key: str, digest: str, end: i
     try:
         file = storage.open_file(storage_key)
     except ObjectNotFound:
-        final_key = blob_key(parse_digest(digest))
-        if storage_key == final_key:
+        moved = _moved_to(storage_key, digest)
+        if moved is None:
             raise
-        file = storage.open_file(final_key)  # moved meanwhile
+        file = storage.open_file(moved)
     try:
         size = os.fstat(file.fileno()).st_size
     except OSError as exc:
@@ -62,8 +62,19 @@ def open_blob_file(storage: StorageDriver, storage_key: str, digest: str, end: i
         raise StorageError(f"blob {digest}: {exc}") from exc
     if size <= end:
         file.close()
-        raise StorageError(f"blob {digest} ends at {size} bytes, {end + 1} recorded")
+        raise _shorter(digest, size, end)
     return file
+
+
+def _moved_to(key: str, digest: str) -> str | None:
+    """Where the janitor moves the object at ``key`` (the blob's own key), or None when it
+    is there already: where a read that found nothing at ``key`` looks next."""
+    final_key = blob_key(parse_digest(digest))
+    return None if key == final_key else final_key
+
+
+def _shorter(digest: str, size: int, end: int) -> StorageError:
+    return StorageError(f"blob {digest} ends at {size} bytes, {end + 1} recorded")
 
 
 async def _after_first(
@@ -80,7 +91,6 @@ async def _after_first(
 async def _read(
     storage: StorageDriver, storage_key: str, digest: str, start: int, end: int
 ) -> AsyncGenerator[bytes]:
-    final_key = blob_key(parse_digest(digest))
     key = storage_key
     position = start
     while position <= end:
@@ -89,9 +99,10 @@ async def _read(
                 position += len(chunk)
                 yield chunk
         except ObjectNotFound:
-            if key == final_key:
+            moved = _moved_to(key, digest)
+            if moved is None:
                 raise
-            key = final_key  # moved meanwhile
+            key = moved
             continue
         if position <= end:
-            raise StorageError(f"blob {digest} ends at {position} bytes, {end + 1} recorded")
+            raise _shorter(digest, position, end)

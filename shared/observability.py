@@ -57,6 +57,8 @@ CLIENTS_CUT_OFF = Counter(
     ["phase"],
 )
 
+# ASGI's zero-copy send extension: its message type (the gateway implements it).
+ZERO_COPY_SEND = "http.response.zerocopysend"
 SENDFILE_BYTES = Counter(
     "registry_gateway_sendfile_bytes_total",
     "Response bytes the gateway's kernel sent from files (sendfile), not passing through Python",
@@ -112,7 +114,7 @@ class ObservabilityMiddleware:
                     ]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
-            elif message["type"] == "http.response.zerocopysend":
+            elif message["type"] == ZERO_COPY_SEND:
                 sent += message.get("count") or 0
             await send(message)
 

@@ -30,10 +30,10 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from shared.blobs import TransferAborted
-from shared.observability import SENDFILE_BYTES
+from shared.observability import SENDFILE_BYTES, ZERO_COPY_SEND
 from shared.storage.filesystem import in_page_cache
 
-EXTENSION = "http.response.zerocopysend"
+EXTENSION = ZERO_COPY_SEND
 EXTENSIONS: dict[str, dict[object, object]] = {EXTENSION: {}}
 
 # Bytes per sendfile call at most: other connections get the event loop between calls.
