@@ -4,11 +4,13 @@ the janitor change the same way."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select
+from sqlalchemy import Connection, CursorResult, bindparam, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared import tag_list_cache
 from shared.models import (
     BLOB_PRESENT,
     Base,
@@ -86,12 +88,17 @@ _LINKED = (
 
 
 def delete_manifest(
-    session: Session, manifest: Manifest, reason: str, delay: dt.timedelta | None = None
+    session: Session,
+    manifest: Manifest,
+    reason: str,
+    delay: dt.timedelta | None = None,
+    repository: str | None = None,
 ) -> None:
     """Delete ``manifest`` (a client's DELETE by digest, or garbage collection) with its tags
     and references. What it referenced may now be unreferenced, and so may its referrers
     (manifests whose subject it is): each gets a garbage-collection review, due after
-    ``delay`` (the grace period by default)."""
+    ``delay`` (the grace period by default). ``repository`` is its repository's name, when
+    the caller knows it."""
     references = session.execute(
         select(ManifestReference.digest, ManifestReference.is_manifest).where(
             ManifestReference.manifest_id == manifest.id
@@ -104,7 +111,13 @@ def delete_manifest(
     related_ids = session.scalars(
         select(Manifest.id).where(Manifest.repository_id == manifest.repository_id, or_(*related))
     ).all()
-    session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
+    untagged = session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
+    if cast("CursorResult[Any]", untagged).rowcount:
+        if repository is None:
+            repository = session.scalars(
+                select(Repository.name).where(Repository.id == manifest.repository_id)
+            ).one()
+        tag_list_cache.names_changed(session, repository)
     session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
     session.delete(manifest)
     review_blobs(

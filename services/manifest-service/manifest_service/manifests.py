@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from manifest_service import media_types
-from shared import db
+from shared import db, tag_list_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Base, Manifest, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
@@ -134,7 +134,7 @@ def _put(repository: str, reference: str, body: bytes, content_type: str | None)
         if manifest_id is None:
             manifest_id = _insert(connection, repository_id, digest, body, parsed)
         if tag is not None:
-            _set_tag(session, connection, repository_id, tag, manifest_id)
+            _set_tag(session, connection, repository, repository_id, tag, manifest_id)
 
     # No event: a push leaves the janitor nothing to do (the blobs it references are already
     # in place), and one per push would cost the worker more than the push itself.
@@ -229,13 +229,19 @@ def _insert(
 
 
 def _set_tag(
-    session: Session, connection: Connection, repository_id: int, name: str, manifest_id: int
+    session: Session,
+    connection: Connection,
+    repository: str,
+    repository_id: int,
+    name: str,
+    manifest_id: int,
 ) -> None:
     key = {"repository_id": repository_id, "name": name}
     current = connection.execute(_TAGGED, key).scalar()
     if current is None:
         row = {**key, "manifest_id": manifest_id, "updated_at": utcnow()}
         if db.insert_new(connection, _INSERT_TAG, row) is not None:
+            tag_list_cache.names_changed(session, repository)
             return
         current = connection.execute(_TAGGED, key).scalar_one()
     if current != manifest_id:
@@ -267,10 +273,11 @@ def _delete_reference(repository: str, reference: str) -> None:
             manifest = _find(session, repo, reference)
             if manifest is None:
                 raise _unknown(repository, reference)
-            delete_manifest(session, manifest, "manifest deleted")
+            delete_manifest(session, manifest, "manifest deleted", repository=repository)
         else:
             tag = session.get(Tag, (repo, reference))
             if tag is None:
                 raise _unknown(repository, reference)
             session.delete(tag)
+            tag_list_cache.names_changed(session, repository)
             review_manifests(session, [tag.manifest_id], "tag deleted")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, bindparam, func, select
 
-from shared import db
+from shared import db, tag_list_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Repository, Tag
 from shared.repositories import find_repository_id
@@ -34,8 +34,11 @@ _NEXT_JOINED = _joined(_NEXT_PAGE)
 
 
 async def list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bool]:
-    """Up to ``n`` tags after ``last`` in lexical order, and whether more follow."""
-    return await db.read(_list_tags, repository, n, last)
+    """Up to ``n`` tags after ``last`` in lexical order, and whether more follow (from this
+    process's memory when that page is known to be current: ``shared.tag_list_cache``)."""
+    return await tag_list_cache.page(
+        repository, n, last, lambda: db.read(_list_tags, repository, n, last)
+    )
 
 
 def _list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bool]:
