@@ -4,13 +4,12 @@ the janitor change the same way."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, bindparam, delete, insert, or_, select
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import tag_list_cache
+from shared import read_cache
 from shared.models import (
     BLOB_PRESENT,
     Base,
@@ -111,13 +110,13 @@ def delete_manifest(
     related_ids = session.scalars(
         select(Manifest.id).where(Manifest.repository_id == manifest.repository_id, or_(*related))
     ).all()
-    untagged = session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
-    if cast("CursorResult[Any]", untagged).rowcount:
+    session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
+    if read_cache.redis_url() is not None:
         if repository is None:
             repository = session.scalars(
                 select(Repository.name).where(Repository.id == manifest.repository_id)
             ).one()
-        tag_list_cache.names_changed(session, repository)
+        read_cache.changed(session, repository)
     session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
     session.delete(manifest)
     review_blobs(

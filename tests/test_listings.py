@@ -4,15 +4,8 @@ Docker Registry HTTP API V2), with ``n``/``last`` pagination and ``Link`` header
 from __future__ import annotations
 
 import re
-import time
 
-import httpx
-import pytest
-
-from shared import tag_list_cache
-from tests.conftest import running_registry
-from tests.registry import RedisServer, RegistryUnderTest, error_codes, sha256
-from tests.test_operations import metric
+from tests.registry import RegistryUnderTest, error_codes
 
 TAGS = ["B", "a", "alpha", "beta", "v1.0", "v1.10", "v1.2", "z_last"]
 
@@ -117,65 +110,3 @@ def test_catalog_lists_repositories_with_pagination(registry: RegistryUnderTest,
     page = registry.http.get("/v2/_catalog", params={"n": 2, "last": names[0]})
     assert page.json()["repositories"] == names[1:3]
     assert page.headers["Link"].endswith('rel="next"')
-
-
-# --- the tag list kept in memory, on MariaDB with Redis --------------------------------------
-
-
-def tag_list_lookups(registry: RegistryUnderTest, result: str) -> float:
-    text = httpx.get(f"{registry.settings.service_url('manifest')}/metrics", timeout=10).text
-    return metric(text, "registry_tag_list_cache_total", result=result)
-
-
-def test_the_tag_list_is_kept_in_memory_and_follows_every_change_with_redis_down_or_up(
-    tmp_path_factory: pytest.TempPathFactory, repo: str
-) -> None:
-    """With Redis as the broker, a page of tags comes from the manifest service's memory while
-    no tag name changed (a hit); a new tag, a deleted tag and a manifest deleted by digest are
-    listed at once. With Redis down, pushes go on and listings come from the database, each
-    change listed at once; with Redis back, pages are kept in memory again."""
-    root = tmp_path_factory.mktemp("tag-list-cache")
-    with (
-        RedisServer() as redis_server,
-        running_registry("mariadb", root, broker_url=redis_server.url) as registry,
-    ):
-        body, _ = registry.push_image(repo, "one")
-        other, _ = registry.push_image(repo, "other")
-
-        def listed() -> list[str]:
-            response = registry.http.get(f"/v2/{repo}/tags/list")
-            assert response.status_code == 200, response.text
-            names: list[str] = response.json()["tags"]
-            return names
-
-        assert listed() == ["one", "other"]
-        hits = tag_list_lookups(registry, "hit")
-        assert listed() == ["one", "other"]
-        assert tag_list_lookups(registry, "hit") == hits + 1
-
-        assert registry.push_manifest(repo, "two", body).status_code == 201
-        assert listed() == ["one", "other", "two"]
-        assert registry.push_manifest(repo, "one", other).status_code == 201  # a move
-        assert listed() == ["one", "other", "two"]
-        assert registry.http.delete(f"/v2/{repo}/manifests/two").status_code == 202
-        assert listed() == ["one", "other"]
-        assert registry.http.delete(f"/v2/{repo}/manifests/{sha256(other)}").status_code == 202
-        assert listed() == []
-        assert registry.push_manifest(repo, "three", body).status_code == 201
-        assert listed() == ["three"]
-
-        redis_server.stop()
-        unavailable = tag_list_lookups(registry, "unavailable")
-        assert registry.push_manifest(repo, "four", body).status_code == 201
-        assert listed() == ["four", "three"]
-        assert registry.http.delete(f"/v2/{repo}/manifests/three").status_code == 202
-        assert listed() == ["four"]
-        assert tag_list_lookups(registry, "unavailable") > unavailable
-
-        redis_server.start()
-        time.sleep(tag_list_cache.PAUSE_SECONDS)
-        assert registry.push_manifest(repo, "five", body).status_code == 201
-        hits = tag_list_lookups(registry, "hit")
-        assert listed() == ["five", "four"]
-        assert listed() == ["five", "four"]
-        assert tag_list_lookups(registry, "hit") == hits + 1

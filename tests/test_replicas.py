@@ -718,44 +718,56 @@ def test_a_manifest_pushed_again_while_it_is_deleted(
 
 
 @pytest.mark.client
-def test_every_replica_lists_a_tag_change_at_once(
+def test_every_replica_reads_a_change_at_once(
     registry: ReplicatedRegistry, replicas: tuple[httpx.Client, httpx.Client], repo: str
 ) -> None:
-    """Each manifest service keeps tag lists in memory (counted as hits below); a change made
-    through one gateway (a new tag, a moved tag, a deleted tag, a manifest deleted by digest)
-    is in every list either gateway answers next, whichever manifest service replica serves it."""
+    """Each manifest service keeps manifests and tag lists in memory (counted as hits below); a
+    change made through one gateway (a new tag, a moved tag, a deleted tag, a manifest deleted
+    by digest) is in what either gateway answers next, whichever manifest service replica
+    serves it: the tag list, each tag's manifest, each manifest by digest."""
     manifests = Manifests.pushed(registry, repo)
     services = ("manifest-service-1", "manifest-service-2")
-    metric = "registry_tag_list_cache_total"
+    metric = "registry_read_cache_total"
     hits = [registry.counter(name, metric, result="hit") for name in services]
-    expected: list[str] = []
+    bodies = [manifests.body(f"m{number}") for number in range(3)]
+    expected: dict[str, bytes] = {}
+    gone: list[str] = []
 
-    def listed_everywhere() -> None:
+    def read_everywhere() -> None:
         for _ in range(3):
             for client in replicas:
-                assert manifests.tags(client) == expected
+                assert manifests.tags(client) == sorted(expected)
+                for tag, body in expected.items():
+                    assert manifests.state(client, tag) == body
+                    assert manifests.state(client, sha256(body)) == body
+                for reference in gone:
+                    assert manifests.state(client, reference) == 404, reference
 
-    bodies = [manifests.body(f"m{number}") for number in range(3)]
-    changes: list[tuple[str, Callable[[httpx.Client], httpx.Response], list[str]]] = [
-        ("new tag a", partial(manifests.put, reference="a", body=bodies[0]), ["a"]),
-        ("new tag b", partial(manifests.put, reference="b", body=bodies[1]), ["a", "b"]),
-        ("a moved", partial(manifests.put, reference="a", body=bodies[1]), ["a", "b"]),
-        ("new tag c", partial(manifests.put, reference="c", body=bodies[2]), ["a", "b", "c"]),
-        ("b deleted", lambda client: client.delete(f"/v2/{repo}/manifests/b"), ["a", "c"]),
-        (
-            "c's manifest deleted",
-            lambda client: client.delete(f"/v2/{repo}/manifests/{sha256(bodies[2])}"),
-            ["a"],
-        ),
+    def delete(reference: str) -> Callable[[httpx.Client], httpx.Response]:
+        return lambda client: client.delete(f"/v2/{repo}/manifests/{reference}")
+
+    changes: list[tuple[str, Callable[[httpx.Client], httpx.Response], dict[str, bytes]]] = [
+        ("new tag a", partial(manifests.put, reference="a", body=bodies[0]), {"a": bodies[0]}),
+        ("new tag b", partial(manifests.put, reference="b", body=bodies[1]), {"b": bodies[1]}),
+        ("a moved", partial(manifests.put, reference="a", body=bodies[1]), {"a": bodies[1]}),
+        ("new tag c", partial(manifests.put, reference="c", body=bodies[2]), {"c": bodies[2]}),
+        ("b deleted", delete("b"), {}),
+        ("c's manifest deleted", delete(sha256(bodies[2])), {}),
     ]
-    listed_everywhere()
-    for number, (change, make, after) in enumerate(changes):
+    read_everywhere()
+    for number, (change, make, tagged) in enumerate(changes):
         answer = make(replicas[number % 2])
         assert answer.status_code in (201, 202), f"{change}: {answer.status_code} {answer.text}"
-        expected = after
-        listed_everywhere()
+        expected.update(tagged)
+        if change == "b deleted":
+            del expected["b"]
+            gone.append("b")
+        if change == "c's manifest deleted":
+            del expected["c"]
+            gone.extend(["c", sha256(bodies[2])])
+        read_everywhere()
     for name, before in zip(services, hits, strict=True):
-        assert registry.counter(name, metric, result="hit") > before, f"{name} kept no list"
+        assert registry.counter(name, metric, result="hit") > before, f"{name} kept nothing"
 
 
 def test_skopeo_copies_an_image_in_and_back_out(

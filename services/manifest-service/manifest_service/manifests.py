@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from manifest_service import media_types
-from shared import db, tag_list_cache
+from shared import db, read_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Base, Manifest, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
@@ -65,7 +65,15 @@ def check_reference(reference: str) -> None:
 
 
 async def get(repository: str, reference: str) -> StoredManifest:
-    return await db.read(_get, repository, reference)
+    """The manifest ``reference`` names (from this process's memory when it is known to be
+    current: ``shared.read_cache``)."""
+    return await read_cache.cached(
+        repository,
+        "manifest",
+        (reference,),
+        lambda: db.read(_get, repository, reference),
+        lambda stored: len(stored.content),
+    )
 
 
 def _get(repository: str, reference: str) -> StoredManifest:
@@ -241,10 +249,11 @@ def _set_tag(
     if current is None:
         row = {**key, "manifest_id": manifest_id, "updated_at": utcnow()}
         if db.insert_new(connection, _INSERT_TAG, row) is not None:
-            tag_list_cache.names_changed(session, repository)
+            read_cache.changed(session, repository)
             return
         current = connection.execute(_TAGGED, key).scalar_one()
     if current != manifest_id:
+        read_cache.changed(session, repository)
         # The manifest the tag leaves may now be untagged.
         review_manifests(session, [current], "tag moved")
     connection.execute(
@@ -279,5 +288,5 @@ def _delete_reference(repository: str, reference: str) -> None:
             if tag is None:
                 raise _unknown(repository, reference)
             session.delete(tag)
-            tag_list_cache.names_changed(session, repository)
+            read_cache.changed(session, repository)
             review_manifests(session, [tag.manifest_id], "tag deleted")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, bindparam, func, select
 
-from shared import db, tag_list_cache
+from shared import db, read_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Repository, Tag
 from shared.repositories import find_repository_id
@@ -35,9 +35,13 @@ _NEXT_JOINED = _joined(_NEXT_PAGE)
 
 async def list_tags(repository: str, n: int, last: str | None) -> tuple[list[str], bool]:
     """Up to ``n`` tags after ``last`` in lexical order, and whether more follow (from this
-    process's memory when that page is known to be current: ``shared.tag_list_cache``)."""
-    return await tag_list_cache.page(
-        repository, n, last, lambda: db.read(_list_tags, repository, n, last)
+    process's memory when that page is known to be current: ``shared.read_cache``)."""
+    return await read_cache.cached(
+        repository,
+        "tags",
+        (n, last),
+        lambda: db.read(_list_tags, repository, n, last),
+        lambda page: sum(len(name) + 8 for name in page[0]),
     )
 
 

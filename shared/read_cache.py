@@ -1,28 +1,30 @@
-"""Pages of a repository's tag list kept in each manifest service's memory, checked against a
-token in Redis on every request, so that no replica answers from a list older than a change it
-acknowledged (OCI Distribution Spec, "Listing Tags").
+"""What a manifest service reads most, kept in its memory and checked against a token in Redis
+on every request, so that no replica answers from data older than a change it acknowledged:
+manifests by tag or digest (OCI Distribution Spec, "Pulling manifests") and pages of tag
+lists ("Listing Tags").
 
-On MySQL a page of 1,000 tags costs the database ~0.6 ms (an index walk it cannot shorten);
-reading one short key from Redis costs a fraction of that, on the event loop.
+On MySQL a read is a network round trip from a worker thread, and a page of 1,000 tags costs
+the database ~0.6 ms (an index walk it cannot shorten); reading one short key from Redis costs
+a fraction of either, on the event loop.
 
-How a page stays correct across replicas:
+How the data stays correct across replicas:
 
-- Each repository has a **token** in Redis (``registry:tag-list:<name>``): a random value,
-  never reused, that expires after :data:`TOKEN_SECONDS`.
-- A **reader** reads the token first (making one when there is none), then the page: from its
-  memory when the page kept there was read under that same token, from the database
-  otherwise, and keeps what it read under the token it read *before* reading it.
-- A **writer** whose transaction added or removed a tag name (a new tag, a tag or manifest
-  deleted, by a client or by garbage collection) deletes the token once the transaction has
-  ended, before the change is acknowledged. A page read before the change was kept under a
-  token that no longer exists: every later reader gets another token and misses.
+- Each repository has a **token** in Redis (``registry:repository-token:<name>``): a random
+  value, never reused, that expires after :data:`TOKEN_SECONDS`.
+- A **reader** reads the token first (making one when there is none), then the data: from its
+  memory when what it kept was read under that same token, from the database otherwise, and
+  keeps what it read under the token it read *before* reading it. Only what exists is kept: a
+  404 is read again every time.
+- A **writer** whose transaction changed what a reader could have kept (a tag added, moved or
+  deleted, a manifest deleted, by a client or by garbage collection) deletes the token once the
+  transaction has ended, before the change is acknowledged. What was read before the change
+  was kept under a token that no longer exists: every later reader gets another and misses.
 
-Moving a tag to another manifest changes no name, so it keeps the token. A transaction that
-ended in an error deletes the token as well (a COMMIT whose answer was lost may have been
-done). Without Redis (the embedded defaults' broker is the filesystem) there is no cache: every
-page is read from the database. When Redis does not answer, readers read the database; a writer
-that cannot reach it logs and counts the failure, and pages kept by replicas that can still
-reach Redis may then be as old as the token's expiry.
+A transaction that ended in an error deletes the token as well (a COMMIT whose answer was lost
+may have been done). Without Redis (the embedded defaults' broker is the filesystem) nothing
+is kept: every read goes to the database. When Redis does not answer, readers read the
+database; a writer that cannot reach it logs and counts the failure, and what replicas that
+can still reach Redis kept may then be as old as the token's lifetime.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import LRUCache
 from prometheus_client import Counter
@@ -47,26 +49,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "registry:tag-list:"
+T = TypeVar("T")
+
+KEY_PREFIX = "registry:repository-token:"
 TOKEN_SECONDS = 60
 # After Redis failed to answer a reader, this process reads the database for this long
 # before it asks Redis again (a dead host would otherwise cost a timeout per request).
 PAUSE_SECONDS = 5.0
 TIMEOUT_SECONDS = 0.5
-# What a process keeps at most: the tags' characters, roughly the memory they take.
-BUDGET_CHARACTERS = 4 * 1024 * 1024
+# What a process keeps at most, in bytes (roughly: manifests' lengths, tag names' lengths).
+BUDGET_BYTES = 8 * 1024 * 1024
 
 LOOKUPS = Counter(
-    "registry_tag_list_cache_total",
-    "Tag list pages asked of the cache, by result (hit, miss, unavailable: Redis did not answer)",
-    ["result"],
+    "registry_read_cache_total",
+    "Reads asked of the manifest service's cache, by kind (manifest, tags) and result (hit, "
+    "miss, unavailable: Redis did not answer)",
+    ["kind", "result"],
 )
 INVALIDATION_FAILURES = Counter(
-    "registry_tag_list_cache_invalidation_failures_total",
-    "Changes to a repository's tag names whose token could not be deleted in Redis",
+    "registry_read_cache_invalidation_failures_total",
+    "Changes to a repository whose token could not be deleted in Redis",
 )
-
-Page = tuple[list[str], bool]  # names, and whether more follow
 
 
 def redis_url() -> str | None:
@@ -75,12 +78,8 @@ def redis_url() -> str | None:
     return url if url.startswith(("redis://", "rediss://")) else None
 
 
-def _size(entry: tuple[str, Page]) -> int:
-    return sum(len(name) + 8 for name in entry[1][0]) + 64
-
-
 class _Reader:
-    """A process's pages, and its connection to Redis (one event loop: the service's)."""
+    """A process's kept data, and its connection to Redis (one event loop: the service's)."""
 
     def __init__(self, url: str) -> None:
         import redis.asyncio
@@ -88,8 +87,8 @@ class _Reader:
         self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
             url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
         )
-        self.pages: LRUCache[tuple[str, int, str | None], tuple[str, Page]] = LRUCache(
-            BUDGET_CHARACTERS, getsizeof=_size
+        self.kept: LRUCache[tuple[Any, ...], tuple[str, Any, int]] = LRUCache(
+            BUDGET_BYTES, getsizeof=lambda entry: entry[2]
         )
         self.paused_until = 0.0
 
@@ -109,7 +108,7 @@ class _Reader:
                 found = await self.redis.get(key)  # made meanwhile by another reader
         except (redis.RedisError, OSError) as exc:
             self.paused_until = time.monotonic() + PAUSE_SECONDS
-            logger.warning("tag list cache: Redis did not answer (%s); reading the database", exc)
+            logger.warning("read cache: Redis did not answer (%s); reading the database", exc)
             return None
         return found.decode() if isinstance(found, bytes) else found
 
@@ -117,11 +116,15 @@ class _Reader:
 _reader: _Reader | None = None
 
 
-async def page(
-    repository: str, n: int, last: str | None, read: Callable[[], Awaitable[Page]]
-) -> Page:
-    """The page of ``repository``'s tags that ``read`` reads from the database, from this
-    process's memory when it is known to be current."""
+async def cached(
+    repository: str,
+    kind: str,
+    key: tuple[Any, ...],
+    read: Callable[[], Awaitable[T]],
+    size: Callable[[T], int],
+) -> T:
+    """What ``read`` reads from the database about ``repository`` (``kind`` and ``key`` tell
+    it from other reads), from this process's memory when it is known to be current."""
     global _reader
     if _reader is None:
         url = redis_url()
@@ -130,17 +133,19 @@ async def page(
         _reader = _Reader(url)
     token = await _reader.token(repository)
     if token is None:
-        LOOKUPS.labels("unavailable").inc()
+        LOOKUPS.labels(kind, "unavailable").inc()
         return await read()
-    key = (repository, n, last)
-    kept = _reader.pages.get(key)
+    full_key = (repository, kind, *key)
+    kept = _reader.kept.get(full_key)
     if kept is not None and kept[0] == token:
-        LOOKUPS.labels("hit").inc()
-        return kept[1]
-    LOOKUPS.labels("miss").inc()
+        LOOKUPS.labels(kind, "hit").inc()
+        value: T = kept[1]
+        return value
+    LOOKUPS.labels(kind, "miss").inc()
     fresh = await read()
-    if _size((token, fresh)) <= BUDGET_CHARACTERS // 4:
-        _reader.pages[key] = (token, fresh)
+    bytes_ = size(fresh) + 200
+    if bytes_ <= BUDGET_BYTES // 8:
+        _reader.kept[full_key] = (token, fresh, bytes_)
     return fresh
 
 
@@ -154,12 +159,12 @@ async def close() -> None:
 
 # Writers.
 
-_CHANGED = "tag_list_cache.changed"
+_CHANGED = "read_cache.changed"
 
 
-def names_changed(session: Session, repository: str) -> None:
-    """``session``'s transaction adds or removes a tag name of ``repository``: its token is
-    deleted when the transaction ends (committed or not), before the caller answers."""
+def changed(session: Session, repository: str) -> None:
+    """``session``'s transaction changes a tag or deletes a manifest of ``repository``: its
+    token is deleted when the transaction ends (committed or not), before the caller answers."""
     if redis_url() is not None:
         session.info.setdefault(_CHANGED, set()).add(repository)
 
@@ -197,8 +202,8 @@ def forget(repositories: list[str]) -> None:
             if attempt == 1:
                 INVALIDATION_FAILURES.inc()
                 logger.error(
-                    "tag list cache: could not delete the tokens of %s (%s); other replicas "
-                    "may list their old tags for up to %d s",
+                    "read cache: could not delete the tokens of %s (%s); other replicas may "
+                    "answer from what they read before for up to %d s",
                     ", ".join(repositories),
                     exc,
                     TOKEN_SECONDS,
