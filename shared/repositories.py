@@ -27,9 +27,27 @@ _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"
 _INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
 
 
+# Repository ids by name. A repository's row, once committed, is never deleted or renamed, so
+# its id never changes: each process keeps those it has read (a manifest PUT is one round trip
+# shorter). Only ids read from the database are kept, never one this process inserted, whose
+# transaction may still roll back: ``ensure_repository_id`` inserts, and no transaction reads
+# a repository after inserting it. (A plain dict, emptied when full: its single operations are
+# safe from several threads.)
+_ids: dict[str, int] = {}
+_IDS_KEPT = 10_000
+
+
 def find_repository_id(connection: Connection | Session, name: str) -> int | None:
-    """The id of the repository called ``name``, or None: one Core statement."""
+    """The id of the repository called ``name``, or None: one Core statement, none when this
+    process has read it before."""
+    known = _ids.get(name)
+    if known is not None:
+        return known
     found: int | None = connection.execute(_REPOSITORY_ID, {"name": name}).scalar()
+    if found is not None:
+        if len(_ids) >= _IDS_KEPT:
+            _ids.clear()
+        _ids[name] = found
     return found
 
 
