@@ -26,9 +26,8 @@ import threading
 import time
 import uuid
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from celery import Celery
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy import event as sqlalchemy_event
@@ -37,6 +36,9 @@ from sqlalchemy.orm import Session
 from shared import db
 from shared.models import OutboxEvent, utcnow
 from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,10 @@ def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
 
 @lru_cache
 def _producer() -> Celery:
+    # Imported on the first event sent: a process that sends none (the manifest service, which
+    # records none, unless it relays rows another process left behind) never loads Celery.
+    from celery import Celery
+
     app = Celery("registry-events")
     app.conf.update(
         broker_connection_timeout=2,
@@ -270,8 +276,18 @@ def stop_relay() -> None:
 
 
 def broker_connection_check() -> None:
-    """Raise unless the broker accepts a connection now (readiness)."""
-    with _producer().connection_for_write() as connection:
+    """Raise unless the broker accepts a connection now (readiness): a connection of kombu,
+    the messaging library under Celery, made as Celery makes it."""
+    from kombu.connection import Connection
+
+    settings = get_settings()
+    options = broker_options(settings.broker_url, settings.broker_queue)
+    with Connection(  # type: ignore[no-untyped-call]
+        options["broker_url"],
+        transport=options.get("broker_transport"),
+        transport_options=options.get("broker_transport_options", {}),
+        connect_timeout=2,
+    ) as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
 
 

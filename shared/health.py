@@ -1,6 +1,10 @@
 """Liveness and readiness: ``/healthz`` answers while the process runs; ``/readyz`` answers 200
-only when what the service needs (database, storage, broker, the services behind it) answers,
-so that an orchestrator sends it traffic only then. ``/metrics`` is served beside them."""
+only when what the service needs to serve (database, storage, the services behind it) answers,
+so that an orchestrator sends it traffic only then. ``/metrics`` is served beside them.
+
+The broker is reported by ``/readyz`` but does not make a service unready: events wait in the
+database while it is down (``shared.events``) and every request is served all the same, so
+taking every replica out of service for it would turn a broker outage into a registry one."""
 
 from __future__ import annotations
 
@@ -42,22 +46,33 @@ async def broker() -> None:
     await asyncio.to_thread(broker_connection_check)
 
 
-def health_routes(checks: dict[str, Check]) -> list[BaseRoute]:
-    """``/healthz``, ``/readyz`` (running ``checks``) and ``/metrics``."""
+async def _run(checks: dict[str, Check]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check(), TIMEOUT)
+            results[name] = "ok"
+        except Exception as exc:  # any failure means: not ready
+            results[name] = f"failing: {type(exc).__name__}"
+    return results
+
+
+def health_routes(
+    checks: dict[str, Check], advisory: dict[str, Check] | None = None
+) -> list[BaseRoute]:
+    """``/healthz``, ``/readyz`` (running ``checks``, and ``advisory`` checks reported without
+    deciding readiness) and ``/metrics``."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        results: dict[str, str] = {}
-        for name, check in checks.items():
-            try:
-                await asyncio.wait_for(check(), TIMEOUT)
-                results[name] = "ok"
-            except Exception as exc:  # any failure means: not ready
-                results[name] = f"failing: {type(exc).__name__}"
+        results = await _run(checks)
         ready = all(result == "ok" for result in results.values())
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, "checks": results}
+        if advisory:
+            body["advisory"] = await _run(advisory)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         return metrics_response()

@@ -38,6 +38,10 @@ def _uvicorn(
         "uvloop",
         "--http",
         http,
+        # No WebSocket support: nothing here speaks it (uvicorn would import a WebSocket
+        # library into every HTTP process otherwise).
+        "--ws",
+        "none",
         "--no-access-log",
         "--log-level",
         log_level,

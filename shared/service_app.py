@@ -42,7 +42,8 @@ def service_app(
     relay while it runs. ``host`` is the address it listens on."""
     settings = get_settings()
     configure_logging(settings.log_level, service)
-    app = Starlette(routes=[*health.health_routes(readiness), *routes], lifespan=service_lifespan)
+    health_routes = health.health_routes(readiness, advisory={"broker": health.broker})
+    app = Starlette(routes=[*health_routes, *routes], lifespan=service_lifespan)
     install_error_handlers(app)
     database_failed = retry_later("database", trace=True)
     app.add_exception_handler(OperationalError, database_failed)

@@ -555,6 +555,11 @@ def _redis_outage(
     assert cancelled_key in registry.stored_files()
     # Reads need no broker.
     assert_image_pulls(registry, repo, body, blobs)
+    # So the services stay ready (an orchestrator keeps routing to them), the broker reported.
+    for service in ("blob", "manifest"):
+        ready = httpx.get(f"{registry.settings.service_url(service)}/readyz", timeout=30)
+        assert ready.status_code == 200, (service, ready.text)
+        assert ready.json()["advisory"]["broker"].startswith("failing"), ready.text
 
     # The process that recorded them dies; a new one (any replica) relays them.
     registry.kill("blob-service")

@@ -53,6 +53,7 @@ def test_every_http_service_is_live_and_ready(registry: RegistryUnderTest) -> No
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 200, (service, ready.text)
         assert set(ready.json()["checks"].values()) == {"ok"}
+        assert set(ready.json().get("advisory", {}).values()) <= {"ok"}, (service, ready.text)
 
 
 def test_metrics_count_requests_by_route_and_bytes(registry: RegistryUnderTest, repo: str) -> None:

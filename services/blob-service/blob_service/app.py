@@ -17,6 +17,6 @@ def create_app() -> Starlette:
         SERVICE,
         # Upload routes first: their paths are more specific than /blobs/<digest>.
         [*uploads.routes, *blobs.routes],
-        {"database": health.database, "storage": health.storage, "broker": health.broker},
+        {"database": health.database, "storage": health.storage},
         get_settings().blob_service_host,
     )

@@ -16,6 +16,6 @@ def create_app() -> Starlette:
     return service_app(
         SERVICE,
         [*catalog.routes, *manifests.routes, *tags.routes, *referrers.routes],
-        {"database": health.database, "broker": health.broker},
+        {"database": health.database},
         get_settings().manifest_service_host,
     )
