@@ -153,11 +153,10 @@ _MOVE_TAG = (
     .where(Tag.repository_id == bindparam("key_repository"), Tag.name == bindparam("key_name"))
     .values(manifest_id=bindparam("manifest_id"), updated_at=bindparam("updated_at"))
 )
-_TAGGED = (
-    select(Tag.manifest_id)
-    .where(Tag.repository_id == bindparam("repository_id"), Tag.name == bindparam("name"))
-    .with_for_update()
+_TAG_TARGET = select(Tag.manifest_id).where(
+    Tag.repository_id == bindparam("repository_id"), Tag.name == bindparam("name")
 )
+_TAG_HELD = _TAG_TARGET.with_for_update()
 
 
 def _check_references(
@@ -240,13 +239,21 @@ def _set_tag(
     manifest_id: int,
 ) -> None:
     key = {"repository_id": repository_id, "name": name}
-    current = connection.execute(_TAGGED, key).scalar()
+    # Read plainly first: on MySQL a locking read of a tag that does not exist locks the gap
+    # where it would go, and two pushes of new tags into one gap then deadlock on their
+    # INSERTs (0.5% of the PUTs of new tags over 4 connections did). A tag that exists is
+    # then held (an exclusive lock on its row) until this transaction ends.
+    current = connection.execute(_TAG_TARGET, key).scalar()
+    if current is not None:
+        current = connection.execute(_TAG_HELD, key).scalar()
     if current is None:
         row = {**key, "manifest_id": manifest_id, "updated_at": utcnow()}
         if db.insert_new(connection, _INSERT_TAG, row) is not None:
             read_cache.changed(session, repository)
             return
-        current = connection.execute(_TAGGED, key).scalar_one()
+        # Inserted meanwhile by a concurrent push (or deleted between the two reads and
+        # inserted again): the row exists now.
+        current = connection.execute(_TAG_HELD, key).scalar_one()
     if current != manifest_id:
         read_cache.changed(session, repository)
         # The manifest the tag leaves may now be untagged.
