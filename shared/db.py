@@ -118,6 +118,9 @@ def forget_engine() -> None:
     use makes them anew)."""
     for cached in (get_engine, _sessionmaker, _read_engine):
         cached.cache_clear()
+    from shared.repositories import forget_repository_ids
+
+    forget_repository_ids()
 
 
 @lru_cache

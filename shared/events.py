@@ -282,10 +282,15 @@ def broker_connection_check() -> None:
 
     settings = get_settings()
     options = broker_options(settings.broker_url, settings.broker_queue)
+    transport_options = dict(options.get("broker_transport_options", {}))
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport waits without end by default (its connect_timeout is not
+        # passed to the socket).
+        transport_options.update(socket_connect_timeout=2, socket_timeout=2)
     with Connection(  # type: ignore[no-untyped-call]
         options["broker_url"],
         transport=options.get("broker_transport"),
-        transport_options=options.get("broker_transport_options", {}),
+        transport_options=transport_options,
         connect_timeout=2,
     ) as connection:
         connection.ensure_connection(max_retries=1, timeout=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,10 +41,15 @@ async def storage() -> None:
     await get_storage().size("healthz")
 
 
+# The broker is checked on a thread of its own: a check that hangs (a host that drops packets)
+# holds that thread only, never one of those the database work runs on.
+_broker_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-check")
+
+
 async def broker() -> None:
     from shared.events import broker_connection_check
 
-    await asyncio.to_thread(broker_connection_check)
+    await asyncio.get_running_loop().run_in_executor(_broker_thread, broker_connection_check)
 
 
 async def _run(checks: dict[str, Check]) -> dict[str, str]:

@@ -22,9 +22,14 @@ How the data stays correct across replicas:
 
 A transaction that ended in an error deletes the token as well (a COMMIT whose answer was lost
 may have been done). Without Redis (the embedded defaults' broker is the filesystem) nothing
-is kept: every read goes to the database. When Redis does not answer, readers read the
-database; a writer that cannot reach it logs and counts the failure, and what replicas that
-can still reach Redis kept may then be as old as the token's lifetime.
+is kept: every read goes to the database.
+
+When Redis does not answer a reader, it drops what it kept and reads the database. A writer
+that cannot delete a token (Redis down, or stalled past the timeout) logs and counts the
+failure and answers all the same (holding writes for Redis would make a Redis outage a
+registry outage): what replicas kept under that token may then be served until the token
+expires, at most :data:`TOKEN_SECONDS` after it was made, which bounds how old an answer can
+be in that case, a Redis restored from its own snapshot after a short restart included.
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KEY_PREFIX = "registry:repository-token:"
-TOKEN_SECONDS = 60
-# After Redis failed to answer a reader, this process reads the database for this long
-# before it asks Redis again (a dead host would otherwise cost a timeout per request).
+TOKEN_SECONDS = 10
+# After Redis failed to answer a reader (or a writer), this process reads the database (or
+# writes without deleting tokens) for this long before it asks Redis again: a dead host
+# would otherwise cost a timeout per request.
 PAUSE_SECONDS = 5.0
 TIMEOUT_SECONDS = 0.5
 # What a process keeps at most, in bytes (roughly: manifests' lengths, tag names' lengths).
@@ -108,6 +114,7 @@ class _Reader:
                 found = await self.redis.get(key)  # made meanwhile by another reader
         except (redis.RedisError, OSError) as exc:
             self.paused_until = time.monotonic() + PAUSE_SECONDS
+            self.kept.clear()  # a token deleted meanwhile may come back with a restored Redis
             logger.warning("read cache: Redis did not answer (%s); reading the database", exc)
             return None
         return found.decode() if isinstance(found, bytes) else found
@@ -185,26 +192,33 @@ def _writer(url: str) -> redis.Redis:
     )
 
 
+_writer_paused_until = 0.0
+
+
 def forget(repositories: list[str]) -> None:
-    """Delete the tokens of ``repositories`` (tried twice)."""
+    """Delete the tokens of ``repositories`` (tried twice, unless Redis failed a moment ago)."""
     import redis
 
+    global _writer_paused_until
     url = redis_url()
     if url is None or not repositories:
         return
     keys: list[Any] = [KEY_PREFIX + name for name in repositories]
     client = _writer(url)
-    for attempt in range(2):
-        try:
-            client.delete(*keys)
-            return
-        except (redis.RedisError, OSError) as exc:
-            if attempt == 1:
-                INVALIDATION_FAILURES.inc()
-                logger.error(
-                    "read cache: could not delete the tokens of %s (%s); other replicas may "
-                    "answer from what they read before for up to %d s",
-                    ", ".join(repositories),
-                    exc,
-                    TOKEN_SECONDS,
-                )
+    error: Exception | None = None
+    if time.monotonic() >= _writer_paused_until:
+        for _ in range(2):
+            try:
+                client.delete(*keys)
+                return
+            except (redis.RedisError, OSError) as exc:
+                error = exc
+        _writer_paused_until = time.monotonic() + PAUSE_SECONDS
+    INVALIDATION_FAILURES.inc()
+    logger.error(
+        "read cache: could not delete the tokens of %s (%s); other replicas may answer from "
+        "what they read before for up to %d s",
+        ", ".join(repositories),
+        error or "Redis failed a moment ago",
+        TOKEN_SECONDS,
+    )

@@ -31,10 +31,16 @@ _INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])
 # its id never changes: each process keeps those it has read (a manifest PUT is one round trip
 # shorter). Only ids read from the database are kept, never one this process inserted, whose
 # transaction may still roll back: ``ensure_repository_id`` inserts, and no transaction reads
-# a repository after inserting it. (A plain dict, emptied when full: its single operations are
-# safe from several threads.)
+# a repository after inserting it. (A database restored from a backup may give an id to
+# another name: the services are restarted after a restore, see the README.) A plain dict,
+# emptied when full: its single operations are safe from several threads.
 _ids: dict[str, int] = {}
 _IDS_KEPT = 10_000
+
+
+def forget_repository_ids() -> None:
+    """Forget the ids kept (the database changed)."""
+    _ids.clear()
 
 
 def find_repository_id(connection: Connection | Session, name: str) -> int | None:

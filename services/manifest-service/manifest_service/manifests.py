@@ -132,7 +132,17 @@ def _put(repository: str, reference: str, body: bytes, content_type: str | None)
         connection = session.connection()
         repository_id = ensure_repository_id(connection, repository)
         _check_references(connection, repository_id, repository, parsed)
-        manifest_id = _insert(connection, repository_id, digest, body, parsed)
+        key = {"repository_id": repository_id, "digest": digest}
+        manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
+        if manifest_id is not None:
+            # Held against a concurrent delete (a client's, or garbage collection's) until
+            # this transaction ends; gone meanwhile, it is stored again. (Read plainly
+            # first: a locking read of a missing row would take a gap lock on MySQL, and an
+            # INSERT tried first would use up an id of the INT column at every push of a
+            # manifest stored already.)
+            manifest_id = connection.execute(_MANIFEST_HELD, key).scalar()
+        if manifest_id is None:
+            manifest_id = _insert(connection, repository_id, digest, body, parsed)
         if tag is not None:
             _set_tag(session, connection, repository, repository_id, tag, manifest_id)
 
@@ -204,12 +214,9 @@ def _insert(
         "content": body,
         "created_at": utcnow(),
     }
-    # Inserted first, looked up only when it exists (a push of a new manifest is one round
-    # trip shorter). Not inserted: the manifest is stored already (pushed before, or at the
-    # same moment by another client). The failed INSERT share-locks the existing row, and the
-    # locking read that follows holds it against a concurrent delete (a client's, or garbage
-    # collection's) until this transaction ends; a plain read would see this transaction's
-    # older snapshot.
+    # Not inserted: the same manifest was pushed at the same moment by another client, and
+    # stored whole (a locking read sees its row; a plain one reads this transaction's older
+    # snapshot).
     inserted = db.insert_new(connection, _INSERT_MANIFEST, row)
     if inserted is None:
         return int(
