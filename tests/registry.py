@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -276,16 +277,33 @@ def child_pids(pid: int) -> list[int]:
     return [int(child) for child in found.stdout.split()]
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (and ``bind(..., 0)``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on loopback now."""
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
+    """``count`` distinct ports free on loopback now, chosen below the kernel's range for
+    outgoing connections: a port from that range (what binding port 0 gives) can be taken as
+    the local end of any connection some process opens before the server binds it, and the
+    server then fails to start."""
+    ephemeral = _ephemeral_ports()
+    candidates = range(20000, ephemeral.start) if ephemeral.start > 21000 else range(1024, 20000)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.choice(candidates)
+        if port in ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
 
 
