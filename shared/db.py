@@ -139,25 +139,41 @@ class ConnectionLostBeforeCommit(OperationalError):
     sent: the server rolled it back, so it may run again from the start."""
 
 
+_AFTER = "db.after"
+
+
+def after(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the transaction of ``session`` (from :func:`transaction`) has
+    ended, committed or not, its connection given back and this process's SQLite writer lock
+    released: network work for the outcome (before the caller answers) holds no lock."""
+    session.info.setdefault(_AFTER, []).append(callback)
+
+
 @contextmanager
 def transaction() -> Iterator[Session]:
-    """A session in a write transaction: committed when the block ends, rolled back on error."""
-    if get_engine().dialect.name == "sqlite":
-        with _sqlite_writer, _sessionmaker()() as session, session.begin():
-            yield session
-        return
-    with _sessionmaker()() as session, session.begin():
-        try:
-            yield session
-            session.flush()  # every statement sent here, before the commit
-        except DBAPIError as exc:
-            # (A connection lost during the commit is not this: whether the commit was done
-            # is unknown then, and the error is the caller's.)
-            if exc.connection_invalidated:
-                raise ConnectionLostBeforeCommit(
-                    exc.statement, exc.params, exc.orig or exc, connection_invalidated=True
-                ) from exc
-            raise
+    """A session in a write transaction: committed when the block ends, rolled back on error.
+    What :func:`after` registered runs once it has ended."""
+    session = _sessionmaker()()
+    try:
+        if get_engine().dialect.name == "sqlite":
+            with _sqlite_writer, session, session.begin():
+                yield session
+            return
+        with session, session.begin():
+            try:
+                yield session
+                session.flush()  # every statement sent here, before the commit
+            except DBAPIError as exc:
+                # (A connection lost during the commit is not this: whether the commit was
+                # done is unknown then, and the error is the caller's.)
+                if exc.connection_invalidated:
+                    raise ConnectionLostBeforeCommit(
+                        exc.statement, exc.params, exc.orig or exc, connection_invalidated=True
+                    ) from exc
+                raise
+    finally:
+        for callback in session.info.pop(_AFTER, ()):
+            callback()
 
 
 @lru_cache

@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import LRUCache
 from prometheus_client import Counter
-from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
+from shared import db
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
@@ -171,16 +171,17 @@ _CHANGED = "read_cache.changed"
 
 def changed(session: Session, repository: str) -> None:
     """``session``'s transaction changes a tag or deletes a manifest of ``repository``: its
-    token is deleted when the transaction ends (committed or not), before the caller answers."""
-    if redis_url() is not None:
-        session.info.setdefault(_CHANGED, set()).add(repository)
-
-
-@sqlalchemy_event.listens_for(Session, "after_transaction_end")
-def _ended(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is not None or _CHANGED not in session.info:
+    token is deleted when the transaction has ended (committed or not), before the caller
+    answers (``db.after``)."""
+    if redis_url() is None:
         return
-    forget(sorted(session.info.pop(_CHANGED)))
+    repositories: set[str] | None = session.info.get(_CHANGED)
+    if repositories is None:
+        fresh: set[str] = set()
+        session.info[_CHANGED] = fresh
+        db.after(session, lambda: forget(sorted(fresh)))
+        repositories = fresh
+    repositories.add(repository)
 
 
 @lru_cache
