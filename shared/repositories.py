@@ -135,11 +135,10 @@ def delete_manifest(
         select(Manifest.id).where(Manifest.repository_id == manifest.repository_id, or_(*related))
     ).all()
     session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
-    if read_cache.redis_url() is not None:
-        if repository is None:
-            repository = session.scalars(
-                select(Repository.name).where(Repository.id == manifest.repository_id)
-            ).one()
+    if repository is None and read_cache.redis_url() is not None:
+        # (Garbage collection's caller knows the id only; read only when a token is kept.)
+        repository = session.get_one(Repository, manifest.repository_id).name
+    if repository is not None:
         read_cache.changed(session, repository)
     session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest.id))
     session.delete(manifest)
