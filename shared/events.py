@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -38,7 +39,7 @@ from shared.models import OutboxEvent, utcnow
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from kombu.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +102,6 @@ def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
             "polling_interval": 0.05,
         }
     return options
-
-
-@lru_cache
-def _producer() -> Celery:
-    # Imported on the first event sent: a process that sends none (the manifest service, which
-    # records none, unless it relays rows another process left behind) never loads Celery.
-    from celery import Celery
-
-    app = Celery("registry-events")
-    app.conf.update(
-        broker_connection_timeout=2,
-        broker_connection_retry_on_startup=False,
-        task_serializer="json",
-        **broker_options(get_settings().broker_url, get_settings().broker_queue),
-    )
-    return app
 
 
 # A row is left to the process that wrote it for this long before any relay takes it; a relay
@@ -273,11 +258,12 @@ def start_relay() -> None:
 
 def stop_relay() -> None:
     _relay.stop()
+    _publisher.close()
 
 
-def broker_connection_check() -> None:
-    """Raise unless the broker accepts a connection now (readiness): a connection of kombu,
-    the messaging library under Celery, made as Celery makes it."""
+def _connection() -> Connection:
+    """A new connection of kombu, the messaging library under Celery, to the broker, made as
+    Celery makes it, with timeouts: a broker that does not answer fails in seconds."""
     from kombu.connection import Connection
 
     settings = get_settings()
@@ -287,24 +273,101 @@ def broker_connection_check() -> None:
         # kombu's Redis transport waits without end by default (its connect_timeout is not
         # passed to the socket).
         transport_options.update(socket_connect_timeout=2, socket_timeout=2)
-    with Connection(  # type: ignore[no-untyped-call]
+    return Connection(  # type: ignore[no-untyped-call]
         options["broker_url"],
         transport=options.get("broker_transport"),
         transport_options=transport_options,
         connect_timeout=2,
-    ) as connection:
+    )
+
+
+def broker_connection_check() -> None:
+    """Raise unless the broker accepts a connection now (readiness)."""
+    with _connection() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
+
+
+class _Publisher:
+    """Sends events as Celery task messages (protocol 2, the janitor's worker consumes them)
+    with kombu alone: a process that only sends never loads Celery (about 6 MiB of resident
+    memory, 200 modules). One connection, kept, used by the relay thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+
+    def send(self, event: Event) -> None:
+        from kombu.entity import Exchange, Queue
+        from kombu.messaging import Producer
+
+        name = get_settings().broker_queue
+        task_id = str(uuid.uuid4())
+        args = [event.model_dump(mode="json")]
+        # The headers and body Celery's own send_task writes (celery.app.amqp.as_task_v2).
+        headers: dict[str, Any] = {
+            "lang": "py",
+            "task": EVENT_TASK,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": repr(args)[:1024],
+            "kwargsrepr": "{}",
+            "origin": f"{os.getpid()}@{socket.gethostname()}",
+            "ignore_result": False,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        }
+        embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+        with self._lock:
+            if self._connection is None:
+                self._connection = _connection()
+            connection = self._connection
+            try:
+                producer = Producer(connection)  # type: ignore[no-untyped-call]
+                publish = connection.ensure(  # type: ignore[no-untyped-call]
+                    producer,
+                    producer.publish,
+                    max_retries=2,
+                    interval_start=0.2,
+                    interval_step=0.5,
+                )
+                publish(
+                    (args, {}, embed),
+                    routing_key=name,
+                    serializer="json",
+                    headers=headers,
+                    correlation_id=task_id,
+                    declare=[Queue(name, Exchange(name, type="direct"), routing_key=name)],  # type: ignore[no-untyped-call]
+                )
+            except Exception:
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    connection.release()  # type: ignore[no-untyped-call]
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.release()  # type: ignore[no-untyped-call]
+                self._connection = None
+
+
+_publisher = _Publisher()
 
 
 def publish(event: Event) -> bool:
     """Send ``event`` to the janitor now; whether the broker took it."""
     try:
-        _producer().send_task(
-            EVENT_TASK,
-            args=[event.model_dump(mode="json")],
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
+        _publisher.send(event)
     except Exception as exc:
         log.warning(
             "event not published yet (kept for the relay): action=%s id=%s: %s",
