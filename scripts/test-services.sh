@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the test suite talks to is installed and running: the real registry clients
-# (skopeo, containerd with ctr, podman, the Docker engine), MariaDB, Redis, and HAProxy (the load
-# balancer in front of the replicas in tests/replicas.py). Starts the local servers when they are
+# (skopeo, containerd with ctr, podman, the Docker engine), MariaDB, Redis, HAProxy (the load
+# balancer in front of the replicas in tests/replicas.py) and Debian's docker-registry (the upstream
+# registry of the mirror tests). Starts the local servers when they are
 # installed but stopped; the client tests start their own containerd and dockerd, the replica
 # tests their own HAProxy.
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || need_apt+=(docker.i
 command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need_apt+=(mariadb-server)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+# the upstream of the mirror tests: CNCF Distribution, as Debian packages it
+command -v docker-registry >/dev/null || [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

@@ -59,6 +59,21 @@ CLIENTS_CUT_OFF = Counter(
 
 # ASGI's zero-copy send extension: its message type (the gateway implements it).
 ZERO_COPY_SEND = "http.response.zerocopysend"
+MIRROR_REQUESTS = Counter(
+    "registry_mirror_requests_total",
+    "Reads of mirrored namespaces, by kind (manifest, blob) and result: hit (served from the "
+    "cache), miss (fetched from the upstream), stale (the upstream failed, the cached copy "
+    "served), error (the upstream failed and nothing was cached)",
+    ["kind", "result"],
+)
+MIRROR_UPSTREAM_ERRORS = Counter(
+    "registry_mirror_upstream_errors_total",
+    "Requests to an upstream registry that failed, by mirror namespace",
+    ["namespace"],
+)
+MIRROR_BYTES_FETCHED = Counter(
+    "registry_mirror_bytes_fetched_total", "Blob bytes fetched from upstream registries"
+)
 SENDFILE_BYTES = Counter(
     "registry_gateway_sendfile_bytes_total",
     "Response bytes the gateway's kernel sent from files (sendfile), not passing through Python",

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # full access, and the gateway does no work for it; "htpasswd": HTTP Basic against the users
     # file; "token": bearer tokens (Docker registry token specification), issued by the
     # gateway at /auth/token or by an external issuer trusted by its public key.
+    # Mirrored namespaces, pulled through from other registries (shared.mirrors); YAML or JSON.
+    mirrors_file: str = ""
     auth: Literal["none", "htpasswd", "token"] = "none"
     auth_users_file: str = ""  # users (bcrypt hashes) and grants, YAML or JSON; reloaded on change
     auth_realm: str = "registry"  # the Basic realm

@@ -48,6 +48,8 @@ import bcrypt
 import yaml
 from cachetools import LRUCache
 
+from shared import yaml_files
+
 log = logging.getLogger("registry.auth")
 
 ACTIONS = ("pull", "push", "delete")
@@ -201,12 +203,7 @@ def read_document(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsersFileError(f"{path}: not valid YAML or JSON{where}") from None
+    document = yaml_files.parse(text, str(path), UsersFileError)
     if document is None:
         return {}
     if not isinstance(document, dict):

@@ -112,7 +112,16 @@ async def put(
     return await db.write(_put, repository, reference, body, content_type)
 
 
-def _put(repository: str, reference: str, body: bytes, content_type: str | None) -> PushedManifest:
+def _put(
+    repository: str,
+    reference: str,
+    body: bytes,
+    content_type: str | None,
+    check_references: bool = True,
+) -> PushedManifest:
+    """With ``check_references`` false (a manifest pulled through from a mirror's upstream),
+    the blobs and manifests it references need not be here yet: they are fetched when
+    asked for."""
     check_reference(reference)
     parsed = media_types.parse(body, content_type)
     if is_digest(reference):
@@ -131,7 +140,8 @@ def _put(repository: str, reference: str, body: bytes, content_type: str | None)
     with db.transaction() as session:
         connection = session.connection()
         repository_id = ensure_repository_id(connection, repository)
-        _check_references(connection, repository_id, repository, parsed)
+        if check_references:
+            _check_references(connection, repository_id, repository, parsed)
         key = {"repository_id": repository_id, "digest": digest}
         manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
         if manifest_id is not None:

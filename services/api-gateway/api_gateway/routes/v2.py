@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from api_gateway import routing
+from api_gateway import mirroring, routing
 from api_gateway.auth import Guard
 from api_gateway.limits import RequestLimits
 from api_gateway.proxy import forward
@@ -78,7 +78,7 @@ def build_routes(
         return JSONResponse({})
 
     async def to_service(request: Request) -> Response:
-        found = routing.match(_raw_path(request), request.method)
+        found = mirroring.resolve(routing.match(_raw_path(request), request.method), request)
         request.state.route_name = found.route.name
         query = await guard.check(request, found) if guard is not None else None
         done = limits.admit(request, found) if limits is not None else None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from blob_service import blobs
+from blob_service import blobs, pull_through
 from blob_service.ranges import parse_range
+from shared import mirrors
 from shared.blobs import open_blob
 from shared.reference import Digest, parse_digest
 from shared.storage import get_storage, keys
@@ -16,6 +17,7 @@ from shared.web import (
     STORAGE_KEY_HEADER,
     Endpoint,
     repository_name,
+    request_id,
 )
 
 # Content under a digest never changes.
@@ -39,11 +41,20 @@ def _blob(request: Request) -> tuple[str, Digest]:
 async def get_blob(request: Request) -> Response:
     """GET (the bytes, or the ``Range`` asked for) and HEAD (the headers alone)."""
     name, digest = _blob(request)
-    info = await blobs.stat(name, digest)
-    if request.method == "HEAD":
-        return Response(headers={**_headers(info), "Content-Length": str(info.size)})
     storage = get_storage()
+    mirror = mirrors.configured().find(name)
+    cache_status = None
+    if mirror is None:
+        info = await blobs.stat(name, digest)
+    else:
+        info, cache_status = await pull_through.stat(
+            storage, mirror, name, digest, request_id(request)
+        )
     headers = _headers(info)
+    if cache_status is not None:
+        headers["Cache-Status"] = cache_status
+    if request.method == "HEAD":
+        return Response(headers={**headers, "Content-Length": str(info.size)})
     wanted = request.headers.get("range")
     span = parse_range(wanted, info.size) if wanted else None
     status = 200

@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from manifest_service import manifests, media_types
+from manifest_service import manifests, media_types, pull_through
+from shared import mirrors
 from shared.errors import ErrorCode, ManifestTooLarge, RegistryError
 from shared.numbers import NumberInvalid, is_decimal, parse_decimal
 from shared.settings import get_settings
@@ -25,7 +26,14 @@ def _accepts(accept: str, media_type: str) -> bool:
 async def read_manifest(request: Request) -> Response:
     """GET and HEAD: the manifest, or its headers alone."""
     reference: str = request.path_params["reference"]
-    stored = await manifests.get(repository_name(request), reference)
+    name = repository_name(request)
+    mirror = mirrors.configured().find(name)
+    cache_status = None
+    if mirror is None:
+        stored = await manifests.get(name, reference)
+    else:
+        served = await pull_through.get(mirror, name, reference)
+        stored, cache_status = served.manifest, served.cache_status
     if not _accepts(",".join(request.headers.getlist("accept")), stored.media_type):
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
@@ -37,6 +45,8 @@ async def read_manifest(request: Request) -> Response:
         "ETag": f'"{stored.digest}"',
         "Content-Length": str(len(stored.content)),
     }
+    if cache_status is not None:
+        headers["Cache-Status"] = cache_status
     body = stored.content if request.method == "GET" else b""
     return Response(body, media_type=stored.media_type, headers=headers)
 

@@ -1,0 +1,349 @@
+"""Pull-through mirrors: namespaces of this registry that mirror other registries
+(``shared.mirrors``), against real upstreams on loopback (Debian's docker-registry, anonymous
+and behind htpasswd; a registry that sends wrong bytes), pulled through with skopeo.
+
+The mirrors file of the registry under test:
+
+- ``hub``: the open upstream, with Docker Hub's ``library/`` rule, answering ``?ns=docker.io``,
+  its tags checked upstream at most once an hour;
+- ``fresh``: the open upstream, its tags checked at every request;
+- ``down``: an upstream the tests stop and start again;
+- ``private``: an upstream behind htpasswd, the mirror's password in a file of its own;
+- ``bad``: an upstream that sends a blob whose bytes are not its digest's.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BACKENDS, running_registry
+from tests.images import Layout, multi_arch_image, single_image
+from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, eventually, sha256
+from tests.test_auth import make_skopeo
+from tests.test_client_skopeo import (
+    Skopeo,
+    assert_same_image,
+    image_digests,
+    layout_blobs,
+    tagged,
+)
+from tests.test_operations import metric, service_urls
+from tests.upstreams import ReferenceRegistry, fixed_registry, reference_registry
+
+ACCEPT = {"Accept": OCI_MANIFEST}
+CORRUPT_LAYER = b"the bytes the upstream should send"
+
+
+@dataclass
+class Upstreams:
+    open: ReferenceRegistry
+    down: ReferenceRegistry
+    private: ReferenceRegistry
+    bad_url: str
+    bad_layer: str  # the digest the bad upstream sends other bytes for
+    bad_manifest: str
+    skopeo: Skopeo
+
+    def push(self, upstream: ReferenceRegistry, layout: Layout, name: str, *flags: str) -> str:
+        """Copy the layout's image to ``name`` (repository:tag) at ``upstream``; its digest."""
+        options = ["--dest-creds", "mirror:s3cret"] if upstream.users else []
+        digest, _ = self.skopeo.push(
+            layout, f"docker://{upstream.url[7:]}/{name}", *options, *flags
+        )
+        return digest
+
+
+def _bad_upstream() -> tuple[dict[str, tuple[int, dict[str, str], bytes]], str, str]:
+    """A manifest whose layer the upstream answers with other bytes."""
+    config = b"{}"
+    layer_digest = sha256(CORRUPT_LAYER)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest,
+                    "size": len(CORRUPT_LAYER),
+                }
+            ],
+        }
+    ).encode()
+    manifest_digest = sha256(manifest)
+    wrong = b"other bytes than the digest says"
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": manifest_digest}
+    answers = {
+        "/v2/": (200, {"Content-Type": "application/json"}, b"{}"),
+        "/v2/app/manifests/v1": (200, headers, manifest),
+        f"/v2/app/manifests/{manifest_digest}": (200, headers, manifest),
+        f"/v2/app/blobs/{layer_digest}": (200, {"Content-Type": "application/octet-stream"}, wrong),
+        # A manifest asked for by a digest its bytes do not have.
+        f"/v2/app/manifests/{sha256(b'x')}": (200, {"Content-Type": OCI_MANIFEST}, manifest),
+    }
+    return answers, layer_digest, manifest_digest
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
+    root = tmp_path_factory.mktemp("upstreams")
+    answers, bad_layer, bad_manifest = _bad_upstream()
+    with (
+        reference_registry(root / "open") as open_upstream,
+        reference_registry(root / "down") as down,
+        reference_registry(root / "private", users={"mirror": "s3cret"}) as private,
+        fixed_registry(answers) as bad_url,
+    ):
+        yield Upstreams(
+            open_upstream,
+            down,
+            private,
+            bad_url,
+            bad_layer,
+            bad_manifest,
+            make_skopeo(root / "skopeo"),
+        )
+
+
+def _mirrors_file(root: Path, upstreams: Upstreams) -> Path:
+    (root / "private-password").write_text("s3cret\n")
+    document = {
+        "mirrors": {
+            "hub": {
+                "url": upstreams.open.url,
+                "library": True,
+                "hosts": ["docker.io"],
+                "tag_check_seconds": 3600,
+            },
+            "fresh": {"url": upstreams.open.url, "tag_check_seconds": 0},
+            "down": {"url": upstreams.down.url, "tag_check_seconds": 0},
+            "private": {
+                "url": upstreams.private.url,
+                "username": "mirror",
+                "password_file": "private-password",
+            },
+            "bad": {"url": upstreams.bad_url},
+        }
+    }
+    path = root / "mirrors.yml"
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstreams: Upstreams
+) -> Iterator[RegistryUnderTest]:
+    root = tmp_path_factory.mktemp(f"mirrors-{request.param}")
+    mirrors_file = _mirrors_file(root, upstreams)
+    with running_registry(request.param, root, mirrors_file=str(mirrors_file)) as running:
+        yield running
+
+
+def _name(stem: str) -> str:
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def _stale_count(registry: RegistryUnderTest) -> float:
+    text = httpx.get(f"{service_urls(registry)['manifest-service']}/metrics").text
+    return metric(text, "registry_mirror_requests_total", kind="manifest", result="stale")
+
+
+def _manifest(registry: RegistryUnderTest, name: str, reference: str) -> httpx.Response:
+    return registry.http.get(f"/v2/{name}/manifests/{reference}", headers=ACCEPT)
+
+
+# --- pulling through ---------------------------------------------------------------------
+
+
+def test_a_cold_pull_fetches_the_image_and_a_warm_pull_is_served_from_the_cache(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image")
+    name = _name("app")
+    pushed = upstreams.push(upstreams.open, image, f"library/{name}:v1")
+    # hub/<one word> is library/<one word> at the upstream (Docker Hub's rule).
+    source = f"docker://{registry.host}/hub/{name}:v1"
+
+    cold = upstreams.skopeo.pull(source, tmp_path / "cold")
+    assert_same_image(image, cold)
+    assert tagged(cold)["digest"] == pushed
+    config, layers = image_digests(image.path, pushed)
+    fetched = {d: upstreams.open.requests("GET", f"/blobs/{d}") for d in [config, *layers]}
+    assert all(count == 1 for count in fetched.values()), fetched
+
+    warm = upstreams.skopeo.pull(source, tmp_path / "warm")
+    assert layout_blobs(warm) == layout_blobs(cold)
+    again = {d: upstreams.open.requests("GET", f"/blobs/{d}") for d in fetched}
+    assert again == fetched, "a warm pull fetched blobs from the upstream again"
+    answer = _manifest(registry, f"hub/{name}", "v1")
+    assert answer.headers["cache-status"] == "registry; hit"
+    assert answer.headers["docker-content-digest"] == pushed
+
+
+def test_an_index_and_its_images_are_pulled_through(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = multi_arch_image(tmp_path / "image")
+    name = _name("multi")
+    pushed = upstreams.push(upstreams.open, image, f"{name}/app:v1", "--all")
+    pulled = tmp_path / "pulled"
+    upstreams.skopeo.pull(f"docker://{registry.host}/hub/{name}/app:v1", pulled, "--all")
+    assert tagged(pulled)["digest"] == pushed
+    assert layout_blobs(pulled) == layout_blobs(image.path)
+
+
+def test_containerd_ns_parameter_names_the_upstream(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=1)
+    name = _name("ns")
+    pushed = upstreams.push(upstreams.open, image, f"library/{name}:v1")
+    answer = registry.http.get(
+        f"/v2/library/{name}/manifests/v1", params={"ns": "docker.io"}, headers=ACCEPT
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["docker-content-digest"] == pushed
+    # The same repository as hub/library/<name>: one copy.
+    assert (
+        _manifest(registry, f"hub/library/{name}", "v1").headers["cache-status"] == "registry; hit"
+    )
+    unknown = registry.http.get(
+        f"/v2/library/{name}/manifests/v1", params={"ns": "quay.io"}, headers=ACCEPT
+    )
+    assert unknown.status_code == 404
+    assert error_codes(unknown) == ["NAME_UNKNOWN"]
+
+
+def test_pushes_and_deletes_in_a_mirrored_namespace_are_denied(
+    registry: RegistryUnderTest,
+) -> None:
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST}).encode()
+    attempts = [
+        registry.http.post("/v2/hub/app/blobs/uploads/"),
+        registry.http.post(f"/v2/hub/app/blobs/uploads/?digest={sha256(b'a')}", content=b"a"),
+        registry.http.put(
+            "/v2/hub/app/manifests/v1", content=manifest, headers={"Content-Type": OCI_MANIFEST}
+        ),
+        registry.http.delete(f"/v2/hub/app/manifests/{sha256(manifest)}"),
+        registry.http.delete(f"/v2/fresh/app/blobs/{sha256(b'a')}"),
+        registry.http.post("/v2/library/app/blobs/uploads/", params={"ns": "docker.io"}),
+    ]
+    for answer in attempts:
+        assert answer.status_code == 403, (answer.request.url, answer.text)
+        assert error_codes(answer) == ["DENIED"]
+        assert "read-only mirror" in answer.json()["errors"][0]["detail"]
+    # A namespace that is not a mirror is an ordinary repository.
+    own = registry.http.post(f"/v2/hubx/app/blobs/uploads/?digest={sha256(b'a')}", content=b"a")
+    assert own.status_code == 201, own.text
+
+
+# --- tags: checked upstream at most once an interval -------------------------------------
+
+
+def test_a_tag_moved_upstream_is_seen_once_its_interval_has_passed(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    name = f"{_name('moving')}/app"  # two components: no library/ rule at hub
+    first = upstreams.push(upstreams.open, single_image(tmp_path / "one", 1), f"{name}:v1")
+    assert _manifest(registry, f"fresh/{name}", "v1").headers["docker-content-digest"] == first
+    assert _manifest(registry, f"hub/{name}", "v1").headers["docker-content-digest"] == first
+
+    second = upstreams.push(upstreams.open, single_image(tmp_path / "two", 1), f"{name}:v1")
+    assert second != first
+    # fresh checks at every request; hub within its hour serves what it has, asking nothing.
+    heads = upstreams.open.requests("HEAD", f"/{name}/manifests/v1")
+    moved = _manifest(registry, f"fresh/{name}", "v1")
+    assert moved.headers["docker-content-digest"] == second
+    assert moved.headers["cache-status"] == "registry; fwd=miss; stored"
+    assert upstreams.open.requests("HEAD", f"/{name}/manifests/v1") == heads + 1
+    kept = _manifest(registry, f"hub/{name}", "v1")
+    assert kept.headers["docker-content-digest"] == first
+    assert kept.headers["cache-status"] == "registry; hit"
+    assert upstreams.open.requests("HEAD", f"/{name}/manifests/v1") == heads + 1
+    # The tag as checked: unchanged at the upstream, served from the cache after a HEAD.
+    same = _manifest(registry, f"fresh/{name}", "v1")
+    assert same.headers["docker-content-digest"] == second
+    assert same.headers["cache-status"] == "registry; hit"
+    assert upstreams.open.requests("HEAD", f"/{name}/manifests/v1") == heads + 2
+
+
+# --- the upstream fails ------------------------------------------------------------------
+
+
+def test_with_the_upstream_stopped_cached_content_is_served_and_the_rest_is_unavailable(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=2)
+    name = _name("stopping")
+    pushed = upstreams.push(upstreams.down, image, f"{name}:v1")
+    upstreams.push(upstreams.down, single_image(tmp_path / "other", 1), f"{name}:v2")
+    upstreams.skopeo.pull(f"docker://{registry.host}/down/{name}:v1", tmp_path / "cached")
+    before = _stale_count(registry)
+
+    upstreams.down.stop()
+    try:
+        stale = _manifest(registry, f"down/{name}", "v1")
+        assert stale.status_code == 200, stale.text
+        assert stale.headers["docker-content-digest"] == pushed
+        assert stale.headers["cache-status"] == 'registry; hit; detail="upstream unavailable"'
+        assert _stale_count(registry) == before + 1
+        again = upstreams.skopeo.pull(
+            f"docker://{registry.host}/down/{name}:v1", tmp_path / "again"
+        )
+        assert_same_image(image, again)
+
+        uncached = _manifest(registry, f"down/{name}", "v2")
+        assert uncached.status_code == 503, uncached.text
+        assert error_codes(uncached) == ["UNAVAILABLE"]
+        blob = registry.http.get(f"/v2/down/{name}/blobs/{sha256(b'never fetched')}")
+        assert blob.status_code == 503, blob.text
+        assert error_codes(blob) == ["UNAVAILABLE"]
+    finally:
+        upstreams.down.start()
+    assert _manifest(registry, f"down/{name}", "v2").status_code == 200
+
+
+def test_an_upstream_sending_wrong_bytes_is_refused_and_nothing_is_cached(
+    registry: RegistryUnderTest, upstreams: Upstreams
+) -> None:
+    manifest = _manifest(registry, "bad/app", "v1")
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.headers["docker-content-digest"] == upstreams.bad_manifest
+    for _ in range(2):
+        blob = registry.http.get(f"/v2/bad/app/blobs/{upstreams.bad_layer}")
+        assert blob.status_code == 503, blob.text
+        assert error_codes(blob) == ["UNAVAILABLE"]
+    assert not registry.query(
+        "SELECT digest FROM blobs WHERE digest = :digest", digest=upstreams.bad_layer
+    )
+    hex_digest = upstreams.bad_layer.removeprefix("sha256:")
+    assert not [path for path in registry.stored_files() if hex_digest in path]
+    # The upload the fetch wrote to is gone too (the janitor deletes its object).
+    eventually(registry.storage_matches_database, what="storage as the database says")
+    wrong = _manifest(registry, "bad/app", sha256(b"x"))
+    assert wrong.status_code == 503, wrong.text
+    assert not registry.query("SELECT digest FROM manifests WHERE digest = :d", d=sha256(b"x"))
+
+
+def test_an_upstream_behind_htpasswd_is_pulled_with_the_mirrors_credentials(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=1)
+    name = _name("private")
+    pushed = upstreams.push(upstreams.private, image, f"{name}:v1")
+    pulled = upstreams.skopeo.pull(f"docker://{registry.host}/private/{name}:v1", tmp_path / "p")
+    assert tagged(pulled)["digest"] == pushed
+    assert_same_image(image, pulled)
