@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from janitor import leases
+from shared import leases
 from tests.conftest import registry_fixture, running_registry
 from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
 
@@ -215,6 +215,10 @@ def test_a_lease_lets_one_janitor_run_a_sweep(registry: RegistryUnderTest) -> No
         assert leases.acquire("test-sweep", ttl, owner="b")  # an expired lease is free
         leases.release("test-sweep", owner="b")
         assert leases.acquire("test-sweep", ttl, owner="a")
+        leases.release("test-sweep", owner="a")
+        assert not leases.held("test-sweep")
+        assert leases.acquire("test-sweep", ttl, owner="a")
+        assert leases.held("test-sweep")
         leases.release("test-sweep", owner="a")
 
 

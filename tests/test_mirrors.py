@@ -15,8 +15,10 @@ The mirrors file of the registry under test:
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,6 +252,54 @@ def test_pushes_and_deletes_in_a_mirrored_namespace_are_denied(
     assert own.status_code == 201, own.text
 
 
+def test_sixteen_concurrent_pulls_of_one_uncached_blob_fetch_it_once(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=1, layer_size=8 * 1024 * 1024)
+    name = _name("crowd")
+    pushed = upstreams.push(upstreams.open, image, f"{name}/app:v1")
+    _, (layer,) = image_digests(image.path, pushed)
+    path = f"/v2/hub/{name}/app/blobs/{layer}"
+
+    def pull(_: int) -> tuple[str, str]:
+        with httpx.Client(base_url=registry.url, timeout=120) as client:
+            answer = client.get(path)
+        assert answer.status_code == 200, answer.text
+        return sha256(answer.content), answer.headers["cache-status"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(pull, range(16)))
+    assert {digest for digest, _ in answers} == {layer}
+    assert upstreams.open.requests("GET", f"/blobs/{layer}") == 1
+    # One request fetched (and streamed it as it came); the others waited for it, or came
+    # after it was stored.
+    statuses = [status for _, status in answers]
+    assert statuses.count("registry; fwd=miss; stored") == 1, statuses
+
+
+def test_a_client_that_stops_reading_holds_no_one_up(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=1, layer_size=32 * 1024 * 1024)
+    name = _name("stalled")
+    pushed = upstreams.push(upstreams.open, image, f"{name}/app:v1")
+    _, (layer,) = image_digests(image.path, pushed)
+    path = f"/v2/hub/{name}/app/blobs/{layer}"
+    host, port = registry.host.split(":")
+    # The first request starts the fetch, and its client reads nothing.
+    stalled = socket.create_connection((host, int(port)))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: {registry.host}\r\n\r\n".encode())
+    try:
+        eventually(lambda: upstreams.open.requests("GET", f"/blobs/{layer}") == 1, what="fetch")
+        answer = registry.http.get(path, timeout=60)
+        assert answer.status_code == 200
+        assert sha256(answer.content) == layer
+    finally:
+        stalled.close()
+    assert upstreams.open.requests("GET", f"/blobs/{layer}") == 1
+
+
 # --- tags: checked upstream at most once an interval -------------------------------------
 
 
@@ -322,10 +372,13 @@ def test_an_upstream_sending_wrong_bytes_is_refused_and_nothing_is_cached(
     manifest = _manifest(registry, "bad/app", "v1")
     assert manifest.status_code == 200, manifest.text
     assert manifest.headers["docker-content-digest"] == upstreams.bad_manifest
+    # A whole GET is streamed as it is fetched: its transfer is cut short, the last chunk
+    # never sent. A HEAD waits for the fetch: 503.
     for _ in range(2):
-        blob = registry.http.get(f"/v2/bad/app/blobs/{upstreams.bad_layer}")
-        assert blob.status_code == 503, blob.text
-        assert error_codes(blob) == ["UNAVAILABLE"]
+        with pytest.raises(httpx.RemoteProtocolError):
+            registry.http.get(f"/v2/bad/app/blobs/{upstreams.bad_layer}")
+        head = registry.http.head(f"/v2/bad/app/blobs/{upstreams.bad_layer}")
+        assert head.status_code == 503
     assert not registry.query(
         "SELECT digest FROM blobs WHERE digest = :digest", digest=upstreams.bad_layer
     )

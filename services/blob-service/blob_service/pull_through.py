@@ -1,20 +1,37 @@
 """Blobs of mirrored namespaces (``shared.mirrors``), pulled through from their upstream.
 
-A blob the repository does not hold is fetched from the upstream as a monolithic upload of
-this registry's own: written to storage while its digest is computed, made visible only when
-the digest matches (an upstream that sends other bytes leaves nothing behind), then served
-like any other blob.
+A blob the repository does not hold is fetched from the upstream once, whatever the number of
+clients asking for it on any replica: the request that takes the fetch's lease (a row of
+``job_leases`` named by the repository and the digest, renewed while it fetches) fetches; the
+others wait for the blob, and take the lease over if its holder stops renewing it (a replica
+that died). The fetch is a monolithic upload of the registry's own: the upstream's bytes go to
+storage while their digest is computed, and become a blob only when it matches. For a whole
+GET they are also streamed to the client as they come, the last chunk only once the blob is
+verified and stored: an upstream that sends other bytes has the client's transfer cut short,
+and nothing of it is kept. A client that goes away, or reads more slowly than the upstream
+sends, does not hold the fetch up: the fetch goes on without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from blob_service import blobs, uploads
+from shared import db, leases
+from shared.blobs import TransferAborted
 from shared.errors import ErrorCode, RegistryError
 from shared.mirrors import Mirror
 from shared.observability import MIRROR_BYTES_FETCHED, MIRROR_REQUESTS
 from shared.reference import Digest
+from shared.settings import get_settings
 from shared.storage import StorageDriver
 from shared.upstream import (
     UpstreamNotFound,
@@ -26,58 +43,231 @@ from shared.upstream import (
 
 HIT = "registry; hit"
 MISS = "registry; fwd=miss; stored"
+COLLAPSED = "registry; fwd=miss; collapsed"
+# How often a request waiting for another's fetch looks for the blob.
+WAIT_SECONDS = 0.1
+# Chunks of the upstream's answer buffered for the client; a client that has not taken one
+# within CLIENT_WAIT_SECONDS while they are all waiting is left behind (its transfer is cut
+# short: it asks again and is served from storage), so that no client slows the fetch that
+# every other one waits for.
+QUEUE_CHUNKS = 16
+CLIENT_WAIT_SECONDS = 2.0
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# Fetches whose client went away, kept referenced until they end.
+_background: set[asyncio.Task[uploads.CommittedBlob]] = set()
 
 
-async def _counted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        MIRROR_BYTES_FETCHED.inc(len(chunk))
-        yield chunk
+@dataclass
+class Served:
+    """A blob to answer: from storage (``info``), or streamed as it is fetched (``stream``, of
+    ``size`` bytes when the upstream said)."""
+
+    cache_status: str
+    info: blobs.BlobInfo | None = None
+    stream: AsyncIterator[bytes] | None = None
+    size: int | None = None
 
 
-async def stat(
+_END = b""  # the last chunk has been queued (chunks are never empty)
+_LEFT = object()  # the client was left behind
+
+
+@dataclass
+class _Tee:
+    """The upstream's answer, read by the upload that stores it; its chunks handed, as they
+    come, to the client's response too, while the client keeps up."""
+
+    source: Callable[[], AsyncIterator[bytes]]
+    streaming: bool
+    length: asyncio.Future[int | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_CHUNKS))
+    left: bool = False
+
+    async def _hand(self, item: object) -> None:
+        if not self.streaming or self.left:
+            return
+        try:
+            async with asyncio.timeout(CLIENT_WAIT_SECONDS):
+                await self.queue.put(item)
+        except TimeoutError:
+            self.leave()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self.source():
+            if chunk:
+                MIRROR_BYTES_FETCHED.inc(len(chunk))
+                await self._hand(chunk)
+                yield chunk
+        await self._hand(_END)
+
+    def leave(self) -> None:
+        """Go on without the client (gone, or too slow): what it would have read is dropped,
+        and it is told to stop."""
+        self.left = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(_LEFT)
+
+
+def _lease_name(repository: str, digest: Digest) -> str:
+    return "fetch:" + hashlib.sha256(f"{repository}@{digest}".encode()).hexdigest()[:58]
+
+
+async def serve(
     storage: StorageDriver,
     mirror: Mirror,
     repository: str,
     digest: Digest,
     request_id: str | None,
-) -> tuple[blobs.BlobInfo, str]:
-    """The blob as the repository holds it, fetched first when it does not; and the
-    ``Cache-Status`` to answer with."""
+    *,
+    stream: bool,
+) -> Served:
+    """The blob as the repository holds it, fetched first when it does not. With ``stream``
+    (a whole GET), a fetch this request makes is streamed to it as it comes."""
+    lease = _lease_name(repository, digest)
+    owner = uuid.uuid4().hex
+    ttl = dt.timedelta(seconds=get_settings().upload_lease_seconds)
+    waited = False
+    while True:
+        try:
+            info = await blobs.stat(repository, digest)
+        except RegistryError as exc:
+            if exc.code is not ErrorCode.BLOB_UNKNOWN:
+                raise
+        else:
+            MIRROR_REQUESTS.labels("blob", "miss" if waited else "hit").inc()
+            return Served(COLLAPSED if waited else HIT, info)
+        if not await db.read(leases.held, lease) and await db.write(
+            leases.acquire, lease, ttl, owner
+        ):
+            break
+        waited = True  # another request fetches it: wait for the blob
+        await asyncio.sleep(WAIT_SECONDS)
     try:
+        # Stored between the look above and the lease: nothing to fetch.
         info = await blobs.stat(repository, digest)
     except RegistryError as exc:
         if exc.code is not ErrorCode.BLOB_UNKNOWN:
+            await db.write(leases.release, lease, owner)
             raise
-        return await fetch(storage, mirror, repository, digest, request_id), MISS
-    MIRROR_REQUESTS.labels("blob", "hit").inc()
-    return info, HIT
+    else:
+        await db.write(leases.release, lease, owner)
+        MIRROR_REQUESTS.labels("blob", "miss").inc()
+        return Served(COLLAPSED, info)
+    held = (lease, owner, ttl)
+    return await _fetch(storage, mirror, repository, digest, request_id, stream, held)
 
 
-async def fetch(
+async def _holding(lease: str, owner: str, ttl: dt.timedelta, fetch: Awaitable[T]) -> T:
+    """``fetch``, the lease renewed meanwhile and released after."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(ttl.total_seconds() / 3)
+            with contextlib.suppress(Exception):  # tried again at the next beat
+                await db.write(leases.acquire, lease, ttl, owner)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        return await fetch
+    finally:
+        renewer.cancel()
+        try:
+            await db.write(leases.release, lease, owner)
+        except Exception:  # it expires by itself
+            log.warning("could not release the lease %s", lease, exc_info=True)
+
+
+async def _fetch(
     storage: StorageDriver,
     mirror: Mirror,
     repository: str,
     digest: Digest,
     request_id: str | None,
-) -> blobs.BlobInfo:
-    """Fetch blob ``digest`` of ``repository`` from the mirror's upstream and store it."""
+    stream: bool,
+    held: tuple[str, str, dt.timedelta],
+) -> Served:
     name = mirror.upstream_name(repository)
-    try:
+
+    async def source() -> AsyncIterator[bytes]:
         async with upstream(mirror).blob(name, str(digest)) as response:
-            await uploads.monolithic(
-                storage, repository, digest, _counted(response.aiter_bytes()), request_id
-            )
+            length = response.headers.get("content-length", "")
+            if not tee.length.done():
+                tee.length.set_result(int(length) if length.isdigit() else None)
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    tee = _Tee(source, stream)
+    fetch = uploads.monolithic(storage, repository, digest, tee.chunks(), request_id)
+    task = asyncio.create_task(_holding(*held, _guarded(fetch, mirror, name, digest)))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    if stream:
+        # The answer starts once the upstream has answered (or the fetch has failed).
+        started: set[asyncio.Future[Any]] = {task, tee.length}
+        await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+        if not tee.length.done() or tee.length.result() is None:
+            tee.leave()  # failed, or no length said: answered from storage once stored
+        else:
+            MIRROR_REQUESTS.labels("blob", "miss").inc()
+            return Served(MISS, stream=_streamed(tee, task), size=tee.length.result())
+    await task
+    MIRROR_REQUESTS.labels("blob", "miss").inc()
+    return Served(MISS, await blobs.stat(repository, digest))
+
+
+async def _guarded(
+    fetch: Awaitable[uploads.CommittedBlob],
+    mirror: Mirror,
+    name: str,
+    digest: Digest,
+) -> uploads.CommittedBlob:
+    """The fetch, its failures as the spec's errors."""
+    what = f"blob {digest} of {name!r}"
+    try:
+        return await fetch
     except UpstreamNotFound:
         MIRROR_REQUESTS.labels("blob", "miss").inc()
-        raise RegistryError(
-            ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to {name!r} at {mirror.url}"
-        ) from None
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"{what} unknown at {mirror.url}") from None
     except (UpstreamUnavailable, UpstreamRefused) as exc:
-        raise unavailable(mirror, "blob", f"blob {digest} of {name!r}", exc) from None
+        raise unavailable(mirror, "blob", what, exc) from None
     except RegistryError as exc:
         if exc.code is not ErrorCode.DIGEST_INVALID:
             raise
         wrong = UpstreamRefused("it sent bytes of another digest")
-        raise unavailable(mirror, "blob", f"blob {digest} of {name!r}", wrong) from None
-    MIRROR_REQUESTS.labels("blob", "miss").inc()
-    return await blobs.stat(repository, digest)
+        raise unavailable(mirror, "blob", what, wrong) from None
+
+
+async def _streamed(tee: _Tee, task: asyncio.Task[uploads.CommittedBlob]) -> AsyncIterator[bytes]:
+    """The chunks as they come, the last one only once the blob is verified and stored."""
+    held: bytes | None = None
+    try:
+        while True:
+            getting: asyncio.Future[object] = asyncio.ensure_future(tee.queue.get())
+            waiting: set[asyncio.Future[Any]] = {getting, task}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not getting.done() and task.exception() is not None:
+                getting.cancel()
+                raise TransferAborted(f"the fetch failed: {task.exception()}")
+            item = await getting  # a fetch that ended well has queued the rest
+            if item is _LEFT:
+                raise TransferAborted("the client read more slowly than the upstream sent")
+            if item == _END:
+                try:
+                    await task
+                except Exception as exc:
+                    raise TransferAborted(f"the fetch failed: {exc}") from exc
+                if held is not None:
+                    yield held
+                return
+            assert isinstance(item, bytes)
+            if held is not None:
+                yield held
+            held = item
+    finally:
+        if not tee.left:
+            tee.leave()

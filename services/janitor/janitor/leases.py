@@ -1,53 +1,14 @@
-"""Leases for singleton jobs: a periodic sweep runs on one janitor replica at a time.
-
-A lease is a row (``job_leases``) naming its owner and when it expires; taking it is one
-conditional update, so it works the same on MySQL and SQLite and needs no broker feature. A
-replica that dies leaves a lease that simply expires.
-"""
+"""Leases for singleton jobs: a periodic sweep runs on one janitor replica at a time
+(``shared.leases``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import delete, update
-from sqlalchemy.exc import IntegrityError
-
-from shared import db
-from shared.models import JobLease, utcnow
-
-OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def acquire(name: str, ttl: dt.timedelta, owner: str = OWNER) -> bool:
-    now = utcnow()
-    with db.transaction() as session:
-        taken = session.execute(
-            update(JobLease)
-            .where(JobLease.name == name, (JobLease.expires_at < now) | (JobLease.owner == owner))
-            .values(owner=owner, expires_at=now + ttl)
-        )
-        if taken.rowcount == 1:  # type: ignore[attr-defined]
-            return True
-        if session.get(JobLease, name) is not None:
-            return False
-        try:
-            with session.begin_nested():
-                session.add(JobLease(name=name, owner=owner, expires_at=now + ttl))
-        except IntegrityError:
-            return False
-        return True
-
-
-def release(name: str, owner: str = OWNER) -> None:
-    with db.transaction() as session:
-        session.execute(delete(JobLease).where(JobLease.name == name, JobLease.owner == owner))
-
+from shared.leases import acquire, release
 
 HEARTBEAT = dt.timedelta(minutes=2)
 

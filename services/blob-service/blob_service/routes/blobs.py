@@ -24,11 +24,11 @@ from shared.web import (
 CACHE_CONTROL = "max-age=31536000, immutable"
 
 
-def _headers(info: blobs.BlobInfo) -> dict[str, str]:
+def _headers(digest: str) -> dict[str, str]:
     return {
         "Content-Type": "application/octet-stream",
-        "Docker-Content-Digest": info.digest,
-        "ETag": f'"{info.digest}"',
+        "Docker-Content-Digest": digest,
+        "ETag": f'"{digest}"',
         "Cache-Control": CACHE_CONTROL,
         "Accept-Ranges": "bytes",
     }
@@ -47,10 +47,19 @@ async def get_blob(request: Request) -> Response:
     if mirror is None:
         info = await blobs.stat(name, digest)
     else:
-        info, cache_status = await pull_through.stat(
-            storage, mirror, name, digest, request_id(request)
+        # A whole GET of a blob this request fetches is streamed to it as it comes.
+        whole = request.method == "GET" and "range" not in request.headers
+        served = await pull_through.serve(
+            storage, mirror, name, digest, request_id(request), stream=whole
         )
-    headers = _headers(info)
+        cache_status = served.cache_status
+        if served.stream is not None:
+            headers = {**_headers(str(digest)), "Cache-Status": cache_status}
+            headers["Content-Length"] = str(served.size)
+            return StreamingResponse(served.stream, headers=headers)
+        assert served.info is not None
+        info = served.info
+    headers = _headers(info.digest)
     if cache_status is not None:
         headers["Cache-Status"] = cache_status
     if request.method == "HEAD":

@@ -1,0 +1,53 @@
+"""Leases: a row (``job_leases``) naming who does a thing until when, so that one process at
+a time, on any replica, does it: the janitor's periodic sweeps, the fetch of one blob from a
+mirror's upstream. Taking a lease is one conditional update (or an insert), so it works the same
+on MySQL and SQLite and needs no broker feature; a holder that dies leaves a lease that simply
+expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from shared import db
+from shared.models import JobLease, utcnow
+
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def acquire(name: str, ttl: dt.timedelta, owner: str = OWNER) -> bool:
+    now = utcnow()
+    with db.transaction() as session:
+        taken = session.execute(
+            update(JobLease)
+            .where(JobLease.name == name, (JobLease.expires_at < now) | (JobLease.owner == owner))
+            .values(owner=owner, expires_at=now + ttl)
+        )
+        if taken.rowcount == 1:  # type: ignore[attr-defined]
+            return True
+        if session.get(JobLease, name) is not None:
+            return False
+        try:
+            with session.begin_nested():
+                session.add(JobLease(name=name, owner=owner, expires_at=now + ttl))
+        except IntegrityError:
+            return False
+        return True
+
+
+def release(name: str, owner: str = OWNER) -> None:
+    with db.transaction() as session:
+        session.execute(delete(JobLease).where(JobLease.name == name, JobLease.owner == owner))
+
+
+def held(name: str) -> bool:
+    """Whether anyone holds ``name`` now (a plain read, no lock)."""
+    with db.reading() as connection:
+        expires = connection.scalar(select(JobLease.expires_at).where(JobLease.name == name))
+    return expires is not None and expires >= utcnow()
