@@ -9,6 +9,8 @@ of this registry to an upstream registry::
         url: https://registry-1.docker.io
         library: true                       # hub/alpine is library/alpine there (Hub's rule)
         hosts: [docker.io]                  # containerd's ?ns= values it answers
+        default: true                       # answers names no own repository has (Docker's
+                                            # registry-mirrors sends Hub's names as they are)
         username: someone                   # optional: Basic, or the bearer-token flow
         password_file: /run/secrets/hub     # (a Kubernetes Secret's key, mounted)
         tag_check_seconds: 300              # a tag is checked upstream at most this often
@@ -16,7 +18,9 @@ of this registry to an upstream registry::
         url: https://ghcr.io
 
 A namespace is a first path component: every repository under it is a mirror (pushes are
-refused with DENIED), every other repository is this registry's own.
+refused with DENIED), every other repository is this registry's own. The default mirror (at
+most one) also answers reads of names outside every namespace that no own repository has:
+``library/alpine`` is then read as ``hub/library/alpine``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared import yaml_files
-from shared.reference import NAME_COMPONENT
+from shared.reference import MAX_NAME_LENGTH, NAME_COMPONENT
 from shared.settings import get_settings
 
 DEFAULT_TAG_CHECK_SECONDS = 300
@@ -45,6 +49,7 @@ class Mirror:
     url: str  # scheme and host (and port), no trailing slash
     library: bool = False
     hosts: tuple[str, ...] = ()
+    default: bool = False
     username: str = ""
     password: str = field(default="", repr=False)
     tag_check_seconds: float = DEFAULT_TAG_CHECK_SECONDS
@@ -65,6 +70,10 @@ class Mirrors:
         """The mirror ``repository`` belongs to, if any (a name under its namespace)."""
         namespace, slash, _ = repository.partition("/")
         return self.by_namespace.get(namespace) if slash else None
+
+    @property
+    def default(self) -> Mirror | None:
+        return next((m for m in self.by_namespace.values() if m.default), None)
 
     def for_host(self, host: str) -> Mirror | None:
         """The mirror that answers for the upstream ``host`` (containerd's ``ns``)."""
@@ -108,14 +117,15 @@ def _mirror(namespace: Any, entry: Any, base: Path) -> Mirror:
     seconds = entry.get("tag_check_seconds", DEFAULT_TAG_CHECK_SECONDS)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise MirrorsFileError(f"{where}: tag_check_seconds must be a number of seconds >= 0")
-    library = entry.get("library", False)
-    if not isinstance(library, bool):
-        raise MirrorsFileError(f"{where}: library must be true or false")
+    library, default = entry.get("library", False), entry.get("default", False)
+    if not isinstance(library, bool) or not isinstance(default, bool):
+        raise MirrorsFileError(f"{where}: library and default are true or false")
     return Mirror(
         namespace=namespace,
         url=url,
         library=library,
         hosts=tuple(hosts),
+        default=default,
         username=_text(entry, "username", where),
         password=password,
         tag_check_seconds=float(seconds),
@@ -123,7 +133,16 @@ def _mirror(namespace: Any, entry: Any, base: Path) -> Mirror:
 
 
 _NAMESPACE = re.compile(NAME_COMPONENT)
-_KEYS = {"url", "library", "hosts", "username", "password", "password_file", "tag_check_seconds"}
+_KEYS = {
+    "url",
+    "library",
+    "hosts",
+    "default",
+    "username",
+    "password",
+    "password_file",
+    "tag_check_seconds",
+}
 
 
 def parse(document: Any, base: Path = Path()) -> Mirrors:
@@ -134,7 +153,10 @@ def parse(document: Any, base: Path = Path()) -> Mirrors:
     entries = document.get("mirrors") or {}
     if not isinstance(entries, dict):
         raise MirrorsFileError("mirrors: expected a mapping of namespaces")
-    return Mirrors({str(ns): _mirror(ns, entry, base) for ns, entry in entries.items()})
+    found = Mirrors({str(ns): _mirror(ns, entry, base) for ns, entry in entries.items()})
+    if sum(mirror.default for mirror in found.by_namespace.values()) > 1:
+        raise MirrorsFileError("mirrors: at most one mirror is the default")
+    return found
 
 
 def load(path: Path) -> Mirrors:
@@ -150,3 +172,23 @@ def configured() -> Mirrors:
     """This process's mirrors (read once: a changed file takes effect at restart)."""
     path = get_settings().mirrors_file
     return load(Path(path)) if path else Mirrors({})
+
+
+async def default_for(name: str) -> tuple[Mirror, str] | None:
+    """For a read of ``name`` (outside every namespace) that found nothing: the default mirror
+    and the name under its namespace, when there is a default mirror and no own repository
+    is called ``name``."""
+    default = configured().default
+    if default is None:
+        return None
+    from shared import db
+    from shared.repositories import find_repository_id
+
+    def own() -> bool:
+        with db.reading() as connection:
+            return find_repository_id(connection, name) is not None
+
+    mirrored = f"{default.namespace}/{name}"
+    if len(mirrored) > MAX_NAME_LENGTH or await db.read(own):
+        return None
+    return default, mirrored

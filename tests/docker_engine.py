@@ -55,8 +55,12 @@ class DockerEngine:
     path has at most 107 bytes), removed by ``stop()``.
     """
 
-    def __init__(self, root: Path, start_timeout: float = 60) -> None:
+    def __init__(
+        self, root: Path, start_timeout: float = 60, registry_mirrors: Sequence[str] = ()
+    ) -> None:
         self.root = root
+        # Where it pulls Docker Hub's images from first (dockerd's --registry-mirror).
+        self.registry_mirrors = list(registry_mirrors)
         self.start_timeout = start_timeout
         self.run_dir: Path | None = None
         self.dockerd: subprocess.Popen[bytes] | None = None
@@ -147,6 +151,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--bridge=none",
             "--storage-driver=vfs",
             "--insecure-registry", "127.0.0.0/8",
+            *(f"--registry-mirror={mirror}" for mirror in self.registry_mirrors),
         ]  # fmt: skip
         with open(self.root / "dockerd.log", "ab") as output:
             self.dockerd = subprocess.Popen(

@@ -26,9 +26,12 @@ import httpx
 import pytest
 
 from tests.conftest import BACKENDS, running_registry
+from tests.docker_engine import DockerEngine
 from tests.images import Layout, multi_arch_image, single_image
+from tests.podman import private_podman
 from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, eventually, sha256
 from tests.test_auth import make_skopeo
+from tests.test_client_containerd import Containerd, containerd  # noqa: F401 (a fixture)
 from tests.test_client_skopeo import (
     Skopeo,
     assert_same_image,
@@ -127,6 +130,7 @@ def _mirrors_file(root: Path, upstreams: Upstreams) -> Path:
                 "url": upstreams.open.url,
                 "library": True,
                 "hosts": ["docker.io"],
+                "default": True,
                 "tag_check_seconds": 3600,
             },
             "fresh": {"url": upstreams.open.url, "tag_check_seconds": 0},
@@ -400,3 +404,67 @@ def test_an_upstream_behind_htpasswd_is_pulled_with_the_mirrors_credentials(
     pulled = upstreams.skopeo.pull(f"docker://{registry.host}/private/{name}:v1", tmp_path / "p")
     assert tagged(pulled)["digest"] == pushed
     assert_same_image(image, pulled)
+
+
+# --- the clients' own mirror settings ----------------------------------------------------
+
+
+def test_the_docker_engine_pulls_hub_images_through_its_registry_mirror(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """dockerd's ``registry-mirrors`` sends Docker Hub's names as they are (``library/x``):
+    the default mirror answers them, since no own repository has them."""
+    image = single_image(tmp_path / "image", layer_count=2)
+    name = _name("engine")
+    pushed = upstreams.push(upstreams.open, image, f"library/{name}:v1")
+    with DockerEngine(tmp_path / "docker", registry_mirrors=[registry.url]) as engine:
+        engine.docker("pull", f"{name}:v1")
+        assert f"{name}@{pushed}" in engine.repo_digests(f"{name}:v1")
+    # Stored under the default mirror's namespace.
+    stored = _manifest(registry, f"hub/library/{name}", "v1")
+    assert stored.headers["cache-status"] == "registry; hit"
+
+
+def test_containerd_pulls_through_a_hosts_toml_mirror(
+    registry: RegistryUnderTest,
+    upstreams: Upstreams,
+    containerd: Containerd,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """containerd's ``hosts.toml`` mirror: requests carry ``?ns=docker.io``."""
+    image = single_image(tmp_path / "image", layer_count=2)
+    name = _name("ctr")
+    pushed = upstreams.push(upstreams.open, image, f"library/{name}:v1")
+    hosts = tmp_path / "certs.d"
+    (hosts / "docker.io").mkdir(parents=True)
+    (hosts / "docker.io" / "hosts.toml").write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        f'[host."{registry.url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    namespace = containerd.namespace()
+    namespace.run("images", "pull", "--hosts-dir", str(hosts), f"docker.io/library/{name}:v1")
+    assert namespace.images()[f"docker.io/library/{name}:v1"][1] == pushed
+    assert (
+        _manifest(registry, f"hub/library/{name}", "v1").headers["cache-status"] == "registry; hit"
+    )
+
+
+def test_podman_pulls_through_a_registries_conf_mirror(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """podman and CRI-O (containers/image's ``registries.conf``) put the mirror's location in
+    front of the rest of the name: ``<registry>/hub/library/<name>``."""
+    image = single_image(tmp_path / "image", layer_count=2)
+    name = _name("podman")
+    pushed = upstreams.push(upstreams.open, image, f"library/{name}:v1")
+    with private_podman(tmp_path) as podman:
+        with (podman.home / "registries.conf").open("a") as conf:
+            conf.write(
+                '\n[[registry]]\nprefix = "docker.io"\nlocation = "registry-1.docker.io"\n'
+                f'\n[[registry.mirror]]\nlocation = "{registry.host}/hub"\ninsecure = true\n'
+            )
+        podman.pull(f"docker.io/library/{name}:v1")
+        assert podman.inspect(f"docker.io/library/{name}:v1")["Digest"] == pushed
+    assert (
+        _manifest(registry, f"hub/library/{name}", "v1").headers["cache-status"] == "registry; hit"
+    )

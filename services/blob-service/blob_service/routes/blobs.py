@@ -9,6 +9,7 @@ from blob_service import blobs, pull_through
 from blob_service.ranges import parse_range
 from shared import mirrors
 from shared.blobs import open_blob
+from shared.errors import ErrorCode, RegistryError
 from shared.reference import Digest, parse_digest
 from shared.storage import get_storage, keys
 from shared.web import (
@@ -45,8 +46,16 @@ async def get_blob(request: Request) -> Response:
     mirror = mirrors.configured().find(name)
     cache_status = None
     if mirror is None:
-        info = await blobs.stat(name, digest)
-    else:
+        try:
+            info = await blobs.stat(name, digest)
+        except RegistryError as exc:
+            default = None
+            if exc.code is ErrorCode.BLOB_UNKNOWN:
+                default = await mirrors.default_for(name)
+            if default is None:
+                raise
+            mirror, name = default
+    if mirror is not None:
         # A whole GET of a blob this request fetches is streamed to it as it comes.
         whole = request.method == "GET" and "range" not in request.headers
         served = await pull_through.serve(

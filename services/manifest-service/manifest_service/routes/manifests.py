@@ -30,8 +30,16 @@ async def read_manifest(request: Request) -> Response:
     mirror = mirrors.configured().find(name)
     cache_status = None
     if mirror is None:
-        stored = await manifests.get(name, reference)
-    else:
+        try:
+            stored = await manifests.get(name, reference)
+        except RegistryError as exc:
+            default = None
+            if exc.code is ErrorCode.MANIFEST_UNKNOWN:
+                default = await mirrors.default_for(name)
+            if default is None:
+                raise
+            mirror, name = default
+    if mirror is not None:
         served = await pull_through.get(mirror, name, reference)
         stored, cache_status = served.manifest, served.cache_status
     if not _accepts(",".join(request.headers.getlist("accept")), stored.media_type):
