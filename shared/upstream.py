@@ -11,6 +11,7 @@ expires. A failure the client cannot act on (unreachable, a timeout, 429 or 5xx)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -83,6 +84,10 @@ class _Tokens:
             return None
         return found[0]
 
+    def drop(self, key: tuple[str, str, str] | None) -> None:
+        if key is not None:
+            self._tokens.pop(key, None)
+
     def put(self, key: tuple[str, str, str], token: str, seconds: float) -> None:
         if len(self._tokens) > 10_000:
             self._tokens.clear()
@@ -98,6 +103,8 @@ class _Auth(httpx.Auth):
         self.tokens = tokens
         self.scope = scope
         self._last_key: tuple[str, str, str] | None = None
+        self._fetching = asyncio.Lock()
+        self._basic_asked = False
 
     def _basic(self) -> str:
         pair = f"{self.mirror.username}:{self.mirror.password}".encode()
@@ -110,11 +117,17 @@ class _Auth(httpx.Auth):
         kept = self._kept()
         if kept is not None:
             request.headers["Authorization"] = f"Bearer {kept}"
+        elif self._basic_asked:
+            request.headers["Authorization"] = self._basic()
         response = yield request
-        if response.status_code != 401:
-            return
+        if response.status_code != 401 or self._basic_asked:
+            return  # answered, or the mirror's credentials refused
+        if kept is not None:  # the token was refused (revoked, expired early): a new one
+            self.tokens.drop(self._last_key)
         challenge = parse_challenge(response.headers.get("www-authenticate", ""))
         if challenge.scheme == "basic" and self.mirror.username:
+            # Sent at once from now on: one request instead of two.
+            self._basic_asked = True
             request.headers["Authorization"] = self._basic()
             yield request
             return
@@ -123,31 +136,43 @@ class _Auth(httpx.Auth):
         realm = challenge.params["realm"]
         service = challenge.params.get("service", "")
         scope = challenge.params.get("scope", self.scope)
-        query = {"scope": scope} if scope else {}
-        if service:
-            query["service"] = service
-        token_request = httpx.Request("GET", realm, params=query)
-        if self.mirror.username:
-            token_request.headers["Authorization"] = self._basic()
-        token_response = yield token_request
-        await token_response.aread()
-        if token_response.status_code != 200:
-            raise UpstreamRefused(
-                f"the upstream's token service answered {token_response.status_code}"
-            )
-        try:
-            document = token_response.json()
-            token = document.get("token") or document["access_token"]
-            seconds = float(document.get("expires_in", DEFAULT_TOKEN_SECONDS))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UpstreamRefused("the upstream's token service answered no token") from None
-        self.tokens.put((realm, service, scope), token, seconds)
-        self._last_key = (realm, service, scope)
+        key = (realm, service, scope)
+        # One token request at a time: the requests that met the challenge meanwhile use the
+        # token it brings.
+        async with self._fetching:
+            token = self.tokens.get(key)
+            if token is None:
+                query = {"scope": scope} if scope else {}
+                if service:
+                    query["service"] = service
+                token_request = httpx.Request("GET", realm, params=query)
+                if self.mirror.username:
+                    token_request.headers["Authorization"] = self._basic()
+                token_response = yield token_request
+                await token_response.aread()
+                token, seconds = _token(token_response)
+                self.tokens.put(key, token, seconds)
+            self._last_key = key
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
 
     def _kept(self) -> str | None:
         return self.tokens.get(self._last_key) if self._last_key is not None else None
+
+
+def _token(response: httpx.Response) -> tuple[str, float]:
+    """The token of a token service's answer, and for how many seconds it is good."""
+    if response.status_code != 200:
+        raise UpstreamRefused(f"the upstream's token service answered {response.status_code}")
+    try:
+        document = response.json()
+        token = document.get("token") or document["access_token"]
+        seconds = float(document.get("expires_in", DEFAULT_TOKEN_SECONDS))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UpstreamRefused("the upstream's token service answered no token") from None
+    if not isinstance(token, str):
+        raise UpstreamRefused("the upstream's token service answered no token")
+    return token, seconds
 
 
 @dataclass(frozen=True, slots=True)

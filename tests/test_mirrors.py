@@ -15,16 +15,19 @@ The mirrors file of the registry under test:
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from shared import users
 from tests.conftest import BACKENDS, running_registry
 from tests.docker_engine import DockerEngine
 from tests.images import Layout, multi_arch_image, single_image
@@ -44,6 +47,7 @@ from tests.upstreams import ReferenceRegistry, fixed_registry, reference_registr
 
 ACCEPT = {"Accept": OCI_MANIFEST}
 CORRUPT_LAYER = b"the bytes the upstream should send"
+PASSWORD = "s3cret"
 
 
 @dataclass
@@ -51,14 +55,22 @@ class Upstreams:
     open: ReferenceRegistry
     down: ReferenceRegistry
     private: ReferenceRegistry
+    token: RegistryUnderTest  # a registry of ours that takes bearer tokens only
     bad_url: str
     bad_layer: str  # the digest the bad upstream sends other bytes for
     bad_manifest: str
     skopeo: Skopeo
 
-    def push(self, upstream: ReferenceRegistry, layout: Layout, name: str, *flags: str) -> str:
+    def push(
+        self,
+        upstream: ReferenceRegistry | RegistryUnderTest,
+        layout: Layout,
+        name: str,
+        *flags: str,
+    ) -> str:
         """Copy the layout's image to ``name`` (repository:tag) at ``upstream``; its digest."""
-        options = ["--dest-creds", "mirror:s3cret"] if upstream.users else []
+        needs_login = upstream is self.token or getattr(upstream, "users", None)
+        options = ["--dest-creds", f"mirror:{PASSWORD}"] if needs_login else []
         digest, _ = self.skopeo.push(
             layout, f"docker://{upstream.url[7:]}/{name}", *options, *flags
         )
@@ -101,6 +113,26 @@ def _bad_upstream() -> tuple[dict[str, tuple[int, dict[str, str], bytes]], str, 
     return answers, layer_digest, manifest_digest
 
 
+@contextmanager
+def _token_registry(root: Path) -> Iterator[RegistryUnderTest]:
+    """A registry of ours whose one user, the mirror, may pull and push everything, with
+    bearer tokens only (no anonymous access)."""
+    root.mkdir()
+    document = {
+        "users": {"mirror": {"password_hash": users.hash_password(PASSWORD, 4)}},
+        "grants": [{"repositories": ["*"], "users": ["mirror"], "actions": ["pull", "push"]}],
+    }
+    users.write_document(root / "users.yaml", document)
+    with running_registry(
+        "sqlite",
+        root,
+        auth="token",
+        auth_users_file=str(root / "users.yaml"),
+        internal_secret=secrets.token_urlsafe(16),
+    ) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     root = tmp_path_factory.mktemp("upstreams")
@@ -108,13 +140,15 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     with (
         reference_registry(root / "open") as open_upstream,
         reference_registry(root / "down") as down,
-        reference_registry(root / "private", users={"mirror": "s3cret"}) as private,
+        reference_registry(root / "private", users={"mirror": PASSWORD}) as private,
+        _token_registry(root / "token") as token,
         fixed_registry(answers) as bad_url,
     ):
         yield Upstreams(
             open_upstream,
             down,
             private,
+            token,
             bad_url,
             bad_layer,
             bad_manifest,
@@ -123,7 +157,7 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
 
 
 def _mirrors_file(root: Path, upstreams: Upstreams) -> Path:
-    (root / "private-password").write_text("s3cret\n")
+    (root / "private-password").write_text(f"{PASSWORD}\n")
     document = {
         "mirrors": {
             "hub": {
@@ -141,6 +175,11 @@ def _mirrors_file(root: Path, upstreams: Upstreams) -> Path:
                 "password_file": "private-password",
             },
             "bad": {"url": upstreams.bad_url},
+            "token": {
+                "url": upstreams.token.url,
+                "username": "mirror",
+                "password_file": "private-password",
+            },
         }
     }
     path = root / "mirrors.yml"
@@ -468,3 +507,28 @@ def test_podman_pulls_through_a_registries_conf_mirror(
     assert (
         _manifest(registry, f"hub/library/{name}", "v1").headers["cache-status"] == "registry; hit"
     )
+
+
+def test_an_upstream_asking_for_bearer_tokens_gets_them_from_its_token_service(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=3)
+    name = _name("tokens")
+    pushed = upstreams.push(upstreams.token, image, f"{name}/app:v1")
+    anonymous = httpx.get(f"{upstreams.token.url}/v2/{name}/app/manifests/v1", headers=ACCEPT)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer ")
+
+    def tokens_issued() -> float:
+        text = httpx.get(f"{upstreams.token.url}/metrics").text
+        return metric(text, "registry_http_requests_total", route="/auth/token", status="200")
+
+    before = tokens_issued()
+    pulled = upstreams.skopeo.pull(
+        f"docker://{registry.host}/token/{name}/app:v1", tmp_path / "pulled"
+    )
+    assert tagged(pulled)["digest"] == pushed
+    assert_same_image(image, pulled)
+    # A token per process that fetched (the manifest service, the blob service), kept for
+    # the rest: not one per request.
+    assert 1 <= tokens_issued() - before <= 2
