@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from unittest import mock
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shared import mirrors
 from shared.processes import processes
 from shared.settings import DATA_DIR, Settings, get_settings
 
@@ -298,7 +299,7 @@ def test_the_registry_has_all_its_parts(name: str) -> None:
     assert all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services.values())
     assert [p["port"] for p in services["flower"]["spec"]["ports"]] == [FLOWER_PORT]
     assert set(of_kind(docs, "Ingress")) == {"registry"}
-    assert set(of_kind(docs, "ConfigMap")) == {"registry-config"}
+    assert set(of_kind(docs, "ConfigMap")) == {"registry-config", "registry-mirrors"}
     assert set(of_kind(docs, "Job")) == {"registry-migrate"}
     assert set(of_kind(docs, "PersistentVolumeClaim")) == {"registry-storage"}
     assert set(of_kind(docs, "PodDisruptionBudget")) == set(HTTP_SERVICES)
@@ -307,6 +308,26 @@ def test_the_registry_has_all_its_parts(name: str) -> None:
         assert set(hpas) == set(HTTP_SERVICES)
         assert all(h["apiVersion"] == "autoscaling/v2" for h in hpas.values())
     assert of_kind(docs, "NetworkPolicy")
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_the_mirrors_file_is_valid_and_mounted_where_the_setting_names_it(name: str) -> None:
+    docs = render(name)
+    mirrors_file = PurePosixPath(
+        of_kind(docs, "ConfigMap")["registry-config"]["data"]["REGISTRY_MIRRORS_FILE"]
+    )
+    document = yaml.safe_load(
+        of_kind(docs, "ConfigMap")["registry-mirrors"]["data"][mirrors_file.name]
+    )
+    mirrors.parse(document)  # raises when the gateway and the services would refuse it
+    for deployment in HTTP_SERVICES:
+        spec = pod_spec(of_kind(docs, "Deployment")[deployment])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        [container] = spec["containers"]
+        mounted = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+        assert mounted[str(mirrors_file.parent)]["configMap"]["name"] == "registry-mirrors", (
+            deployment
+        )
 
 
 @pytest.mark.parametrize("name", RENDERS)
