@@ -14,6 +14,7 @@ of this registry to an upstream registry::
         username: someone                   # optional: Basic, or the bearer-token flow
         password_file: /run/secrets/hub     # (a Kubernetes Secret's key, mounted)
         tag_check_seconds: 300              # a tag is checked upstream at most this often
+        expire_seconds: 604800              # what is not pulled for this long goes (0: never)
       ghcr:
         url: https://ghcr.io
 
@@ -37,6 +38,7 @@ from shared.reference import MAX_NAME_LENGTH, NAME_COMPONENT
 from shared.settings import get_settings
 
 DEFAULT_TAG_CHECK_SECONDS = 300
+DEFAULT_EXPIRE_SECONDS = 7 * 24 * 3600
 
 
 class MirrorsFileError(ValueError):
@@ -53,6 +55,7 @@ class Mirror:
     username: str = ""
     password: str = field(default="", repr=False)
     tag_check_seconds: float = DEFAULT_TAG_CHECK_SECONDS
+    expire_seconds: float = DEFAULT_EXPIRE_SECONDS
 
     def upstream_name(self, repository: str) -> str:
         """The name at the upstream of ``repository`` (which is under this namespace)."""
@@ -114,9 +117,16 @@ def _mirror(namespace: Any, entry: Any, base: Path) -> Mirror:
             password = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise MirrorsFileError(f"{where}: password_file {path}: {exc.strerror}") from None
-    seconds = entry.get("tag_check_seconds", DEFAULT_TAG_CHECK_SECONDS)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise MirrorsFileError(f"{where}: tag_check_seconds must be a number of seconds >= 0")
+    seconds = {
+        key: entry.get(key, default)
+        for key, default in (
+            ("tag_check_seconds", DEFAULT_TAG_CHECK_SECONDS),
+            ("expire_seconds", DEFAULT_EXPIRE_SECONDS),
+        )
+    }
+    for key, value in seconds.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise MirrorsFileError(f"{where}: {key} must be a number of seconds >= 0")
     library, default = entry.get("library", False), entry.get("default", False)
     if not isinstance(library, bool) or not isinstance(default, bool):
         raise MirrorsFileError(f"{where}: library and default are true or false")
@@ -128,7 +138,8 @@ def _mirror(namespace: Any, entry: Any, base: Path) -> Mirror:
         default=default,
         username=_text(entry, "username", where),
         password=password,
-        tag_check_seconds=float(seconds),
+        tag_check_seconds=float(seconds["tag_check_seconds"]),
+        expire_seconds=float(seconds["expire_seconds"]),
     )
 
 
@@ -142,6 +153,7 @@ _KEYS = {
     "password",
     "password_file",
     "tag_check_seconds",
+    "expire_seconds",
 }
 
 

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     upload_purge_age_seconds: int = 7 * 24 * 3600  # as the reference registry's upload purging
     upload_purge_interval_seconds: int = 24 * 3600
     reconcile_interval_seconds: int = 3600
+    mirror_expiry_interval_seconds: int = 3600  # how often mirrored content is expired
     reconcile_grace_seconds: int = 3600  # objects younger than this are never called orphans
     promote_delay_seconds: int = 60
     # Beat as a thread of the (one) janitor worker, whose tasks run in a thread of its own: one

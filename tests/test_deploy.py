@@ -320,7 +320,7 @@ def test_the_mirrors_file_is_valid_and_mounted_where_the_setting_names_it(name: 
         of_kind(docs, "ConfigMap")["registry-mirrors"]["data"][mirrors_file.name]
     )
     mirrors.parse(document)  # raises when the gateway and the services would refuse it
-    for deployment in HTTP_SERVICES:
+    for deployment in [*HTTP_SERVICES, "janitor"]:  # the janitor worker expires
         spec = pod_spec(of_kind(docs, "Deployment")[deployment])
         volumes = {v["name"]: v for v in spec["volumes"]}
         [container] = spec["containers"]

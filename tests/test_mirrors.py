@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -532,3 +533,64 @@ def test_an_upstream_asking_for_bearer_tokens_gets_them_from_its_token_service(
     # A token per process that fetched (the manifest service, the blob service), kept for
     # the rest: not one per request.
     assert 1 <= tokens_issued() - before <= 2
+
+
+# --- lifetime: expiry and purge ------------------------------------------------------------
+
+
+def test_what_is_not_pulled_expires_and_a_purge_forgets_a_namespace(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    name = _name("expiry")
+    old, new = single_image(tmp_path / "old", 1), single_image(tmp_path / "new", 1)
+    old_digest = upstreams.push(upstreams.open, old, f"{name}/old:v1")
+    new_digest = upstreams.push(upstreams.open, new, f"{name}/new:v1")
+    for image in ("old", "new"):
+        pulled = tmp_path / f"pulled-{image}"
+        upstreams.skopeo.pull(f"docker://{registry.host}/fresh/{name}/{image}:v1", pulled)
+    time.sleep(3)
+    # Pulled again: checked upstream (fresh checks at every pull), so recent.
+    assert _manifest(registry, f"fresh/{name}/new", "v1").status_code == 200
+
+    admin_ok(registry, "mirrors", "expire", "--namespace", "fresh", "--older-than", "2s")
+    assert not _manifests_of(registry, f"fresh/{name}/old")
+    assert _manifests_of(registry, f"fresh/{name}/new") == [new_digest]
+    _, (old_layer,) = image_digests(old.path, old_digest)
+    _, (new_layer,) = image_digests(new.path, new_digest)
+    assert registry.query("SELECT 1 FROM blobs WHERE digest = :d", d=new_layer), "before gc"
+    admin_ok(registry, "gc", "--grace", "0s")
+    assert not registry.query("SELECT 1 FROM blobs WHERE digest = :d", d=old_layer)
+    assert registry.query("SELECT 1 FROM blobs WHERE digest = :d", d=new_layer)
+    eventually(registry.storage_matches_database, what="storage as the database says")
+    # What expired is fetched again when it is pulled again.
+    again = upstreams.skopeo.pull(f"docker://{registry.host}/fresh/{name}/old:v1", tmp_path / "a")
+    assert_same_image(old, again)
+
+    listed = admin_ok(registry, "mirrors", "list")
+    assert f"fresh/ <- {upstreams.open.url}:" in listed
+    admin_ok(registry, "mirrors", "purge", "fresh")
+    assert not registry.query(
+        "SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id"
+        " WHERE r.name LIKE 'fresh/%'"
+    )
+    assert "fresh/ <- " in admin_ok(registry, "mirrors", "list")
+    assert _manifest(registry, f"fresh/{name}/new", "v1").headers["cache-status"] == (
+        "registry; fwd=miss; stored"
+    )
+
+
+def _manifests_of(registry: RegistryUnderTest, name: str) -> list[str]:
+    return [
+        digest
+        for (digest,) in registry.query(
+            "SELECT m.digest FROM manifests m JOIN repositories r ON r.id = m.repository_id"
+            " WHERE r.name = :name",
+            name=name,
+        )
+    ]
+
+
+def admin_ok(registry: RegistryUnderTest, *args: str) -> str:
+    result = registry.admin(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -6,10 +6,19 @@
     registry-admin user add NAME [--password-stdin] [--catalog] [--grant 'team-a/*=pull,push']
     registry-admin user remove NAME
     registry-admin user list
+    registry-admin mirrors list
+    registry-admin mirrors expire [--namespace hub] [--older-than 7d]
+    registry-admin mirrors purge NAMESPACE
 
 Each housekeeping command runs the same code as the janitor's task, against the configuration
 in the environment (``REGISTRY_*``), under the same lease (so it never runs beside the
 janitor's own sweep), with a progress bar and a summary of what was examined and freed.
+
+The ``mirrors`` commands show what each mirrored namespace keeps (repositories, tags,
+manifests, the bytes of its blobs, when its tags were checked upstream), expire what has not
+been pulled for the mirror's ``expire_seconds`` (or ``--older-than``) as the janitor does every
+``REGISTRY_MIRROR_EXPIRY_INTERVAL_SECONDS``, or purge a namespace: its tags and manifests go
+at once, its blobs at the next garbage collection after the grace period.
 
 The ``user`` commands edit the users file (``REGISTRY_AUTH_USERS_FILE``, or ``--file``) that
 the gateway reloads on change: a password comes from a prompt (twice, not echoed) or from
@@ -30,7 +39,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from janitor import gc, leases, reconcile, uploads
+from janitor import gc, leases, mirrors, reconcile, uploads
 from janitor.report import Report
 from shared import users
 from shared.numbers import NumberInvalid, parse_decimal
@@ -157,6 +166,33 @@ def _list_users(store: users.UserStore) -> int:
     return 0
 
 
+def _mirrors_command(args: argparse.Namespace) -> int:
+    if args.mirror_command == "list":
+        found = asyncio.run(mirrors.held())
+        if not found:
+            print("no mirrored namespace (REGISTRY_MIRRORS_FILE)")
+        for held in found:
+            checks = "no tag"
+            if held.oldest_check and held.newest_check:
+                checks = f"tags checked {held.oldest_check:%Y-%m-%d %H:%M}"
+                checks += f" to {held.newest_check:%Y-%m-%d %H:%M}"
+            print(
+                f"{held.namespace}/ <- {held.url}: {held.repositories} repositories, "
+                f"{held.tags} tags, {held.manifests} manifests, {held.blob_bytes} bytes; {checks}"
+            )
+        return 0
+    namespace = args.namespace
+    if namespace is not None and namespace not in mirrors.namespaces():
+        print(f"{namespace!r} is not a mirrored namespace", file=sys.stderr)
+        return 2
+    older_than = dt.timedelta(0) if args.mirror_command == "purge" else args.older_than
+    bar = tqdm(desc=f"mirrors {args.mirror_command}", unit=" repositories", file=sys.stderr)
+    work = mirrors.expire(
+        namespace=namespace, older_than=older_than, progress=lambda: bar.update(1)
+    )
+    return _run("expire_mirrors", work, bar)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="registry-admin", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,9 +247,21 @@ def main(argv: list[str] | None = None) -> int:
                 help="grant actions on repositories matching a glob: 'team-a/*=pull,push'",
             )
             sub.add_argument("--rounds", type=int, default=12, help="bcrypt cost (default 12)")
+    mirror = commands.add_parser("mirrors", help="what mirrored namespaces keep; expire, purge")
+    mirror_commands = mirror.add_subparsers(dest="mirror_command", required=True)
+    mirror_commands.add_parser("list", help="what each mirrored namespace keeps")
+    expire = mirror_commands.add_parser("expire", help="expire what was not pulled for a while")
+    expire.add_argument("--namespace", help="this mirrored namespace only")
+    expire.add_argument(
+        "--older-than", type=duration, help="not pulled for this long (default: the mirror's)"
+    )
+    purge_ns = mirror_commands.add_parser("purge", help="forget all a mirrored namespace keeps")
+    purge_ns.add_argument("namespace")
     args = parser.parse_args(argv)
     if args.command == "user":
         return _user_command(args)
+    if args.command == "mirrors":
+        return _mirrors_command(args)
 
     storage = get_storage()
     bar = tqdm(desc=args.command, unit=" items", file=sys.stderr)

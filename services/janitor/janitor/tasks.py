@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from janitor import gc, leases, metrics, promotion, reconcile, uploads
+from janitor import gc, leases, metrics, mirrors, promotion, reconcile, uploads
 from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
 from janitor.worker import SWEEP_LIMIT, app
@@ -102,3 +102,8 @@ def collect_garbage(grace_seconds: int | None = None, dry_run: bool = False) -> 
 @_sweep_task("reconcile")
 def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
     return _sweep("reconcile", reconcile.reconcile(get_storage(), grace=_seconds(grace_seconds)))
+
+
+@_sweep_task("expire_mirrors")
+def expire_mirrors() -> dict[str, Any]:
+    return _sweep("expire_mirrors", mirrors.expire())

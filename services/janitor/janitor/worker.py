@@ -47,6 +47,10 @@ app.conf.update(
             "schedule": settings.upload_purge_interval_seconds,
         },
         "reconcile": {"task": "janitor.reconcile", "schedule": settings.reconcile_interval_seconds},
+        "expire-mirrors": {
+            "task": "janitor.expire_mirrors",
+            "schedule": settings.mirror_expiry_interval_seconds,
+        },
     },
     beat_schedule_filename=settings.beat_schedule_file,
     **broker_options(settings.broker_url, settings.broker_queue),

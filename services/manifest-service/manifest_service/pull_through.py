@@ -12,6 +12,7 @@ answer is 503 ``UNAVAILABLE``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -162,6 +163,10 @@ async def _get(mirror: Mirror, repository: str, reference: str) -> Served:
             raise
         MIRROR_REQUESTS.labels("manifest", "stale").inc()
         MIRROR_UPSTREAM_ERRORS.labels(mirror.namespace).inc()
+        # Counted as checked: it does not expire while it is pulled, and the failing upstream
+        # is asked again after the interval, not at every pull.
+        with contextlib.suppress(Exception):
+            await db.write(_checked, repository, reference)
         log.warning(
             "mirror %s: %s:%s served as cached: %s", mirror.namespace, repository, reference, exc
         )
