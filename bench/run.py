@@ -15,6 +15,7 @@ returned wrong data, and never because of timings.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -29,7 +30,15 @@ from typing import Any
 
 from bench import report, servers
 from bench.client import DataFile, Failure, MiB
-from bench.scenarios import Context, Scenario, Sizes, Timing, all_scenarios
+from bench.scenarios import (
+    MIRROR_NAMESPACE,
+    Context,
+    MirrorPull,
+    Scenario,
+    Sizes,
+    Timing,
+    all_scenarios,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -129,6 +138,7 @@ def largest_blob(sizes: Sizes, chosen: list[str]) -> int:
         "pull": sizes.pull_size,
         "pull16": sizes.concurrent_size,
         "memory": sizes.memory_size,
+        "mirror": sizes.mirror_layer_size,
     }
     return max([by_scenario.get(name, 0) for name in chosen] + [MiB])
 
@@ -161,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     descriptions: dict[str, str] = {}
     load_max = load_before[0]
     registries: list[servers.Registry] = []
+    helpers: list[servers.Registry] = []  # the mirror scenario's upstream and reference proxy
     wall_started = time.monotonic()
     try:
         data_size = largest_blob(sizes, args.chosen) + 64 * MiB
@@ -168,8 +179,25 @@ def main(argv: list[str] | None = None) -> int:
         data = DataFile(root / "data.bin", data_size)
         (root / "ours").mkdir()
         (root / "reference").mkdir()
-        registries.append(servers.start_ours(root / "ours", args.backend))
+        mirror = next((s for s in scenarios if isinstance(s, MirrorPull)), None)
+        mirrors_file = None
+        if mirror is not None:
+            # The upstream both mirrors pull from, started first: ours reads its URL at start.
+            (root / "upstream").mkdir()
+            mirror.upstream = servers.start_reference(root / "upstream", name="upstream")
+            helpers.append(mirror.upstream)
+            mirrors_file = root / "mirrors.json"
+            document = {"mirrors": {MIRROR_NAMESPACE: {"url": mirror.upstream.endpoint.url}}}
+            mirrors_file.write_text(json.dumps(document))
+        registries.append(servers.start_ours(root / "ours", args.backend, mirrors_file))
         registries.append(servers.start_reference(root / "reference"))
+        if mirror is not None:
+            assert mirror.upstream is not None
+            (root / "reference-proxy").mkdir()
+            mirror.proxy = servers.start_reference(
+                root / "reference-proxy", proxy_url=mirror.upstream.endpoint.url, name="proxy"
+            )
+            helpers.append(mirror.proxy)
         for registry in registries:
             descriptions[registry.name] = registry.description
             print(f"{registry.name}: {registry.description} at {registry.endpoint.url}", flush=True)
@@ -184,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in registry.log_problems():
                 anomalies.append(f"{registry.name} log: {line}")
     finally:
-        for registry in registries:
+        for registry in [*registries, *helpers]:
             try:
                 registry.stop()
             except Exception as exc:

@@ -74,6 +74,8 @@ class Sizes:
     tag_walks: int
     memory_size: int
     hostile_connections: int  # slow uploads, and as many slow-header connections
+    mirror_layers: int  # layers of each image pulled through a mirror
+    mirror_layer_size: int
 
     @classmethod
     def full(cls) -> Sizes:
@@ -96,6 +98,8 @@ class Sizes:
             tag_walks=10,
             memory_size=1024 * MiB,
             hostile_connections=1000,
+            mirror_layers=4,
+            mirror_layer_size=16 * MiB,
         )
 
     @classmethod
@@ -119,6 +123,8 @@ class Sizes:
             tag_walks=2,
             memory_size=256 * MiB,
             hostile_connections=200,
+            mirror_layers=2,
+            mirror_layer_size=4 * MiB,
         )
 
     def data_file_size(self) -> int:
@@ -843,6 +849,123 @@ class HostileLoad(Scenario):
         return {"get_p99": get_p99, "pull": pull, "pull_kept": pull / alone}
 
 
+MIRROR_NAMESPACE = "mirror"
+
+
+@dataclass
+class MirrorImage:
+    name: str  # at the upstream
+    manifest: bytes
+    digest: str
+    blobs: list[Blob]
+
+
+class MirrorPull(Scenario):
+    """Pulls through a mirror of an upstream registry on loopback (the reference registry):
+    ours under its mirrored namespace, the reference in its proxy mode. Each repetition pulls
+    images neither has cached: the time of a cold pull (manifest, then each blob in turn), of
+    the same pull warm, and of 16 clients pulling one cold image at once."""
+
+    name = "mirror"
+    metrics = (
+        Metric("cold", "cold pull", "MB/s", True),
+        Metric("warm", "warm pull", "MB/s", True),
+        Metric("crowd", "16 concurrent cold pulls", "MB/s", True),
+    )
+    upstream: Registry | None = None  # set by the runner, which starts them
+    proxy: Registry | None = None
+
+    def __init__(self, sizes: Sizes) -> None:
+        self.title = (
+            f"10 mirror: image of {sizes.mirror_layers} x {sizes.mirror_layer_size // MiB} MiB"
+            " layers, pulled through"
+        )
+        self.images: dict[tuple[int, str], MirrorImage] = {}
+
+    def _image(self, ctx: Context, rep: int, kind: str) -> MirrorImage:
+        """The repetition's image at the upstream, pushed there once for both registries."""
+        key = (rep, kind)
+        if key not in self.images:
+            assert self.upstream is not None
+            name = f"bench/{kind}-{rep}"
+            blobs = [
+                ctx.data.blob(ctx.sizes.mirror_layer_size) for _ in range(ctx.sizes.mirror_layers)
+            ]
+            with Connection(self.upstream.endpoint) as connection:
+                for blob in blobs:
+                    connection.push_blob(name, ctx.data, blob)
+                config = json.dumps({"architecture": "amd64", "os": "linux", "note": name}).encode()
+                config_digest = connection.push_small_blob(name, config)
+                manifest = json.dumps(
+                    {
+                        "schemaVersion": 2,
+                        "mediaType": OCI_MANIFEST,
+                        "config": {
+                            "mediaType": "application/vnd.oci.image.config.v1+json",
+                            "digest": config_digest,
+                            "size": len(config),
+                        },
+                        "layers": [
+                            {
+                                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                "digest": blob.digest,
+                                "size": blob.size,
+                            }
+                            for blob in blobs
+                        ],
+                    }
+                ).encode()
+                connection.put_manifest(name, "v1", manifest)
+            self.images[key] = MirrorImage(name, manifest, sha256_digest(manifest), blobs)
+        return self.images[key]
+
+    def _where(self, registry: Registry) -> tuple[Endpoint, str]:
+        if registry.name == "ours":
+            return registry.endpoint, f"{MIRROR_NAMESPACE}/"
+        assert self.proxy is not None
+        return self.proxy.endpoint, ""
+
+    @staticmethod
+    def _pull(connection: Connection, repo: str, image: MirrorImage) -> None:
+        answer = connection.request(
+            "GET", f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}
+        ).expect(200, f"manifest of {repo}")
+        if sha256_digest(answer.body) != image.digest:
+            raise Failure(f"{repo}: the manifest pulled through is not the upstream's")
+        for blob in image.blobs:
+            connection.download(f"/v2/{repo}/blobs/{blob.digest}").check(blob, f"blob of {repo}")
+
+    def run(self, ctx: Context, registry: Registry, rep: int) -> dict[str, float]:
+        endpoint, prefix = self._where(registry)
+        single, crowd = self._image(ctx, rep, "single"), self._image(ctx, rep, "crowd")
+        size = sum(blob.size for blob in single.blobs)
+        timings = {}
+        with Connection(endpoint) as connection:
+            for label in ("cold", "warm"):
+                started = time.perf_counter()
+                with ctx.timed(label):
+                    self._pull(connection, prefix + single.name, single)
+                timings[label] = mb_per_s(size, time.perf_counter() - started)
+        clients = 16
+        connections = [Connection(endpoint) for _ in range(clients)]
+        try:
+            with ctx.timed("crowd"):
+                elapsed = run_threads(
+                    clients, lambda i: self._pull(connections[i], prefix + crowd.name, crowd)
+                )
+        finally:
+            for connection in connections:
+                connection.close()
+        # Afterwards, untimed: what was cached is the upstream's, byte for byte.
+        with Connection(endpoint) as connection:
+            for blob in crowd.blobs:
+                connection.download(
+                    f"/v2/{prefix}{crowd.name}/blobs/{blob.digest}", sha=True
+                ).check(blob, "cached blob (SHA-256)")
+        crowd_size = sum(blob.size for blob in crowd.blobs) * clients
+        return {**timings, "crowd": mb_per_s(crowd_size, elapsed)}
+
+
 def all_scenarios(sizes: Sizes) -> list[Scenario]:
     return [
         MonolithicPush(sizes),
@@ -854,4 +977,5 @@ def all_scenarios(sizes: Sizes) -> list[Scenario]:
         TagListing(sizes),
         Memory(sizes),
         HostileLoad(sizes),
+        MirrorPull(sizes),
     ]

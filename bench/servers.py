@@ -172,7 +172,9 @@ class Registry:
         return _log_problems(self.log_paths, limit)
 
 
-def start_reference(root: Path) -> Registry:
+def start_reference(root: Path, proxy_url: str | None = None, name: str = "reference") -> Registry:
+    """The reference registry; with ``proxy_url``, in its proxy mode (a pull-through cache of
+    the registry there, which refuses pushes)."""
     binary = ensure_debian_package("docker-registry", "docker-registry")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     (port,) = free_ports(1)
@@ -190,6 +192,8 @@ def start_reference(root: Path) -> Registry:
         },
         "http": {"addr": f"{LOOPBACK}:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
     }
+    if proxy_url is not None:
+        config["proxy"] = {"remoteurl": proxy_url}
     config_path = root / "config.yml"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = root / "reference.log"
@@ -215,9 +219,10 @@ def start_reference(root: Path) -> Registry:
                 popen.wait()
 
     return Registry(
-        "reference",
+        name,
         f"docker-registry {version.stdout.strip().split()[-1] if version.stdout else '?'} "
-        "(filesystem storage, in-memory blob descriptor cache)",
+        "(filesystem storage, in-memory blob descriptor cache"
+        + (f", proxy of {proxy_url})" if proxy_url else ")"),
         endpoint,
         root,
         [("docker-registry", popen)],
@@ -252,7 +257,7 @@ def _drop_mariadb_database(name: str) -> None:
     connection.close()
 
 
-def start_ours(root: Path, backend: str) -> Registry:
+def start_ours(root: Path, backend: str, mirrors_file: Path | None = None) -> Registry:
     from shared import migrate
     from shared.runner import start_all, stop_all
     from shared.settings import Settings
@@ -291,6 +296,8 @@ def start_ours(root: Path, backend: str) -> Registry:
         "beat_schedule_file": str(root / "celerybeat-schedule"),
         "log_level": "info",
     }
+    if mirrors_file is not None:
+        values["mirrors_file"] = str(mirrors_file)
     env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
     settings = Settings(**values)  # type: ignore[arg-type]
     log_dir = root / "logs"

@@ -12,7 +12,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared import events, health, internal_auth, read_cache
+from shared import events, health, internal_auth, read_cache, upstream
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.web import (
@@ -31,6 +31,7 @@ async def service_lifespan(app: Starlette) -> AsyncIterator[None]:
     freeze_startup_heap()
     yield
     await read_cache.close()
+    await upstream.close()
     await asyncio.to_thread(events.stop_relay)
 
 

@@ -1,12 +1,17 @@
 """Talking to a mirrored namespace's upstream registry (``shared.mirrors``): manifests and blobs
-fetched by the services that pull them through.
+fetched by the services that pull them through, with aiohttp (the client the gateway uses:
+a C HTTP parser, bodies read in large chunks; a blob streams at several times the rate of a
+pure-Python client).
 
 Authentication follows what the upstream asks for in its ``WWW-Authenticate`` challenge:
-nothing (anonymous), ``Basic`` (the mirror's username and password), or ``Bearer``: a token
-from the challenge's realm for its service and scope (the Docker token specification, with the
-mirror's credentials when it has some, anonymously otherwise), kept in this process until it
-expires. A failure the client cannot act on (unreachable, a timeout, 429 or 5xx) is
-:class:`UpstreamUnavailable`; an answer that names nothing (404) is :class:`UpstreamNotFound`.
+nothing (anonymous), ``Basic`` (the mirror's username and password, sent at once after the
+first challenge), or ``Bearer``: a token from the challenge's realm for its service and scope
+(the Docker token specification, with the mirror's credentials when it has some, anonymously
+otherwise), asked for once per scope in this process (requests that meet the challenge
+meanwhile wait for it) and kept until it expires. Redirects are followed (a registry sends
+blobs from a CDN), without the credentials when they lead to another host. A failure the
+client cannot act on (unreachable, a timeout, 429 or 5xx) is :class:`UpstreamUnavailable`; an
+answer that names nothing (404) is :class:`UpstreamNotFound`.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ import base64
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import cache
-
-import httpx
+from typing import TYPE_CHECKING
 
 from shared.errors import ErrorCode, RegistryError
 from shared.mirrors import Mirror
 from shared.observability import MIRROR_REQUESTS, MIRROR_UPSTREAM_ERRORS
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,13 @@ MANIFEST_ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 30.0  # the longest wait for a byte of an answer
+CHUNK = 1024 * 1024  # a blob's bytes are read in chunks of up to this
 # Tokens are used until this long before they expire.
 TOKEN_MARGIN_SECONDS = 10.0
 DEFAULT_TOKEN_SECONDS = 60.0
+MAX_MANIFEST = 4 * 1024 * 1024 + 1  # more than any manifest this registry stores
 
 
 class UpstreamUnavailable(Exception):
@@ -77,10 +86,9 @@ class _Tokens:
     def __init__(self) -> None:
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
 
-    def get(self, key: tuple[str, str, str]) -> str | None:
-        found = self._tokens.get(key)
+    def get(self, key: tuple[str, str, str] | None) -> str | None:
+        found = self._tokens.get(key) if key is not None else None
         if found is None or found[1] <= time.monotonic():
-            self._tokens.pop(key, None)
             return None
         return found[0]
 
@@ -94,81 +102,15 @@ class _Tokens:
         self._tokens[key] = (token, time.monotonic() + max(0.0, seconds - TOKEN_MARGIN_SECONDS))
 
 
-class _Auth(httpx.Auth):
-    """The challenge flow: a request without credentials (or with the token kept for its
-    scope), and on 401 the credentials the challenge asks for."""
-
-    def __init__(self, mirror: Mirror, tokens: _Tokens, scope: str) -> None:
-        self.mirror = mirror
-        self.tokens = tokens
-        self.scope = scope
-        self._last_key: tuple[str, str, str] | None = None
-        self._fetching = asyncio.Lock()
-        self._basic_asked = False
-
-    def _basic(self) -> str:
-        pair = f"{self.mirror.username}:{self.mirror.password}".encode()
-        return "Basic " + base64.b64encode(pair).decode()
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        # Only the token's answer is read whole: a blob's body is left to stream.
-        kept = self._kept()
-        if kept is not None:
-            request.headers["Authorization"] = f"Bearer {kept}"
-        elif self._basic_asked:
-            request.headers["Authorization"] = self._basic()
-        response = yield request
-        if response.status_code != 401 or self._basic_asked:
-            return  # answered, or the mirror's credentials refused
-        if kept is not None:  # the token was refused (revoked, expired early): a new one
-            self.tokens.drop(self._last_key)
-        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
-        if challenge.scheme == "basic" and self.mirror.username:
-            # Sent at once from now on: one request instead of two.
-            self._basic_asked = True
-            request.headers["Authorization"] = self._basic()
-            yield request
-            return
-        if challenge.scheme != "bearer" or "realm" not in challenge.params:
-            return
-        realm = challenge.params["realm"]
-        service = challenge.params.get("service", "")
-        scope = challenge.params.get("scope", self.scope)
-        key = (realm, service, scope)
-        # One token request at a time: the requests that met the challenge meanwhile use the
-        # token it brings.
-        async with self._fetching:
-            token = self.tokens.get(key)
-            if token is None:
-                query = {"scope": scope} if scope else {}
-                if service:
-                    query["service"] = service
-                token_request = httpx.Request("GET", realm, params=query)
-                if self.mirror.username:
-                    token_request.headers["Authorization"] = self._basic()
-                token_response = yield token_request
-                await token_response.aread()
-                token, seconds = _token(token_response)
-                self.tokens.put(key, token, seconds)
-            self._last_key = key
-        request.headers["Authorization"] = f"Bearer {token}"
-        yield request
-
-    def _kept(self) -> str | None:
-        return self.tokens.get(self._last_key) if self._last_key is not None else None
-
-
-def _token(response: httpx.Response) -> tuple[str, float]:
+def _token(status: int, document: object) -> tuple[str, float]:
     """The token of a token service's answer, and for how many seconds it is good."""
-    if response.status_code != 200:
-        raise UpstreamRefused(f"the upstream's token service answered {response.status_code}")
+    if status != 200:
+        raise UpstreamRefused(f"the upstream's token service answered {status}")
     try:
-        document = response.json()
+        assert isinstance(document, dict)
         token = document.get("token") or document["access_token"]
         seconds = float(document.get("expires_in", DEFAULT_TOKEN_SECONDS))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (AssertionError, KeyError, TypeError, ValueError):
         raise UpstreamRefused("the upstream's token service answered no token") from None
     if not isinstance(token, str):
         raise UpstreamRefused("the upstream's token service answered no token")
@@ -182,56 +124,137 @@ class UpstreamManifest:
     content: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamBlob:
+    length: int | None  # Content-Length, when the upstream said
+    chunks: AsyncIterator[bytes]
+
+
+class _Scope:
+    """What a repository's requests know of its authentication: the token kept for it (by
+    key), whether Basic was asked for, and one token request at a time."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str, str] | None = None
+        self.basic = False
+        self.fetching = asyncio.Lock()
+
+
 class Upstream:
-    """One mirror's upstream: its HTTP connections and the tokens it was given."""
+    """One mirror's upstream: its HTTP connections and what it asked for."""
 
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
         self.tokens = _Tokens()
-        self._auths: dict[str, _Auth] = {}
-        self.client = httpx.AsyncClient(
-            base_url=mirror.url, timeout=TIMEOUT, follow_redirects=True, trust_env=False
-        )
+        self._scopes: dict[str, _Scope] = {}
+        self._session: aiohttp.ClientSession | None = None
 
-    def _auth(self, name: str) -> _Auth:
-        auth = self._auths.get(name)
-        if auth is None:
-            if len(self._auths) > 10_000:
-                self._auths.clear()
-            auth = self._auths[name] = _Auth(self.mirror, self.tokens, f"repository:{name}:pull")
-        return auth
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop (and aiohttp imported then: a
+        # service with no mirror never loads it).
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=CONNECT_SECONDS, sock_read=READ_SECONDS
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, trust_env=False, auto_decompress=False
+            )
+        return self._session
+
+    def _scope(self, name: str) -> _Scope:
+        scope = self._scopes.get(name)
+        if scope is None:
+            if len(self._scopes) > 10_000:
+                self._scopes.clear()
+            scope = self._scopes[name] = _Scope()
+        return scope
+
+    def _basic(self) -> str:
+        pair = f"{self.mirror.username}:{self.mirror.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+    async def _bearer(self, scope: _Scope, challenge: Challenge, name: str) -> str:
+        realm = challenge.params["realm"]
+        service = challenge.params.get("service", "")
+        wanted = challenge.params.get("scope", f"repository:{name}:pull")
+        key = (realm, service, wanted)
+        async with scope.fetching:
+            token = self.tokens.get(key)
+            if token is None:
+                query = {"scope": wanted} if wanted else {}
+                if service:
+                    query["service"] = service
+                headers = {"Authorization": self._basic()} if self.mirror.username else {}
+                async with self._client().get(realm, params=query, headers=headers) as answer:
+                    try:
+                        document = await answer.json(content_type=None)
+                    except ValueError:
+                        document = None
+                    token, seconds = _token(answer.status, document)
+                self.tokens.put(key, token, seconds)
+            scope.key = key
+        return token
 
     @asynccontextmanager
     async def _send(
-        self, method: str, path: str, name: str, headers: dict[str, str] | None = None
-    ) -> AsyncIterator[httpx.Response]:
+        self, method: str, path: str, name: str, headers: dict[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The answer to ``method path``, authenticated as the upstream asks, checked."""
+        from aiohttp import ClientError
+
+        scope = self._scope(name)
+        url = f"{self.mirror.url}{path}"
         try:
-            async with self.client.stream(
-                method, path, headers=headers, auth=self._auth(name)
-            ) as response:
-                _check(response, f"{method} {path}")
+            for attempt in range(2):
+                sent = dict(headers)
+                token = self.tokens.get(scope.key)
+                if token is not None:
+                    sent["Authorization"] = f"Bearer {token}"
+                elif scope.basic:
+                    sent["Authorization"] = self._basic()
+                response = await self._client().request(method, url, headers=sent)
+                if response.status != 401 or attempt == 1 or (scope.basic and token is None):
+                    break
+                response.release()
+                challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+                if challenge.scheme == "basic" and self.mirror.username:
+                    scope.basic = True
+                elif challenge.scheme == "bearer" and "realm" in challenge.params:
+                    if token is not None:  # the token sent was refused (revoked, expired)
+                        self.tokens.drop(scope.key)
+                    await self._bearer(scope, challenge, name)
+                else:
+                    break
+            try:
+                _check(response.status, f"{method} {path}")
                 yield response
-        except httpx.HTTPError as exc:
+            finally:
+                response.release()
+        except (ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"{self.mirror.url}: {type(exc).__name__}: {exc}") from exc
 
     async def manifest(self, name: str, reference: str, method: str = "GET") -> UpstreamManifest:
         """The manifest ``reference`` of upstream repository ``name`` (HEAD: no content)."""
         path = f"/v2/{name}/manifests/{reference}"
         async with self._send(method, path, name, {"Accept": MANIFEST_ACCEPT}) as response:
-            content = await response.aread() if method == "GET" else b""
-        media_type = response.headers.get("content-type", "").split(";", 1)[0].strip()
-        return UpstreamManifest(response.headers.get("docker-content-digest"), media_type, content)
+            content = await response.content.read(MAX_MANIFEST) if method == "GET" else b""
+            if len(content) >= MAX_MANIFEST:
+                raise UpstreamRefused("the upstream's manifest is larger than any stored here")
+            media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+            digest = response.headers.get("Docker-Content-Digest")
+        return UpstreamManifest(digest, media_type, content)
 
     @asynccontextmanager
-    async def blob(self, name: str, digest: str) -> AsyncIterator[httpx.Response]:
-        """The answer to GET of blob ``digest`` in upstream repository ``name``, its body not
-        yet read (``aiter_bytes``)."""
-        async with self._send("GET", f"/v2/{name}/blobs/{digest}", name) as response:
-            yield response
+    async def blob(self, name: str, digest: str) -> AsyncIterator[UpstreamBlob]:
+        """The upstream's answer to GET of blob ``digest`` in repository ``name``: its length
+        and its bytes, read as they are iterated."""
+        async with self._send("GET", f"/v2/{name}/blobs/{digest}", name, {}) as response:
+            yield UpstreamBlob(response.content_length, response.content.iter_chunked(CHUNK))
 
 
-def _check(response: httpx.Response, what: str) -> None:
-    status = response.status_code
+def _check(status: int, what: str) -> None:
     if status in (200, 206):
         return
     if status == 404:
@@ -254,7 +277,20 @@ def unavailable(mirror: Mirror, kind: str, what: str, failure: Exception) -> Reg
     )
 
 
-@cache
+_upstreams: dict[Mirror, Upstream] = {}
+
+
 def upstream(mirror: Mirror) -> Upstream:
     """The one :class:`Upstream` of ``mirror`` in this process."""
-    return Upstream(mirror)
+    found = _upstreams.get(mirror)
+    if found is None:
+        found = _upstreams[mirror] = Upstream(mirror)
+    return found
+
+
+async def close() -> None:
+    """Close the upstreams' connections (at shutdown)."""
+    for each in list(_upstreams.values()):
+        if each._session is not None:
+            await each._session.close()
+    _upstreams.clear()

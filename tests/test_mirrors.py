@@ -14,10 +14,10 @@ The mirrors file of the registry under test:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +43,7 @@ from tests.test_client_skopeo import (
     layout_blobs,
     tagged,
 )
+from tests.test_janitor_faults import Database
 from tests.test_operations import metric, service_urls
 from tests.upstreams import ReferenceRegistry, fixed_registry, reference_registry
 
@@ -548,11 +549,24 @@ def test_what_is_not_pulled_expires_and_a_purge_forgets_a_namespace(
     for image in ("old", "new"):
         pulled = tmp_path / f"pulled-{image}"
         upstreams.skopeo.pull(f"docker://{registry.host}/fresh/{name}/{image}:v1", pulled)
-    time.sleep(3)
-    # Pulled again: checked upstream (fresh checks at every pull), so recent.
-    assert _manifest(registry, f"fresh/{name}/new", "v1").status_code == 200
+    # Two hours pass for the old image, never pulled since: its tag last checked then, its
+    # manifest fetched then.
+    database = Database(registry)
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).replace(tzinfo=None)
+    old_repository = "(SELECT id FROM repositories WHERE name = :name)"
+    database.execute(
+        f"UPDATE tags SET updated_at = :past WHERE repository_id = {old_repository}",
+        past=past,
+        name=f"fresh/{name}/old",
+    )
+    database.execute(
+        f"UPDATE manifests SET created_at = :past WHERE repository_id = {old_repository}",
+        past=past,
+        name=f"fresh/{name}/old",
+    )
+    database.close()
 
-    admin_ok(registry, "mirrors", "expire", "--namespace", "fresh", "--older-than", "2s")
+    admin_ok(registry, "mirrors", "expire", "--namespace", "fresh", "--older-than", "1h")
     assert not _manifests_of(registry, f"fresh/{name}/old")
     assert _manifests_of(registry, f"fresh/{name}/new") == [new_digest]
     _, (old_layer,) = image_digests(old.path, old_digest)

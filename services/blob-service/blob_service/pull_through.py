@@ -194,11 +194,10 @@ async def _fetch(
     name = mirror.upstream_name(repository)
 
     async def source() -> AsyncIterator[bytes]:
-        async with upstream(mirror).blob(name, str(digest)) as response:
-            length = response.headers.get("content-length", "")
+        async with upstream(mirror).blob(name, str(digest)) as answer:
             if not tee.length.done():
-                tee.length.set_result(int(length) if length.isdigit() else None)
-            async for chunk in response.aiter_bytes():
+                tee.length.set_result(answer.length)
+            async for chunk in answer.chunks:
                 yield chunk
 
     tee = _Tee(source, stream)
