@@ -50,7 +50,7 @@ WAIT_SECONDS = 0.1
 # within CLIENT_WAIT_SECONDS while they are all waiting is left behind (its transfer is cut
 # short: it asks again and is served from storage), so that no client slows the fetch that
 # every other one waits for.
-QUEUE_CHUNKS = 16
+QUEUE_CHUNKS = 8
 CLIENT_WAIT_SECONDS = 2.0
 T = TypeVar("T")
 log = logging.getLogger(__name__)
