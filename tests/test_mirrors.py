@@ -546,6 +546,10 @@ def test_what_is_not_pulled_expires_and_a_purge_forgets_a_namespace(
     old, new = single_image(tmp_path / "old", 1), single_image(tmp_path / "new", 1)
     old_digest = upstreams.push(upstreams.open, old, f"{name}/old:v1")
     new_digest = upstreams.push(upstreams.open, new, f"{name}/new:v1")
+    # The new image under a second tag too, that one not pulled since (aged below): its
+    # manifest stays, v1 still names it.
+    upstreams.push(upstreams.open, new, f"{name}/new:v0")
+    assert _manifest(registry, f"fresh/{name}/new", "v0").status_code == 200
     for image in ("old", "new"):
         pulled = tmp_path / f"pulled-{image}"
         upstreams.skopeo.pull(f"docker://{registry.host}/fresh/{name}/{image}:v1", pulled)
@@ -564,11 +568,30 @@ def test_what_is_not_pulled_expires_and_a_purge_forgets_a_namespace(
         past=past,
         name=f"fresh/{name}/old",
     )
+    database.execute(
+        "UPDATE tags SET updated_at = :past"
+        f" WHERE name = 'v0' AND repository_id = {old_repository}",
+        past=past,
+        name=f"fresh/{name}/new",
+    )
+    database.execute(
+        f"UPDATE manifests SET created_at = :past WHERE repository_id = {old_repository}",
+        past=past,
+        name=f"fresh/{name}/new",
+    )
     database.close()
 
     admin_ok(registry, "mirrors", "expire", "--namespace", "fresh", "--older-than", "1h")
     assert not _manifests_of(registry, f"fresh/{name}/old")
     assert _manifests_of(registry, f"fresh/{name}/new") == [new_digest]
+    assert [
+        tag
+        for (tag,) in registry.query(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id"
+            " WHERE r.name = :name",
+            name=f"fresh/{name}/new",
+        )
+    ] == ["v1"]
     _, (old_layer,) = image_digests(old.path, old_digest)
     _, (new_layer,) = image_digests(new.path, new_digest)
     assert registry.query("SELECT 1 FROM blobs WHERE digest = :d", d=new_layer), "before gc"

@@ -117,6 +117,16 @@ def _lease_name(repository: str, digest: Digest) -> str:
     return "fetch:" + hashlib.sha256(f"{repository}@{digest}".encode()).hexdigest()[:58]
 
 
+async def _stored(repository: str, digest: Digest) -> blobs.BlobInfo | None:
+    """The blob as the repository holds it, or None."""
+    try:
+        return await blobs.stat(repository, digest)
+    except RegistryError as exc:
+        if exc.code is not ErrorCode.BLOB_UNKNOWN:
+            raise
+        return None
+
+
 async def serve(
     storage: StorageDriver,
     mirror: Mirror,
@@ -133,12 +143,8 @@ async def serve(
     ttl = dt.timedelta(seconds=get_settings().upload_lease_seconds)
     waited = False
     while True:
-        try:
-            info = await blobs.stat(repository, digest)
-        except RegistryError as exc:
-            if exc.code is not ErrorCode.BLOB_UNKNOWN:
-                raise
-        else:
+        info = await _stored(repository, digest)
+        if info is not None:
             MIRROR_REQUESTS.labels("blob", "miss" if waited else "hit").inc()
             return Served(COLLAPSED if waited else HIT, info)
         if not await db.read(leases.held, lease) and await db.write(
@@ -148,13 +154,11 @@ async def serve(
         waited = True  # another request fetches it: wait for the blob
         await asyncio.sleep(WAIT_SECONDS)
     try:
-        # Stored between the look above and the lease: nothing to fetch.
-        info = await blobs.stat(repository, digest)
-    except RegistryError as exc:
-        if exc.code is not ErrorCode.BLOB_UNKNOWN:
-            await db.write(leases.release, lease, owner)
-            raise
-    else:
+        info = await _stored(repository, digest)
+    except BaseException:
+        await db.write(leases.release, lease, owner)
+        raise
+    if info is not None:  # stored between the look above and the lease: nothing to fetch
         await db.write(leases.release, lease, owner)
         MIRROR_REQUESTS.labels("blob", "miss").inc()
         return Served(COLLAPSED, info)

@@ -54,10 +54,9 @@ def _expire_repository(repository_id: int, name: str, cutoff: dt.datetime) -> in
             )
             read_cache.changed(session, name)
             review_manifests(session, sorted({t.manifest_id for t in stale}), "mirror expired")
-        rows = session.execute(
-            select(Manifest.id, Manifest.digest, Manifest.subject_digest, Manifest.created_at)
-            .where(Manifest.repository_id == repository_id)
-            .with_for_update()
+        # The repository's manifests as rows the deletion below takes (one query, locked).
+        rows = session.scalars(
+            select(Manifest).where(Manifest.repository_id == repository_id).with_for_update()
         ).all()
         children: dict[int, list[str]] = {}
         for parent, child in session.execute(
@@ -66,28 +65,21 @@ def _expire_repository(repository_id: int, name: str, cutoff: dt.datetime) -> in
             .where(Manifest.repository_id == repository_id, ManifestReference.is_manifest)
         ):
             children.setdefault(parent, []).append(child)
-        by_digest = {row.digest: row for row in rows}
-        kept = {
-            row.digest
-            for row in rows
-            if row.id in {t.manifest_id for t in tags} - {t.manifest_id for t in stale}
-        }
-        # What the kept manifests reach: an index's children, the referrers of a kept one.
+        # What a remaining tag names (a manifest tagged by a stale tag and a kept one stays),
+        # then what that reaches: an index's children, the referrers of a kept manifest.
+        tagged = {t.manifest_id for t in tags if t.updated_at >= cutoff}
+        kept = {row.digest for row in rows if row.id in tagged}
+        ids = {row.digest: row.id for row in rows}
         while True:
             reached = {
-                child
-                for digest in kept
-                if digest in by_digest
-                for child in children.get(by_digest[digest].id, [])
+                child for digest in kept for child in children.get(ids.get(digest, -1), [])
             } | {row.digest for row in rows if row.subject_digest in kept}
             if reached <= kept:
                 break
             kept |= reached
         expired = [row for row in rows if row.digest not in kept and row.created_at < cutoff]
-        for row in expired:
-            manifest = session.get(Manifest, row.id)
-            if manifest is not None:
-                delete_manifest(session, manifest, "mirror expired", repository=name)
+        for manifest in expired:
+            delete_manifest(session, manifest, "mirror expired", repository=name)
         return len(expired)
 
 

@@ -28,6 +28,7 @@ from shared.mirrors import Mirror
 from shared.models import Base, Manifest, Repository, Tag, utcnow
 from shared.observability import MIRROR_REQUESTS, MIRROR_UPSTREAM_ERRORS
 from shared.reference import is_digest, parse_digest
+from shared.repositories import find_repository_id
 from shared.upstream import (
     UpstreamNotFound,
     UpstreamRefused,
@@ -69,7 +70,7 @@ _TAGGED = (
 def _checked(repository: str, tag: str) -> None:
     """Record that the tag was found current at the upstream now."""
     with db.transaction() as session:
-        repository_id = session.scalar(select(Repository.id).where(Repository.name == repository))
+        repository_id = find_repository_id(session, repository)
         session.execute(
             update(Base.metadata.tables["tags"])
             .where(Tag.repository_id == repository_id, Tag.name == tag)
