@@ -105,22 +105,23 @@ def _due_by(grace: dt.timedelta) -> dt.datetime:
 Review = TypeVar("Review", BlobReview, ManifestReview)
 
 
-def _next_due(session: Session, kind: type[Review], grace: dt.timedelta) -> Review | None:
-    """The review of ``kind`` due first, locked; reviews other sweeps hold are skipped."""
+def _next_due(session: Session, kind: type[Review], due_by: dt.datetime) -> Review | None:
+    """The review of ``kind`` due first (by ``due_by``), locked; reviews other sweeps hold are
+    skipped."""
     return session.scalars(
         select(kind)
-        .where(kind.review_after <= _due_by(grace))
+        .where(kind.review_after <= due_by)
         .order_by(kind.review_after)
         .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
 
 
-def _review_next_blob(grace: dt.timedelta) -> tuple[str, str, int] | None:
-    """Take one due review and decide it. Returns (outcome, digest, size), or None when no
-    review is due."""
+def _review_next_blob(grace: dt.timedelta, due_by: dt.datetime) -> tuple[str, str, int] | None:
+    """Take one review due by ``due_by`` and decide it. Returns (outcome, digest, size), or
+    None when no review is due."""
     with db.transaction() as session:
-        review = _next_due(session, BlobReview, grace)
+        review = _next_due(session, BlobReview, due_by)
         if review is None:
             return None
         digest = review.digest
@@ -178,9 +179,9 @@ def _review_again(digest: str) -> None:
         review_blobs(session, [digest], "claimed", delay=NOW)
 
 
-def _review_next_manifest(grace: dt.timedelta) -> tuple[str, str] | None:
+def _review_next_manifest(grace: dt.timedelta, due_by: dt.datetime) -> tuple[str, str] | None:
     with db.transaction() as session:
-        review = _next_due(session, ManifestReview, grace)
+        review = _next_due(session, ManifestReview, due_by)
         if review is None:
             return None
         manifest = session.get(Manifest, review.manifest_id, with_for_update=True)
@@ -249,18 +250,22 @@ async def collect_garbage(
             report.bytes_freed += size
             report.would_delete.append(digest)
         return report
+    # Each loop takes the reviews due when it starts: those that fall due meanwhile (pushes
+    # go on) are the next sweep's, so that a sweep ends under any load and its lease passes on.
     if untagged_manifests:
+        due_by = _due_by(grace)
         for _ in range(limit):
-            decided = await db.write(_review_next_manifest, grace)
+            decided = await db.write(_review_next_manifest, grace, due_by)
             if decided is None:
                 break
             report.tick(progress)
             if decided[0] == "delete":
                 log.info("gc manifest deleted digest=%s", decided[1])
     await db.write(mark, cutoff)
+    due_by = _due_by(grace)
     busy: set[str] = set()
     for _ in range(limit):
-        decided_blob = await db.write(_review_next_blob, grace)
+        decided_blob = await db.write(_review_next_blob, grace, due_by)
         if decided_blob is None:
             break
         outcome, digest, size = decided_blob
