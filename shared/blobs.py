@@ -3,8 +3,9 @@ service, and the gateway when it reads the storage itself).
 
 A blob is read from the key its row names. The janitor may move an upload's object to the
 blob's own key at any moment, before or during the read: what is not found at the upload's
-key is read from there, from where the read stopped (the bytes are the same, the key is named
-by their digest).
+key, or ends there before the bytes the database records (an object in pieces whose later
+pieces the move deleted), is read from there, from where the read stopped (the bytes are the
+same, the key is named by their digest).
 
 Failures are answered the one way a client can act on: before the first byte, the read fails
 with :class:`~shared.storage.StorageError` (answered 503 ``UNAVAILABLE`` with
@@ -105,4 +106,9 @@ async def _read(
             key = moved
             continue
         if position <= end:
-            raise _shorter(digest, position, end)
+            # Ended early: an object in pieces (OSS segments) loses them to the janitor's move
+            # while it is read. The rest is at the blob's own key.
+            moved = _moved_to(key, digest)
+            if moved is None:
+                raise _shorter(digest, position, end)
+            key = moved

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -27,8 +28,17 @@ import httpx
 import oss2
 import pytest
 
+from shared.blobs import open_blob
+from shared.reference import parse_digest
 from shared.settings import Settings
-from shared.storage import ObjectNotFound, StorageDriver, StorageError, filesystem, open_storage
+from shared.storage import (
+    ObjectNotFound,
+    StorageDriver,
+    StorageError,
+    filesystem,
+    keys,
+    open_storage,
+)
 from shared.storage.filesystem import FilesystemDriver
 from shared.storage.oss import OssDriver, logical_key, segment_key
 from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
@@ -307,6 +317,27 @@ def test_move_of_a_chunked_upload(storage: Storage) -> None:
         )
         # One object at the destination, nothing left of the upload.
         assert storage.stored() == {destination}
+
+    run(scenario())
+
+
+def test_a_blob_read_while_the_janitor_moves_it_reads_whole(storage: Storage) -> None:
+    """A chunked upload's blob is read from the upload's key; the janitor moves it to the
+    blob's own key after the first bytes went out (on OSS the segment the read reaches next is
+    deleted by then): the read goes on from the blob's key, and every byte arrives."""
+    pieces = [data(50 * KiB, 5), data(120 * KiB, 6)]
+    whole = b"".join(pieces)
+    digest = "sha256:" + hashlib.sha256(whole).hexdigest()
+
+    async def scenario() -> None:
+        source, destination = "uploads/read-moved/data", keys.blob_key(parse_digest(digest))
+        offset = 0
+        for piece in pieces:
+            offset = await storage.driver.append(source, offset, chunks(piece))
+        body = await open_blob(storage.driver, source, digest, 0, len(whole) - 1)
+        first = await anext(body)
+        await storage.driver.move(source, destination)
+        assert first + b"".join([chunk async for chunk in body]) == whole
 
     run(scenario())
 
