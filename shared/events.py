@@ -9,7 +9,8 @@ announced at least once, and the janitor's tasks are idempotent. Sending never d
 a client's request. Reconcile remains a safety net, not the mechanism.
 
 Only actions something consumes are recorded: a committed upload (the janitor moves its
-object to the blob's key) and a cancelled one (it deletes the upload's object).
+object to the blob's key), a cancelled one (it deletes the upload's object), and notifications
+written for a repository (the janitor delivers them).
 
 The envelope follows the reference registry's notifications (``notifications/event.go``): an
 id, a timestamp, an action, a target (repository, digest, size, upload), the request id, and
@@ -49,6 +50,8 @@ EVENT_TASK = "janitor.events.handle"
 Action = Literal[
     "blob:upload:committed",
     "blob:upload:cancelled",
+    # Notifications were written for a repository (shared.notifications): deliver them.
+    "notifications:recorded",
     # No longer recorded (nothing consumes them); kept so that events queued by an earlier
     # version are still read.
     "blob:mounted",

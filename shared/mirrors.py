@@ -172,11 +172,7 @@ def parse(document: Any, base: Path = Path()) -> Mirrors:
 
 
 def load(path: Path) -> Mirrors:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MirrorsFileError(f"{path}: {exc.strerror}") from None
-    return parse(yaml_files.parse(text, str(path), MirrorsFileError), path.parent)
+    return parse(yaml_files.read(path, MirrorsFileError), path.parent)
 
 
 @cache

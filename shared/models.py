@@ -215,3 +215,33 @@ class OutboxEvent(Base):
     # When a relay may take it: a while after it is written (the process that wrote it sends
     # it at once), and again a while after a relay took it and did not delete it.
     relay_after: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class Notification(Base):
+    """One event for one notification endpoint (``shared.notifications``), written in the
+    transaction that made the change; the janitor delivers each endpoint's events of one
+    repository in ``id`` order, and keeps them (delivered or parked) for replays until they
+    are pruned."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # A stream's next event: the endpoint's pending events of a repository, by id.
+        Index(None, "endpoint", "state", "repository", "id"),
+        Index(None, "state", "next_attempt_at"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    endpoint: Mapped[str] = mapped_column(String(64))
+    repository: Mapped[str] = mapped_column(String(255))
+    delivery_id: Mapped[str] = mapped_column(String(36), unique=True)
+    action: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)  # the event, as the envelope carries it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # delivered, parked
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

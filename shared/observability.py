@@ -23,6 +23,10 @@ from shared.blobs import TransferAborted
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+# The request being served (its ASGI scope), for what records who asked: notifications.
+request_scope_var: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "request_scope", default=None
+)
 
 REQUESTS = Counter(
     "registry_http_requests_total",
@@ -110,6 +114,7 @@ class ObservabilityMiddleware:
             request_id = request_id or uuid.uuid4().hex
             state["request_id"] = request_id
         token = request_id_var.set(request_id)
+        scope_token = request_scope_var.set(scope)
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -143,6 +148,7 @@ class ObservabilityMiddleware:
             REQUEST_BYTES.labels(self.service).inc(received)
             RESPONSE_BYTES.labels(self.service).inc(sent)
             request_id_var.reset(token)
+            request_scope_var.reset(scope_token)
 
 
 class _RequestIdFilter(logging.Filter):

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     # gateway at /auth/token or by an external issuer trusted by its public key.
     # Mirrored namespaces, pulled through from other registries (shared.mirrors); YAML or JSON.
     mirrors_file: str = ""
+    # Webhooks (shared.notifications): the endpoints file (YAML or JSON, reloaded on change);
+    # how often the janitor looks for events due (new ones are sent at once, this is for
+    # retries); how long delivered events are kept for replays.
+    notifications_file: str = ""
+    notifications_poll_seconds: float = 2.0
+    notifications_retention_seconds: int = 7 * 24 * 3600
     auth: Literal["none", "htpasswd", "token"] = "none"
     auth_users_file: str = ""  # users (bcrypt hashes) and grants, YAML or JSON; reloaded on change
     auth_realm: str = "registry"  # the Basic realm

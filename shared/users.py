@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import translate
@@ -268,45 +267,16 @@ def check_password(user: User | None, password: bytes) -> bool:
     return ok and user is not None
 
 
-class UsersFile:
-    """The users file, reloaded when it changes (checked at most every ``interval`` seconds).
-    ``version`` grows with each reload, so that caches of what the last version said can
-    tell they are stale."""
+def _describe(store: UserStore) -> str:
+    return f"{len(store.users)} users, {len(store.grants)} grants"
+
+
+class UsersFile(yaml_files.Watched[UserStore]):
+    """The users file, reloaded when it changes (``shared.yaml_files.Watched``)."""
 
     def __init__(self, path: Path, interval: float = 1.0) -> None:
-        self.path = path
-        self.interval = interval
-        self.store = load(path)  # at startup a bad file is an error, not a log line
-        self.version = 0
-        self._stamp = self._current_stamp()
-        self._checked = time.monotonic()
+        super().__init__("users file", path, load, UsersFileError, _describe, interval)
 
-    def _current_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)  # follows the symlinks of a Kubernetes Secret volume
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def get(self) -> UserStore:
-        now = time.monotonic()
-        if now - self._checked >= self.interval:
-            self._checked = now
-            stamp = self._current_stamp()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self._reload()
-        return self.store
-
-    def _reload(self) -> None:
-        try:
-            self.store = load(self.path)
-        except UsersFileError as exc:
-            log.error("users file not reloaded, keeping the last good one: %s", exc)
-            return
-        self.version += 1
-        log.info(
-            "users file reloaded: %d users, %d grants",
-            len(self.store.users),
-            len(self.store.grants),
-        )
+    @property
+    def store(self) -> UserStore:
+        return self.value

@@ -38,6 +38,8 @@ INTERNAL_PREFIX = "x-registry-internal-"
 SERVE_LOCALLY_HEADER = INTERNAL_PREFIX + "serve-locally"
 STORAGE_KEY_HEADER = INTERNAL_PREFIX + "storage-key"
 BYTE_RANGE_HEADER = INTERNAL_PREFIX + "byte-range"
+# Who made the request, as the gateway authenticated them (absent: anonymous).
+ACTOR_HEADER = INTERNAL_PREFIX + "actor"
 
 
 def freeze_startup_heap() -> None:

@@ -31,7 +31,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import mirrors
+from shared import mirrors, notifications
 from shared.processes import processes
 from shared.settings import DATA_DIR, Settings, get_settings
 
@@ -299,7 +299,11 @@ def test_the_registry_has_all_its_parts(name: str) -> None:
     assert all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services.values())
     assert [p["port"] for p in services["flower"]["spec"]["ports"]] == [FLOWER_PORT]
     assert set(of_kind(docs, "Ingress")) == {"registry"}
-    assert set(of_kind(docs, "ConfigMap")) == {"registry-config", "registry-mirrors"}
+    assert set(of_kind(docs, "ConfigMap")) == {
+        "registry-config",
+        "registry-mirrors",
+        "registry-notifications",
+    }
     assert set(of_kind(docs, "Job")) == {"registry-migrate"}
     assert set(of_kind(docs, "PersistentVolumeClaim")) == {"registry-storage"}
     assert set(of_kind(docs, "PodDisruptionBudget")) == set(HTTP_SERVICES)
@@ -326,6 +330,29 @@ def test_the_mirrors_file_is_valid_and_mounted_where_the_setting_names_it(name: 
         [container] = spec["containers"]
         mounted = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
         assert mounted[str(mirrors_file.parent)]["configMap"]["name"] == "registry-mirrors", (
+            deployment
+        )
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_the_notifications_file_is_valid_and_mounted_where_the_setting_names_it(
+    name: str,
+) -> None:
+    docs = render(name)
+    path = PurePosixPath(
+        of_kind(docs, "ConfigMap")["registry-config"]["data"]["REGISTRY_NOTIFICATIONS_FILE"]
+    )
+    document = yaml.safe_load(
+        of_kind(docs, "ConfigMap")["registry-notifications"]["data"][path.name]
+    )
+    notifications.parse(document)  # raises when the services would refuse it
+    # The manifest service records the events, the janitor worker delivers them.
+    for deployment in ("manifest-service", "janitor"):
+        spec = pod_spec(of_kind(docs, "Deployment")[deployment])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        [container] = spec["containers"]
+        mounted = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+        assert mounted[str(path.parent)]["configMap"]["name"] == "registry-notifications", (
             deployment
         )
 

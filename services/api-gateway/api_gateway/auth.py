@@ -129,6 +129,13 @@ def _valid_name(name: str) -> bool:
     return len(name) <= MAX_NAME_LENGTH and NAME_RE.fullmatch(name) is not None
 
 
+def _allowed(request: Request, match: routing.Match, principal: Principal) -> str | None:
+    """For a request the principal may make: who made it (``request.state.user``, forwarded
+    to the services, whose notifications name it as the actor) and the query to forward."""
+    request.state.user = principal.user
+    return mount_query(request, match, principal)
+
+
 def mount_query(request: Request, match: routing.Match, principal: Principal) -> str | None:
     """The query to forward instead of the client's: a mount from a repository the principal
     cannot pull from loses ``mount`` and ``from`` and becomes an ordinary upload."""
@@ -292,7 +299,7 @@ class HtpasswdGuard(Guard):
                 client_address(request),
             )
             _refuse("denied", ErrorCode.DENIED, f"no {needed.describe()}")
-        return mount_query(request, match, principal)
+        return _allowed(request, match, principal)
 
 
 class TokenGuard(Guard):
@@ -384,7 +391,7 @@ class TokenGuard(Guard):
                 f"the token grants no {needed.describe()}",
                 self._challenge(needed.scope, "insufficient_scope"),
             )
-        return mount_query(request, match, principal)
+        return _allowed(request, match, principal)
 
 
 # --- the token issuer ------------------------------------------------------------------------

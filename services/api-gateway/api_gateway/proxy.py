@@ -114,6 +114,9 @@ async def forward(
         headers.append((SERVE_LOCALLY_HEADER, "1"))
     if request.client is not None:
         headers.append(("x-forwarded-for", request.client.host))
+    host = request.headers.get("host")
+    if host:
+        headers.append(("x-forwarded-host", host))
     if extra_headers:
         headers.extend(extra_headers)
     if query is None:

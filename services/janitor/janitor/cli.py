@@ -9,6 +9,8 @@
     registry-admin mirrors list
     registry-admin mirrors expire [--namespace hub] [--older-than 7d]
     registry-admin mirrors purge NAMESPACE
+    registry-admin notifications list
+    registry-admin notifications replay ENDPOINT --since 2h [--until 2026-12-04T10:00]
 
 Each housekeeping command runs the same code as the janitor's task, against the configuration
 in the environment (``REGISTRY_*``), under the same lease (so it never runs beside the
@@ -19,6 +21,10 @@ manifests, the bytes of its blobs, when its tags were checked upstream), expire 
 been pulled for the mirror's ``expire_seconds`` (or ``--older-than``) as the janitor does every
 ``REGISTRY_MIRROR_EXPIRY_INTERVAL_SECONDS``, or purge a namespace: its tags and manifests go
 at once, its blobs at the next garbage collection after the grace period.
+
+The ``notifications`` commands show each webhook endpoint's backlog (pending and parked
+events, the oldest pending, the last delivery, the last error), and send an endpoint the events
+recorded in a time range again (``--since``/``--until``: a time in UTC, or a duration ago).
 
 The ``user`` commands edit the users file (``REGISTRY_AUTH_USERS_FILE``, or ``--file``) that
 the gateway reloads on change: a password comes from a prompt (twice, not echoed) or from
@@ -39,9 +45,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from janitor import gc, leases, mirrors, reconcile, uploads
+from janitor import gc, leases, mirrors, notifications, reconcile, uploads
 from janitor.report import Report
 from shared import users
+from shared.models import utcnow
 from shared.numbers import NumberInvalid, parse_decimal
 from shared.settings import get_settings
 from shared.storage import get_storage
@@ -193,6 +200,41 @@ def _mirrors_command(args: argparse.Namespace) -> int:
     return _run("expire_mirrors", work, bar)
 
 
+def moment(text: str) -> dt.datetime:
+    """A time in UTC (``2026-12-04T10:00``), or a duration ago (``2h``)."""
+    try:
+        return utcnow() - duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (try 2026-12-04T10:00 or 2h)"
+        ) from None
+    return when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+def _notifications_command(args: argparse.Namespace) -> int:
+    if args.notifications_command == "replay":
+        count = notifications.replay(args.endpoint, args.since, args.until)
+        print(f"{count} events of {args.endpoint} will be sent again")
+        return 0
+    found = notifications.backlogs()
+    if not found:
+        print("no notification endpoint (REGISTRY_NOTIFICATIONS_FILE)")
+    for backlog in found:
+        state = "" if backlog.configured else " (no longer configured)"
+        oldest = f", oldest {backlog.oldest_pending:%Y-%m-%d %H:%M:%S}" if backlog.pending else ""
+        last = f"{backlog.last_delivered:%Y-%m-%d %H:%M:%S}" if backlog.last_delivered else "never"
+        print(
+            f"{backlog.endpoint}{state}: {backlog.pending} pending{oldest}, "
+            f"{backlog.parked} parked; last delivered {last}; "
+            f"last error: {backlog.last_error or 'none'}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="registry-admin", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -257,7 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     purge_ns = mirror_commands.add_parser("purge", help="forget all a mirrored namespace keeps")
     purge_ns.add_argument("namespace")
+    notify = commands.add_parser("notifications", help="webhook backlogs; replay events")
+    notify_commands = notify.add_subparsers(dest="notifications_command", required=True)
+    notify_commands.add_parser("list", help="each endpoint's backlog, last delivery and error")
+    replay = notify_commands.add_parser("replay", help="send an endpoint's events again")
+    replay.add_argument("endpoint")
+    replay.add_argument("--since", type=moment, required=True, help="a UTC time, or 2h ago")
+    replay.add_argument("--until", type=moment, help="a UTC time, or 10m ago (default: now)")
     args = parser.parse_args(argv)
+    if args.command == "notifications":
+        return _notifications_command(args)
     if args.command == "user":
         return _user_command(args)
     if args.command == "mirrors":

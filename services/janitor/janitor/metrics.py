@@ -37,6 +37,18 @@ ORPHANS = Counter(
     "registry_reconcile_objects_deleted_total", "Orphaned objects deleted by reconcile"
 )
 
+NOTIFICATIONS = Counter(
+    "registry_notifications_total",
+    "Notification attempts by endpoint and outcome (delivered, failed, parked)",
+    ["endpoint", "outcome"],
+)
+NOTIFICATION_LATENCY = Histogram(
+    "registry_notification_delivery_seconds",
+    "From the change to its event's delivery",
+    ["endpoint"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+
 _started: dict[str, float] = {}
 
 

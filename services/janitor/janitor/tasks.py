@@ -15,11 +15,13 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from janitor import gc, leases, metrics, mirrors, promotion, reconcile, uploads
+from janitor import gc, leases, metrics, mirrors, notifications, promotion, reconcile, uploads
 from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
 from janitor.worker import SWEEP_LIMIT, app
+from shared import leases as shared_leases
 from shared.events import EVENT_TASK, Event
+from shared.notifications import configured as configured_endpoints
 from shared.observability import request_id_var
 from shared.storage import StorageError, get_storage
 
@@ -51,6 +53,8 @@ def handle_event(payload: dict[str, Any]) -> str:
         event.target.digest,
         event.request_id,
     )
+    if event.action == "notifications:recorded":
+        return f"dispatch {dispatch_notifications(event.target.repository)}"
     storage = get_storage()
     target = event.target
     if event.action == "blob:upload:committed" and target.digest:
@@ -107,3 +111,26 @@ def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
 @_sweep_task("expire_mirrors")
 def expire_mirrors() -> dict[str, Any]:
     return _sweep("expire_mirrors", mirrors.expire())
+
+
+PRUNE_EVERY = dt.timedelta(minutes=10)
+
+
+@app.task(name="janitor.notifications.deliver", time_limit=SWEEP_LIMIT, **common)
+def deliver_notifications(endpoint: str, repository: str) -> int:
+    """One stream's due events, in order (``janitor.notifications``)."""
+    return notifications.deliver(endpoint, repository)
+
+
+@app.task(name="janitor.notifications.dispatch", time_limit=300, **common)
+def dispatch_notifications(repository: str | None = None) -> int:
+    """A delivery task for every stream with an event due (of ``repository``: the events a
+    change just recorded); on its schedule, also prunes delivered events past retention."""
+    if not configured_endpoints().endpoints:
+        return 0
+    streams = notifications.due_streams(repository)
+    for endpoint, name in streams:
+        deliver_notifications.delay(endpoint, name)
+    if repository is None and shared_leases.acquire("notifications-prune", PRUNE_EVERY):
+        notifications.prune()  # at most once per PRUNE_EVERY on all replicas (never released)
+    return len(streams)

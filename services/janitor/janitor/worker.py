@@ -51,6 +51,16 @@ app.conf.update(
             "task": "janitor.expire_mirrors",
             "schedule": settings.mirror_expiry_interval_seconds,
         },
+        **(
+            {  # retries of notifications, and events whose own dispatch was lost
+                "notifications": {
+                    "task": "janitor.notifications.dispatch",
+                    "schedule": settings.notifications_poll_seconds,
+                }
+            }
+            if settings.notifications_file
+            else {}
+        ),
     },
     beat_schedule_filename=settings.beat_schedule_file,
     **broker_options(settings.broker_url, settings.broker_queue),

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from manifest_service import media_types
-from shared import db, read_cache
+from shared import db, notifications, read_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Base, Manifest, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
@@ -155,9 +155,19 @@ def _put(
             manifest_id = _insert(connection, repository_id, digest, body, parsed)
         if tag is not None:
             _set_tag(session, connection, repository, repository_id, tag, manifest_id)
+        if check_references:  # a manifest pulled through was pushed by nobody
+            notifications.record(
+                session,
+                "push",
+                repository,
+                digest=digest,
+                media_type=parsed.media_type,
+                size=len(body),
+                tag=tag,
+            )
 
-    # No event: a push leaves the janitor nothing to do (the blobs it references are already
-    # in place), and one per push would cost the worker more than the push itself.
+    # No janitor event of its own: a push leaves the janitor nothing to do (the blobs it
+    # references are already in place), unless an endpoint is notified of it.
     return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
 
@@ -301,6 +311,9 @@ def _delete_reference(repository: str, reference: str) -> None:
             manifest = _find(session, repo, reference)
             if manifest is None:
                 raise _unknown(repository, reference)
+            notifications.record(
+                session, "delete", repository, digest=reference, media_type=manifest.media_type
+            )
             delete_manifest(session, manifest, "manifest deleted", repository=repository)
         else:
             tag = session.get(Tag, (repo, reference))
@@ -309,3 +322,4 @@ def _delete_reference(repository: str, reference: str) -> None:
             session.delete(tag)
             read_cache.changed(session, repository)
             review_manifests(session, [tag.manifest_id], "tag deleted")
+            notifications.record(session, "delete", repository, tag=reference)

@@ -24,7 +24,7 @@ from api_gateway.proxy import forward
 from shared.errors import ErrorCode, RegistryError
 from shared.observability import CLIENTS_CUT_OFF
 from shared.settings import get_settings
-from shared.web import Endpoint, request_id
+from shared.web import ACTOR_HEADER, Endpoint, request_id
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -82,6 +82,8 @@ def build_routes(
         request.state.route_name = found.route.name
         query = await guard.check(request, found) if guard is not None else None
         done = limits.admit(request, found) if limits is not None else None
+        user = getattr(request.state, "user", None)
+        headers = extra_headers if user is None else [*extra_headers, (ACTOR_HEADER, user)]
         storage = request.app.state.local_storage
         serve_locally = storage if found.route.blob_bytes and request.method == "GET" else None
         try:
@@ -93,7 +95,7 @@ def build_routes(
                     request,
                     request_id(request),
                     serve_locally,
-                    extra_headers,
+                    headers,
                     query,
                     blob_bytes=found.route.blob_bytes,
                 )

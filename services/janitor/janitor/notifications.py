@@ -1,0 +1,276 @@
+"""Delivering notifications (``shared.notifications``): each endpoint's events of one
+repository are a stream, delivered in ``id`` order by one janitor task at a time (a lease per
+stream), so that streams never wait for each other and a stream's order holds on any number of
+replicas.
+
+An event is delivered when the endpoint answers 2xx. Otherwise it is tried again after a
+backoff (doubling from one second up to five minutes, with jitter) and the stream waits
+for it; once it has failed for the endpoint's ``park_after_seconds`` it is parked (kept, and
+shown by ``registry-admin``) and the stream goes on. Redirects are not followed. Delivered
+events are kept ``REGISTRY_NOTIFICATIONS_RETENTION_SECONDS`` for replays, then pruned.
+
+Delivery is at least once: a worker killed after the endpoint took an event but before the
+row says so sends it again, with the same delivery id (``X-Registry-Delivery``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import httpx
+from sqlalchemy import delete, func, select, update
+
+from janitor.metrics import NOTIFICATION_LATENCY, NOTIFICATIONS
+from shared import db, leases
+from shared.models import Notification, utcnow
+from shared.notifications import DELIVERED, PARKED, PENDING, Endpoint, configured
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 300.0
+PRUNE_BATCH = 1000
+PER_TASK = 1000  # events one task delivers at most; the next dispatch goes on
+
+
+def lease_name(endpoint: str, repository: str) -> str:
+    return "notify:" + hashlib.sha256(f"{endpoint}\n{repository}".encode()).hexdigest()[:56]
+
+
+def due_streams(repository: str | None = None, limit: int = 1000) -> list[tuple[str, str]]:
+    """(endpoint, repository) of the streams with an event due now (of ``repository``)."""
+    query = (
+        select(Notification.endpoint, Notification.repository)
+        .where(Notification.state == PENDING, Notification.next_attempt_at <= utcnow())
+        .distinct()
+        .limit(limit)
+    )
+    if repository is not None:
+        query = query.where(Notification.repository == repository)
+    with db.reading() as connection:
+        return [(e, r) for e, r in connection.execute(query)]
+
+
+def _head(endpoint: str, repository: str) -> Notification | None:
+    with db.reading() as connection:
+        row = connection.execute(
+            select(Notification)
+            .where(
+                Notification.endpoint == endpoint,
+                Notification.state == PENDING,
+                Notification.repository == repository,
+            )
+            .order_by(Notification.id)
+            .limit(1)
+        ).first()
+    return None if row is None else Notification(**row._asdict())
+
+
+@cache
+def _client() -> httpx.Client:
+    return httpx.Client(follow_redirects=False, trust_env=False)
+
+
+def _send(endpoint: Endpoint, row: Notification) -> str | None:
+    """Deliver ``row``: None when the endpoint took it, else why not."""
+    body, headers = endpoint.request(row)
+    try:
+        response = _client().post(
+            endpoint.url, content=body, headers=headers, timeout=endpoint.timeout_seconds
+        )
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= response.status_code < 300:
+        return None
+    return f"HTTP {response.status_code}"
+
+
+def _backoff(attempts: int) -> dt.timedelta:
+    seconds = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempts - 1))
+    return dt.timedelta(seconds=seconds * random.uniform(0.5, 1.0))
+
+
+def _settle(row: Notification, endpoint: Endpoint, error: str | None) -> bool:
+    """Record the attempt; whether the stream goes on to its next event."""
+    now = utcnow()
+    values: dict[str, object] = {"attempts": row.attempts + 1}
+    if error is None:
+        values.update(state=DELIVERED, delivered_at=now, last_error=None)
+    else:
+        values["last_error"] = error
+        parked = now - row.created_at >= dt.timedelta(seconds=endpoint.park_after_seconds)
+        if parked:
+            values["state"] = PARKED
+        else:
+            values["next_attempt_at"] = now + _backoff(row.attempts + 1)
+    with db.transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id == row.id, Notification.state == PENDING)
+            .values(**values)
+        )
+    outcome = "delivered" if error is None else str(values.get("state", "failed"))
+    NOTIFICATIONS.labels(endpoint.name, outcome).inc()
+    if error is None:
+        # From the event's own timestamp: DATETIME columns keep whole seconds on MySQL.
+        changed = dt.datetime.fromisoformat(json.loads(row.payload)["timestamp"])
+        latency = (dt.datetime.now(dt.UTC) - changed).total_seconds()
+        NOTIFICATION_LATENCY.labels(endpoint.name).observe(max(0.0, latency))
+        return True
+    log.warning(
+        "notification not delivered endpoint=%s repository=%s delivery=%s attempt=%d: %s%s",
+        endpoint.name,
+        row.repository,
+        row.delivery_id,
+        row.attempts + 1,
+        error,
+        " (parked)" if values.get("state") == PARKED else "",
+    )
+    return values.get("state") == PARKED
+
+
+def deliver(endpoint_name: str, repository: str, send: Callable[..., str | None] = _send) -> int:
+    """Deliver the stream's due events in order, until it is empty, waits for a retry, or
+    another task holds it. Returns how many were delivered."""
+    endpoint = configured().get(endpoint_name)
+    if endpoint is None:  # no longer configured: its events stay, for when it is back
+        return 0
+    name = lease_name(endpoint_name, repository)
+    ttl = dt.timedelta(seconds=endpoint.timeout_seconds * 2 + 30)
+    delivered = attempts = 0
+    while attempts < PER_TASK and leases.acquire(name, ttl):
+        try:
+            while attempts < PER_TASK:
+                row = _head(endpoint_name, repository)
+                if row is None or row.next_attempt_at > utcnow():
+                    break
+                leases.acquire(name, ttl)  # renewed for the attempt
+                error = send(endpoint, row)
+                attempts += 1
+                delivered += error is None
+                if not _settle(row, endpoint, error):
+                    break
+        finally:
+            leases.release(name)
+        # An event committed while this task held the lease had its own task turned away:
+        # look again, now that the lease is free.
+        row = _head(endpoint_name, repository)
+        if row is None or row.next_attempt_at > utcnow():
+            break
+    return delivered
+
+
+def prune(retention: dt.timedelta | None = None) -> int:
+    """Delete delivered events older than the retention period; how many."""
+    if retention is None:
+        retention = dt.timedelta(seconds=get_settings().notifications_retention_seconds)
+    cutoff = utcnow() - retention
+    with db.transaction() as session:
+        ids = list(
+            session.scalars(
+                select(Notification.id)
+                .where(Notification.state == DELIVERED, Notification.created_at < cutoff)
+                .limit(PRUNE_BATCH)
+            )
+        )
+        if ids:
+            session.execute(delete(Notification).where(Notification.id.in_(ids)))
+    return len(ids)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What ``registry-admin notifications list`` shows of one endpoint."""
+
+    endpoint: str
+    configured: bool
+    pending: int
+    parked: int
+    oldest_pending: dt.datetime | None
+    last_delivered: dt.datetime | None
+    last_error: str | None
+
+
+def backlogs() -> list[Backlog]:
+    """Every configured endpoint, and every endpoint the table still has events of."""
+    with db.reading() as connection:
+        counts = {
+            (endpoint, state): (count, oldest)
+            for endpoint, state, count, oldest in connection.execute(
+                select(
+                    Notification.endpoint,
+                    Notification.state,
+                    func.count(),
+                    func.min(Notification.created_at),
+                )
+                .where(Notification.state != DELIVERED)
+                .group_by(Notification.endpoint, Notification.state)
+            )
+        }
+        delivered: dict[str, dt.datetime | None] = {
+            endpoint: last
+            for endpoint, last in connection.execute(
+                select(Notification.endpoint, func.max(Notification.delivered_at))
+                .where(Notification.state == DELIVERED)
+                .group_by(Notification.endpoint)
+            )
+        }
+        names = {e.name for e in configured().endpoints}
+        found = []
+        for name in sorted(names | {e for e, _ in counts} | set(delivered)):
+            error = connection.scalar(
+                select(Notification.last_error)
+                .where(Notification.endpoint == name, Notification.last_error.is_not(None))
+                .order_by(Notification.id.desc())
+                .limit(1)
+            )
+            pending, oldest = counts.get((name, PENDING), (0, None))
+            found.append(
+                Backlog(
+                    endpoint=name,
+                    configured=name in names,
+                    pending=pending,
+                    parked=counts.get((name, PARKED), (0, None))[0],
+                    oldest_pending=oldest,
+                    last_delivered=delivered.get(name),
+                    last_error=error,
+                )
+            )
+    return found
+
+
+def replay(endpoint: str, since: dt.datetime, until: dt.datetime | None = None) -> int:
+    """Send the endpoint's events recorded from ``since`` to ``until`` again (delivered and
+    parked ones alike), in their order, with new delivery ids (a receiver that dropped
+    duplicates takes them again). Returns how many."""
+    query = select(Notification.id).where(
+        Notification.endpoint == endpoint,
+        Notification.state != PENDING,
+        Notification.created_at >= since,
+    )
+    if until is not None:
+        query = query.where(Notification.created_at <= until)
+    with db.transaction() as session:
+        ids = list(session.scalars(query.order_by(Notification.id).with_for_update()))
+        for row_id in ids:  # one by one: each gets a delivery id of its own
+            session.execute(
+                update(Notification)
+                .where(Notification.id == row_id)
+                .values(
+                    state=PENDING,
+                    attempts=0,
+                    next_attempt_at=utcnow(),
+                    delivery_id=str(uuid.uuid4()),
+                    last_error=None,
+                )
+            )
+    return len(ids)

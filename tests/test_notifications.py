@@ -1,0 +1,351 @@
+"""Notifications: pushes and deletes reach webhook endpoints in the reference registry's
+envelope, signed, in order per repository, and none is lost while an endpoint fails.
+
+The endpoints are real HTTP servers on loopback started here (:class:`Receiver`), which record
+every request and can be told to fail. The registry is a whole one of real processes, on SQLite
+and on MariaDB + Redis, with three endpoints in its notifications file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import running_registry
+from tests.images import single_image
+from tests.registry import OCI_MANIFEST, RegistryUnderTest, eventually
+from tests.test_auth import make_skopeo
+
+ENVELOPE = "application/vnd.docker.distribution.events.v1+json"
+SECRET = "a shared secret"
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return json.loads(self.body)["events"]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: records every request it gets; while ``failing``, answers 503."""
+
+    failing: bool = False
+    requests: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = 503 if receiver.failing else 202
+                with receiver.lock:
+                    receiver.requests.append(
+                        Received(
+                            self.path, {k.lower(): v for k, v in self.headers.items()}, body, status
+                        )
+                    )
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def url(self, path: str) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def delivered(self, path: str, repository: str | None = None) -> list[Received]:
+        """The requests to ``path`` answered 2xx (about ``repository``), in arrival order."""
+        with self.lock:
+            found = [r for r in self.requests if r.path == path and r.answered < 300]
+        if repository is None:
+            return found
+        return [r for r in found if _repository(r) == repository]
+
+    def refused(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path and r.answered >= 300]
+
+
+def _repository(received: Received) -> str:
+    document = json.loads(received.body)
+    if "events" in document:
+        return str(document["events"][0]["target"]["repository"])
+    return str(document["subject"])
+
+
+@dataclass
+class World:
+    registry: RegistryUnderTest
+    steady: Receiver  # always answers
+    flaky: Receiver  # fails when told
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    root = tmp_path_factory.mktemp(f"notifications-{request.param}")
+    steady, flaky = Receiver().start(), Receiver().start()
+    (root / "hook-secret").write_text(SECRET + "\n")
+    document = {
+        "endpoints": [
+            {"name": "all", "url": steady.url("/all"), "secret_file": "hook-secret"},
+            {
+                "name": "team-deletes",
+                "url": steady.url("/team"),
+                "actions": ["delete"],
+                "repositories": ["team/*"],
+                "format": "cloudevents",
+            },
+            {
+                "name": "flaky",
+                "url": flaky.url("/flaky"),
+                "repositories": ["flaky/*"],
+                "headers": {"X-Team": ["platform", "ops"]},
+                "timeout_seconds": 2,
+            },
+        ]
+    }
+    (root / "notifications.yaml").write_text(json.dumps(document))
+    try:
+        with running_registry(
+            request.param,
+            root,
+            notifications_file=str(root / "notifications.yaml"),
+            notifications_poll_seconds="0.5",
+        ) as running:
+            yield World(running, steady, flaky)
+    finally:
+        steady.stop()
+        flaky.stop()
+
+
+def _name(stem: str) -> str:
+    return f"{stem}/repo-{uuid.uuid4().hex[:8]}"
+
+
+def _manifest(registry: RegistryUnderTest, repo: str, note: str) -> bytes:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "note": note}).encode()
+    layer = f"layer of {note}".encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": registry.push_blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": registry.push_blob(repo, layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+
+
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_a_push_and_deletes_arrive_in_the_reference_envelope_signed_and_in_order(
+    world: World,
+) -> None:
+    registry, repo = world.registry, _name("notify")
+    body = _manifest(registry, repo, "envelope")
+    digest = _digest(body)
+    pushed = registry.push_manifest(repo, "v1", body)
+    assert pushed.status_code == 201, pushed.text
+    assert registry.http.delete(f"/v2/{repo}/manifests/v1").status_code == 202
+    assert registry.http.delete(f"/v2/{repo}/manifests/{digest}").status_code == 202
+
+    eventually(lambda: len(world.steady.delivered("/all", repo)) == 3, what="three events")
+    received = world.steady.delivered("/all", repo)
+    for request in received:
+        assert request.headers["content-type"] == ENVELOPE
+        expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+        assert request.headers["x-registry-signature-256"] == expected
+        assert len(request.events) == 1
+    assert len({r.headers["x-registry-delivery"] for r in received}) == 3
+    push, untag, delete = (r.events[0] for r in received)
+
+    assert push["action"] == "push"
+    assert push["target"] == {
+        "mediaType": OCI_MANIFEST,
+        "size": len(body),
+        "length": len(body),
+        "digest": digest,
+        "repository": repo,
+        "url": f"{registry.url}/v2/{repo}/manifests/{digest}",
+        "tag": "v1",
+    }
+    assert push["request"]["id"] == pushed.headers["x-request-id"]
+    assert push["request"]["method"] == "PUT"
+    assert push["request"]["addr"] == "127.0.0.1"
+    assert push["request"]["host"] == registry.host
+    assert push["request"]["useragent"].startswith("python-httpx/")
+    assert push["actor"] == {"name": ""}  # anonymous
+    assert push["source"]["instanceID"]
+    stamp = dt.datetime.fromisoformat(push["timestamp"])
+    assert abs(dt.datetime.now(dt.UTC) - stamp) < dt.timedelta(minutes=1)
+
+    assert untag["action"] == "delete"
+    assert untag["target"] == {"repository": repo, "tag": "v1"}
+    assert untag["request"]["method"] == "DELETE"
+    assert delete["action"] == "delete"
+    assert delete["target"]["digest"] == digest
+    assert delete["target"]["mediaType"] == OCI_MANIFEST
+    assert len({push["id"], untag["id"], delete["id"]}) == 3
+    # The other endpoints want other repositories.
+    assert world.steady.delivered("/team", repo) == []
+    assert world.flaky.delivered("/flaky", repo) == []
+
+
+def test_an_endpoint_gets_only_the_actions_and_repositories_it_asked_for_as_cloudevents(
+    world: World,
+) -> None:
+    registry, repo = world.registry, _name("team")
+    body = _manifest(registry, repo, "team")
+    assert registry.push_manifest(repo, "v1", body).status_code == 201
+    assert registry.http.delete(f"/v2/{repo}/manifests/{_digest(body)}").status_code == 202
+
+    eventually(lambda: len(world.steady.delivered("/team", repo)) == 1, what="the delete")
+    eventually(lambda: len(world.steady.delivered("/all", repo)) == 2, what="push and delete")
+    (request,) = world.steady.delivered("/team", repo)
+    assert request.headers["content-type"] == "application/cloudevents+json"
+    assert "x-registry-signature-256" not in request.headers  # this endpoint has no secret
+    event = json.loads(request.body)
+    assert event["specversion"] == "1.0"
+    assert event["type"] == "registry.delete"
+    assert event["subject"] == repo
+    assert event["data"]["target"]["digest"] == _digest(body)
+
+
+def test_events_wait_for_a_failing_endpoint_and_arrive_in_order_once_it_is_back(
+    world: World,
+) -> None:
+    registry = world.registry
+    first, second = _name("flaky"), _name("flaky")
+    world.flaky.failing = True
+    pushed: dict[str, list[str]] = {first: [], second: []}
+    try:
+        for number in range(6):
+            repo = first if number % 3 else second
+            body = _manifest(registry, repo, f"flaky {number}")
+            assert registry.push_manifest(repo, f"v{number}", body).status_code == 201
+            pushed[repo].append(_digest(body))
+        # Tried, and tried again, while it fails; nothing counts as delivered.
+        eventually(lambda: len(world.flaky.refused("/flaky")) >= 4, what="retries")
+        assert world.flaky.delivered("/flaky", first) == []
+    finally:
+        world.flaky.failing = False
+
+    def all_delivered() -> bool:
+        return all(
+            len(world.flaky.delivered("/flaky", repo)) >= len(digests)
+            for repo, digests in pushed.items()
+        )
+
+    eventually(all_delivered, timeout=60, what="every event")
+    for repo in (first, second):
+        received = world.flaky.delivered("/flaky", repo)
+        assert [r.events[0]["target"]["digest"] for r in received] == pushed[repo]
+        assert len({r.headers["x-registry-delivery"] for r in received}) == len(received)
+        assert all(r.headers["x-team"] == "platform, ops" for r in received)
+
+    def rows() -> list[Any]:
+        return registry.query(
+            "SELECT state, attempts FROM notifications "
+            "WHERE endpoint = 'flaky' AND repository IN (:first, :second)",
+            first=first,
+            second=second,
+        )
+
+    # The janitor records a delivery once the endpoint has answered.
+    eventually(lambda: {state for state, _ in rows()} == {"delivered"}, what="rows delivered")
+    assert max(attempts for _, attempts in rows()) > 1
+
+
+def test_a_skopeo_push_is_announced(world: World, tmp_path: Path) -> None:
+    registry, repo = world.registry, _name("skopeo")
+    skopeo = make_skopeo(tmp_path / "skopeo")
+    layout = single_image(tmp_path / "image", layer_count=2, layer_size=50_000)
+    digest, _ = skopeo.push(layout, f"docker://{registry.host}/{repo}:latest")
+
+    eventually(lambda: len(world.steady.delivered("/all", repo)) == 1, what="the push")
+    (event,) = world.steady.delivered("/all", repo)[0].events
+    assert event["action"] == "push"
+    assert event["target"]["digest"] == digest
+    assert event["target"]["tag"] == "latest"
+    assert event["request"]["method"] == "PUT"
+
+
+def test_a_replay_sends_an_endpoints_events_again_in_order_with_new_delivery_ids(
+    world: World,
+) -> None:
+    registry, repo = world.registry, _name("replay")
+    digests = []
+    for number in range(2):
+        body = _manifest(registry, repo, f"replay {number}")
+        assert registry.push_manifest(repo, f"v{number}", body).status_code == 201
+        digests.append(_digest(body))
+    eventually(lambda: len(world.steady.delivered("/all", repo)) == 2, what="two pushes")
+
+    def listed() -> str:
+        result = registry.admin("notifications", "list")
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # (The janitor records a delivery once the endpoint has answered.)
+    eventually(lambda: "all: 0 pending, 0 parked; last delivered 20" in listed(), what="list")
+
+    replayed = registry.admin("notifications", "replay", "all", "--since", "10m")
+    assert replayed.returncode == 0, replayed.stderr
+    assert int(replayed.stdout.split()[0]) >= 2, replayed.stdout
+    eventually(lambda: len(world.steady.delivered("/all", repo)) == 4, what="the replay")
+    first, again = (
+        world.steady.delivered("/all", repo)[:2],
+        world.steady.delivered("/all", repo)[2:],
+    )
+    assert [r.events[0]["target"]["digest"] for r in again] == digests
+    assert [r.events[0]["id"] for r in again] == [r.events[0]["id"] for r in first]
+    delivery_ids = {r.headers["x-registry-delivery"] for r in first + again}
+    assert len(delivery_ids) == 4
