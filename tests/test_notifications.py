@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Receiver:
     """A webhook endpoint: records every request it gets; while ``failing``, answers 503."""
 
     failing: bool = False
+    stall: float = 0.0  # while set: wait up to this long, then close without answering
+    arrived: list[bytes] = field(default_factory=list)  # every body, as it arrives
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
@@ -61,6 +64,14 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.arrived.append(body)
+                if receiver.stall:
+                    # Took the event, and never answers: the sender sees a timeout, or dies.
+                    started = time.monotonic()
+                    while receiver.stall and time.monotonic() - started < receiver.stall:
+                        time.sleep(0.05)
+                    self.close_connection = True
+                    return
                 status = 503 if receiver.failing else 202
                 with receiver.lock:
                     receiver.requests.append(
@@ -302,6 +313,40 @@ def test_events_wait_for_a_failing_endpoint_and_arrive_in_order_once_it_is_back(
     # The janitor records a delivery once the endpoint has answered.
     eventually(lambda: {state for state, _ in rows()} == {"delivered"}, what="rows delivered")
     assert max(attempts for _, attempts in rows()) > 1
+
+
+def test_an_event_in_flight_when_the_janitor_is_killed_is_delivered_after_it_restarts(
+    world: World,
+) -> None:
+    """The janitor worker dies (SIGKILL) while the endpoint has the event and has not answered:
+    once the worker runs again and the dead one's lease on the stream has expired, the event is
+    sent again, with the same delivery id, and recorded delivered; none is lost."""
+    registry, repo = world.registry, _name("flaky")
+    world.flaky.stall = 30.0
+    arrived = len(world.flaky.arrived)
+    try:
+        body = _manifest(registry, repo, "killed")
+        assert registry.push_manifest(repo, "v1", body).status_code == 201
+        eventually(lambda: len(world.flaky.arrived) > arrived, what="the attempt")
+        registry.kill("janitor")
+    finally:
+        world.flaky.stall = 0.0
+    registry.restart("janitor")
+
+    eventually(lambda: world.flaky.delivered("/flaky", repo) != [], timeout=60, what="delivery")
+    received = world.flaky.delivered("/flaky", repo)
+    assert {r.events[0]["target"]["digest"] for r in received} == {_digest(body)}
+    assert len({r.headers["x-registry-delivery"] for r in received}) == 1
+    eventually(
+        lambda: (
+            registry.query(
+                "SELECT state FROM notifications WHERE endpoint = 'flaky' AND repository = :repo",
+                repo=repo,
+            )
+            == [("delivered",)]
+        ),
+        what="the row delivered",
+    )
 
 
 def test_a_skopeo_push_is_announced(world: World, tmp_path: Path) -> None:

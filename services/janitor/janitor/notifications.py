@@ -145,7 +145,9 @@ def deliver(endpoint_name: str, repository: str, send: Callable[..., str | None]
     if endpoint is None:  # no longer configured: its events stay, for when it is back
         return 0
     name = lease_name(endpoint_name, repository)
-    ttl = dt.timedelta(seconds=endpoint.timeout_seconds * 2 + 30)
+    # Renewed before each attempt, which lasts about the timeout: a killed holder's streams
+    # are taken over this long after.
+    ttl = dt.timedelta(seconds=endpoint.timeout_seconds * 3 + 5)
     delivered = attempts = 0
     while attempts < PER_TASK and leases.acquire(name, ttl):
         try:
