@@ -8,6 +8,7 @@ expires.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import socket
 import uuid
@@ -19,6 +20,14 @@ from shared import db
 from shared.models import JobLease, utcnow
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+NAME_LENGTH = 64  # job_leases.name
+
+
+def name_for(kind: str, *parts: str) -> str:
+    """A lease's name for one thing of ``kind`` named by ``parts`` (a repository and a digest,
+    say): ``kind:`` and a hash of the parts, which fits the column whatever their length."""
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return f"{kind}:{digest}"[:NAME_LENGTH]
 
 
 def acquire(name: str, ttl: dt.timedelta, owner: str = OWNER) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,10 +112,6 @@ class _Tee:
         self.queue.put_nowait(_LEFT)
 
 
-def _lease_name(repository: str, digest: Digest) -> str:
-    return "fetch:" + hashlib.sha256(f"{repository}@{digest}".encode()).hexdigest()[:58]
-
-
 async def _stored(repository: str, digest: Digest) -> blobs.BlobInfo | None:
     """The blob as the repository holds it, or None."""
     try:
@@ -138,7 +133,7 @@ async def serve(
 ) -> Served:
     """The blob as the repository holds it, fetched first when it does not. With ``stream``
     (a whole GET), a fetch this request makes is streamed to it as it comes."""
-    lease = _lease_name(repository, digest)
+    lease = leases.name_for("fetch", repository, str(digest))
     owner = uuid.uuid4().hex
     ttl = dt.timedelta(seconds=get_settings().upload_lease_seconds)
     waited = False

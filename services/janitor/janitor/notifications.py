@@ -16,12 +16,10 @@ row says so sends it again, with the same delivery id (``X-Registry-Delivery``).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import random
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -40,10 +38,6 @@ FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
 PRUNE_BATCH = 1000
 PER_TASK = 1000  # events one task delivers at most; the next dispatch goes on
-
-
-def lease_name(endpoint: str, repository: str) -> str:
-    return "notify:" + hashlib.sha256(f"{endpoint}\n{repository}".encode()).hexdigest()[:56]
 
 
 def due_streams(repository: str | None = None, limit: int = 1000) -> list[tuple[str, str]]:
@@ -138,13 +132,13 @@ def _settle(row: Notification, endpoint: Endpoint, error: str | None) -> bool:
     return values.get("state") == PARKED
 
 
-def deliver(endpoint_name: str, repository: str, send: Callable[..., str | None] = _send) -> int:
+def deliver(endpoint_name: str, repository: str) -> int:
     """Deliver the stream's due events in order, until it is empty, waits for a retry, or
     another task holds it. Returns how many were delivered."""
     endpoint = configured().get(endpoint_name)
     if endpoint is None:  # no longer configured: its events stay, for when it is back
         return 0
-    name = lease_name(endpoint_name, repository)
+    name = leases.name_for("notify", endpoint_name, repository)
     # Renewed before each attempt, which lasts about the timeout: a killed holder's streams
     # are taken over this long after.
     ttl = dt.timedelta(seconds=endpoint.timeout_seconds * 3 + 5)
@@ -156,7 +150,7 @@ def deliver(endpoint_name: str, repository: str, send: Callable[..., str | None]
                 if row is None or row.next_attempt_at > utcnow():
                     break
                 leases.acquire(name, ttl)  # renewed for the attempt
-                error = send(endpoint, row)
+                error = _send(endpoint, row)
                 attempts += 1
                 delivered += error is None
                 if not _settle(row, endpoint, error):
