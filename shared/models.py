@@ -245,3 +245,8 @@ class Notification(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Pull events sent in one request: the id of the batch's first event, which gives the
+    # request its delivery id (the batch is the same on every attempt).
+    batch_of: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), nullable=True
+    )

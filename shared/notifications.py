@@ -14,6 +14,7 @@ changes) names the endpoints::
         ignore_media_types: []            # targets of these media types are not sent
         format: distribution              # or cloudevents
         park_after_seconds: 86400         # a failing event is parked after this long
+        max_backoff_seconds: 300          # the longest wait between two attempts
 
 :func:`record` writes, in the transaction that makes a change, one ``notifications`` row per
 endpoint that wants the event: an acknowledged change always has its rows, a change rolled
@@ -42,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from shared import events, yaml_files
+from shared import db, events, yaml_files
 from shared.models import Notification, utcnow
 from shared.observability import request_id_var, request_scope_var
 from shared.settings import get_settings
@@ -52,7 +53,10 @@ ENVELOPE = "application/vnd.docker.distribution.events.v1+json"
 CLOUDEVENTS = "application/cloudevents+json"
 SIGNATURE_HEADER = "X-Registry-Signature-256"
 DELIVERY_HEADER = "X-Registry-Delivery"
+CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
+# The media type of a blob's event, as the reference registry gives it.
+BLOB_MEDIA_TYPE = "application/octet-stream"
 INSTANCE = str(uuid.uuid4())  # the event's source.instanceID: this process
 
 Action = Literal["push", "delete", "mount", "pull"]
@@ -76,6 +80,7 @@ class Endpoint(BaseModel):
     ignore_media_types: tuple[str, ...] = ()
     format: Literal["distribution", "cloudevents"] = "distribution"
     park_after_seconds: float = Field(24 * 3600.0, gt=0)
+    max_backoff_seconds: float = Field(300.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -92,34 +97,43 @@ class Endpoint(BaseModel):
             and (media_type is None or media_type not in self.ignore_media_types)
         )
 
-    def request(self, row: Notification) -> tuple[bytes, dict[str, str]]:
-        """The body and headers that deliver ``row`` to this endpoint."""
-        event = json.loads(row.payload)
+    def request(self, rows: list[Notification]) -> tuple[bytes, dict[str, str]]:
+        """The body and headers that deliver ``rows`` (one event, or a batch of pulls, which
+        share a delivery id) to this endpoint."""
+        events = [json.loads(row.payload) for row in rows]
+        document: Any
         if self.format == "cloudevents":
-            content_type = CLOUDEVENTS
-            document: dict[str, Any] = {
-                "specversion": "1.0",
-                "id": event["id"],
-                "source": f"registry/{event['source']['instanceID']}",
-                "type": f"registry.{event['action']}",
-                "subject": event["target"]["repository"],
-                "time": event["timestamp"],
-                "datacontenttype": "application/json",
-                "data": event,
-            }
+            content_type = CLOUDEVENTS if len(events) == 1 else CLOUDEVENTS_BATCH
+            document = [_cloudevent(event) for event in events]
+            if len(events) == 1:
+                document = document[0]
         else:
             content_type = ENVELOPE
-            document = {"events": [event]}
+            document = {"events": events}
         body = json.dumps(document, separators=(",", ":")).encode()
         headers = {
             name: ", ".join(value) if isinstance(value, list) else value
             for name, value in self.headers.items()
         }
-        headers.update({"Content-Type": content_type, DELIVERY_HEADER: row.delivery_id})
+        headers.update({"Content-Type": content_type, DELIVERY_HEADER: rows[0].delivery_id})
         secret = self.secret.get_secret_value()
         if secret:
             headers[SIGNATURE_HEADER] = signature(secret, body)
         return body, headers
+
+
+def _cloudevent(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` as a CloudEvents 1.0 event (structured JSON)."""
+    return {
+        "specversion": "1.0",
+        "id": event["id"],
+        "source": f"registry/{event['source']['instanceID']}",
+        "type": f"registry.{event['action']}",
+        "subject": event["target"]["repository"],
+        "time": event["timestamp"],
+        "datacontenttype": "application/json",
+        "data": event,
+    }
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -214,6 +228,11 @@ def _url(repository: str, digest: str, kind: str, host: str) -> str:
     return f"{base}/v2/{repository}/{kind}/{digest}"
 
 
+def wanted(action: Action, repository: str, media_type: str | None = None) -> bool:
+    """Whether any endpoint wants this event (no database work when none does)."""
+    return any(e.wants(action, repository, media_type) for e in configured().endpoints)
+
+
 def record(
     session: Session,
     action: Action,
@@ -227,7 +246,8 @@ def record(
     kind: str = "manifests",
 ) -> None:
     """Write the event, in ``session``'s transaction, for every endpoint that wants it, and
-    have the janitor deliver it once the transaction commits. Nothing when none does."""
+    have the janitor deliver it once the transaction commits. Nothing when none does.
+    ``kind`` is ``manifests`` or ``blobs``: where the target's URL points."""
     wanting = [e for e in configured().endpoints if e.wants(action, repository, media_type)]
     if not wanting:
         return
@@ -283,6 +303,43 @@ def record(
             source="notifications",
         ),
     )
+
+
+def _record_pull(
+    repository: str,
+    digest: str,
+    media_type: str,
+    size: int | None,
+    tag: str | None,
+    kind: str,
+) -> None:
+    with db.transaction() as session:
+        record(
+            session,
+            "pull",
+            repository,
+            digest=digest,
+            media_type=media_type,
+            size=size,
+            tag=tag,
+            kind=kind,
+        )
+
+
+async def pulled(
+    repository: str,
+    digest: str,
+    media_type: str,
+    size: int | None,
+    *,
+    tag: str | None = None,
+    kind: str = "manifests",
+) -> None:
+    """Record a pull (a GET of a manifest or a blob) for the endpoints that want pulls, before
+    the answer goes out. Nothing, and no database work, when none does (the default: pulls
+    are many)."""
+    if wanted("pull", repository, media_type):
+        await db.write(_record_pull, repository, digest, media_type, size, tag, kind)
 
 
 _HOST = socket.gethostname()

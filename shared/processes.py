@@ -109,16 +109,30 @@ def processes(settings: Settings) -> list[Process]:
             f"http://{settings.gateway_host}:{settings.gateway_port}",
         ),
     ]
+    both = f"{settings.broker_queue},{settings.notifications_queue}"
     worker = ("--concurrency", "1", "--hostname", "janitor@%h")
     if settings.beat_in_worker:
-        # One process: the tasks in a thread, beat in another.
-        return [*http, Process("janitor", _janitor("worker", *worker, *_IN_ONE, level=level), None)]
-    return [
+        # One process: the tasks of both queues in a thread, beat in another.
+        argv = _janitor("worker", *worker, "--queues", both, *_IN_ONE, level=level)
+        return [*http, Process("janitor", argv, None)]
+    found = [
         *http,
-        Process("janitor", _janitor("worker", *worker, level=level), None),
+        Process(
+            "janitor",
+            _janitor("worker", *worker, "--queues", settings.broker_queue, level=level),
+            None,
+        ),
         Process(
             "janitor-beat",
             _janitor("beat", "--schedule", settings.beat_schedule_file, level=level),
             None,
         ),
     ]
+    if settings.notifications_file:
+        # Deliveries wait on the endpoints: threads, several at once, apart from the rest.
+        notify = ("--queues", settings.notifications_queue, "--pool", "threads",
+                  "--concurrency", "4", "--hostname", "notifications@%h")  # fmt: skip
+        found.append(
+            Process("janitor-notifications", _janitor("worker", *notify, level=level), None)
+        )
+    return found

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    @property
+    def notifications_queue(self) -> str:
+        """The queue of notification deliveries: a worker of their own takes them, so that a
+        slow endpoint never holds up the janitor's other work."""
+        return f"{self.broker_queue}-notifications"
+
     def service_url(self, which: str) -> str:
         if which == "blob":
             return (

@@ -58,7 +58,7 @@ HTTP_SERVICES = {  # Deployment: the module whose create_app() it runs
     "blob-service": "blob_service.app",
     "manifest-service": "manifest_service.app",
 }
-DEPLOYMENTS = {*HTTP_SERVICES, "janitor", "janitor-beat", "flower"}
+DEPLOYMENTS = {*HTTP_SERVICES, "janitor", "janitor-beat", "janitor-notifications", "flower"}
 SERVICES = {*HTTP_SERVICES, "flower"}
 FLOWER_PORT = 5555
 FLOWER_PATHS = {"/healthcheck", "/metrics"}  # Flower's own routes the probes and scrapes use
@@ -76,6 +76,7 @@ IMAGE_OF = {
     **{name: name for name in HTTP_SERVICES},
     "janitor": "janitor",
     "janitor-beat": "janitor",
+    "janitor-notifications": "janitor",
     "flower": "janitor",
     "migrate": "janitor",
 }
@@ -346,8 +347,9 @@ def test_the_notifications_file_is_valid_and_mounted_where_the_setting_names_it(
         of_kind(docs, "ConfigMap")["registry-notifications"]["data"][path.name]
     )
     notifications.parse(document)  # raises when the services would refuse it
-    # The manifest service records the events, the janitor worker delivers them.
-    for deployment in ("manifest-service", "janitor"):
+    # The services record the events, the janitor worker dispatches them, the notifications
+    # worker delivers them.
+    for deployment in ("blob-service", "manifest-service", "janitor", "janitor-notifications"):
         spec = pod_spec(of_kind(docs, "Deployment")[deployment])
         volumes = {v["name"]: v for v in spec["volumes"]}
         [container] = spec["containers"]
@@ -1121,7 +1123,11 @@ def test_each_service_has_its_own_dockerfile_and_there_is_no_other() -> None:
     names = {
         p.name
         for beat in ("true", "false")
-        for p in processes(settings_from({"REGISTRY_BEAT_IN_WORKER": beat}))
+        for p in processes(
+            settings_from(
+                {"REGISTRY_BEAT_IN_WORKER": beat, "REGISTRY_NOTIFICATIONS_FILE": "n.yaml"}
+            )
+        )
     }
     assert set(IMAGE_OF) == names | {"flower", "migrate"}
 

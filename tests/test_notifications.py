@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import running_registry
@@ -30,6 +31,7 @@ from tests.test_auth import make_skopeo
 
 ENVELOPE = "application/vnd.docker.distribution.events.v1+json"
 SECRET = "a shared secret"
+BLOB = "application/octet-stream"
 
 
 @dataclass
@@ -135,7 +137,25 @@ def world(
     (root / "hook-secret").write_text(SECRET + "\n")
     document = {
         "endpoints": [
-            {"name": "all", "url": steady.url("/all"), "secret_file": "hook-secret"},
+            {
+                "name": "all",
+                "url": steady.url("/all"),
+                "secret_file": "hook-secret",
+                "ignore_media_types": [BLOB],
+            },
+            {
+                "name": "blobs",
+                "url": steady.url("/blobs"),
+                "actions": ["push", "mount", "delete", "pull"],
+                "repositories": ["blobs/*"],
+            },
+            {
+                "name": "pulls",
+                "url": flaky.url("/pulls"),
+                "actions": ["pull"],
+                "repositories": ["pulls/*"],
+                "max_backoff_seconds": 1,
+            },
             {
                 "name": "team-deletes",
                 "url": steady.url("/team"),
@@ -149,6 +169,7 @@ def world(
                 "repositories": ["flaky/*"],
                 "headers": {"X-Team": ["platform", "ops"]},
                 "timeout_seconds": 2,
+                "ignore_media_types": [BLOB],
             },
         ]
     }
@@ -191,6 +212,17 @@ def _manifest(registry: RegistryUnderTest, repo: str, note: str) -> bytes:
             ],
         }
     ).encode()
+
+
+def _metrics(registry: RegistryUnderTest) -> dict[str, float]:
+    """The janitor's metrics, by name and labels as Prometheus' text format writes them."""
+    url = f"http://127.0.0.1:{registry.settings.janitor_metrics_port}/metrics"
+    found = {}
+    for line in httpx.get(url).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
 
 
 def _digest(body: bytes) -> str:
@@ -286,6 +318,11 @@ def test_events_wait_for_a_failing_endpoint_and_arrive_in_order_once_it_is_back(
         # Tried, and tried again, while it fails; nothing counts as delivered.
         eventually(lambda: len(world.flaky.refused("/flaky")) >= 4, what="retries")
         assert world.flaky.delivered("/flaky", first) == []
+        # The janitor's metrics show the backlog waiting, and how old its first event is.
+        backlog = _metrics(registry)
+        assert backlog['registry_notifications_pending{endpoint="flaky"}'] >= 6, backlog
+        assert backlog['registry_notifications_oldest_pending_age_seconds{endpoint="flaky"}'] > 0
+        assert backlog['registry_notifications_total{endpoint="flaky",outcome="failed"}'] >= 4
     finally:
         world.flaky.failing = False
 
@@ -349,11 +386,20 @@ def test_an_event_in_flight_when_the_janitor_is_killed_is_delivered_after_it_res
     )
 
 
-def test_a_skopeo_push_is_announced(world: World, tmp_path: Path) -> None:
-    registry, repo = world.registry, _name("skopeo")
+def test_a_skopeo_push_and_copy_back_are_announced_blob_by_blob(
+    world: World, tmp_path: Path
+) -> None:
+    """A real client's push: an endpoint that ignores blobs hears of the manifest alone; one
+    that wants everything hears of every blob pushed, then of the manifest, and of the pulls
+    when the image is copied back."""
+    registry, repo = world.registry, _name("blobs")
     skopeo = make_skopeo(tmp_path / "skopeo")
     layout = single_image(tmp_path / "image", layer_count=2, layer_size=50_000)
     digest, _ = skopeo.push(layout, f"docker://{registry.host}/{repo}:latest")
+    manifest = registry.http.get(
+        f"/v2/{repo}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}
+    ).json()
+    blobs = {manifest["config"]["digest"]} | {layer["digest"] for layer in manifest["layers"]}
 
     eventually(lambda: len(world.steady.delivered("/all", repo)) == 1, what="the push")
     (event,) = world.steady.delivered("/all", repo)[0].events
@@ -361,6 +407,120 @@ def test_a_skopeo_push_is_announced(world: World, tmp_path: Path) -> None:
     assert event["target"]["digest"] == digest
     assert event["target"]["tag"] == "latest"
     assert event["request"]["method"] == "PUT"
+
+    def events() -> list[dict[str, Any]]:
+        return [e for r in world.steady.delivered("/blobs", repo) for e in r.events]
+
+    def pushes() -> list[dict[str, Any]]:
+        return [e for e in events() if e["action"] == "push"]
+
+    eventually(lambda: len(pushes()) == len(blobs) + 1, what="blob and manifest pushes")
+    *blob_pushes, manifest_push = pushes()
+    assert {e["target"]["digest"] for e in blob_pushes} == blobs
+    for pushed in blob_pushes:
+        assert pushed["action"] == "push"
+        assert pushed["target"]["mediaType"] == BLOB
+        assert pushed["target"]["url"].endswith(f"/v2/{repo}/blobs/{pushed['target']['digest']}")
+        assert pushed["target"]["size"] > 0
+    assert manifest_push["target"]["digest"] == digest
+
+    skopeo.copy(f"docker://{registry.host}/{repo}:latest", f"oci:{tmp_path / 'back'}:latest")
+    eventually(lambda: len(events()) >= len(blobs) + 3, what="the pulls")
+    by_tag = [e for e in events() if e["action"] == "pull" and "tag" in e["target"]]
+    assert by_tag[0]["target"]["digest"] == digest
+    assert by_tag[0]["target"]["tag"] == "latest"
+    assert by_tag[0]["request"]["method"] == "GET"
+    # Every blob the copy read (skopeo reads the config and the layers it lacks: all of them).
+    eventually(
+        lambda: (
+            {e["target"]["digest"] for e in events() if e["action"] == "pull"} == blobs | {digest}
+        ),
+        what="a pull of every blob",
+    )
+
+
+def test_blob_pushes_mounts_and_deletes_are_announced(world: World) -> None:
+    registry, repo, other = world.registry, _name("blobs"), _name("blobs")
+    data = b"a blob announced " + uuid.uuid4().bytes
+    digest = registry.push_blob(repo, data)
+    mounted = registry.http.post(
+        f"/v2/{other}/blobs/uploads/", params={"mount": digest, "from": repo}
+    )
+    assert mounted.status_code == 201, mounted.text
+    deleted = registry.http.delete(f"/v2/{other}/blobs/{digest}")
+    assert deleted.status_code == 202, deleted.text
+
+    eventually(lambda: len(world.steady.delivered("/blobs", repo)) == 1, what="the push")
+    eventually(lambda: len(world.steady.delivered("/blobs", other)) == 2, what="mount, delete")
+    (push,) = world.steady.delivered("/blobs", repo)[0].events
+    assert push["action"] == "push"
+    assert push["target"] == {
+        "mediaType": BLOB,
+        "size": len(data),
+        "length": len(data),
+        "digest": digest,
+        "repository": repo,
+        "url": f"{registry.url}/v2/{repo}/blobs/{digest}",
+    }
+    mount, delete = (r.events[0] for r in world.steady.delivered("/blobs", other))
+    assert mount["action"] == "mount"
+    assert mount["target"]["fromRepository"] == repo
+    assert mount["target"]["digest"] == digest
+    assert mount["target"]["repository"] == other
+    assert mount["request"]["method"] == "POST"
+    assert delete["action"] == "delete"
+    assert delete["target"]["digest"] == digest
+    assert delete["target"]["mediaType"] == BLOB
+    assert delete["request"]["method"] == "DELETE"
+    # An endpoint that ignores blobs heard of none of it.
+    assert world.steady.delivered("/all", repo) == []
+    assert world.steady.delivered("/all", other) == []
+
+
+def test_pulls_that_wait_for_an_endpoint_are_sent_together_the_same_at_every_attempt(
+    world: World,
+) -> None:
+    """Pull events are many: those waiting when a request is made go in one request (up to a
+    hundred), whose events and delivery id stay the same when it has to be sent again."""
+    registry, repo = world.registry, _name("pulls")
+    body, digest = registry.push_image(repo, "v1", [b"pulled layer " + uuid.uuid4().bytes])
+    manifest = json.loads(body)
+    world.flaky.failing = True
+    try:
+        reads = [
+            f"/v2/{repo}/manifests/v1",
+            f"/v2/{repo}/blobs/{manifest['config']['digest']}",
+            f"/v2/{repo}/blobs/{manifest['layers'][0]['digest']}",
+            f"/v2/{repo}/manifests/{digest}",
+        ]
+        for path in reads:
+            assert registry.http.head(path).status_code == 200  # not a pull
+            assert registry.http.get(path).status_code == 200
+        eventually(lambda: len(world.flaky.refused("/pulls")) >= 2, what="attempts")
+    finally:
+        world.flaky.failing = False
+
+    def pulls() -> list[dict[str, Any]]:
+        return [e for r in world.flaky.delivered("/pulls", repo) for e in r.events]
+
+    eventually(lambda: len(pulls()) == 4, what="four pulls")
+    assert [e["target"]["digest"] for e in pulls()] == [
+        digest,
+        manifest["config"]["digest"],
+        manifest["layers"][0]["digest"],
+        digest,
+    ]
+    assert [e["action"] for e in pulls()] == ["pull"] * 4
+    assert pulls()[0]["target"]["tag"] == "v1"
+    assert "tag" not in pulls()[3]["target"]
+    assert pulls()[1]["target"]["mediaType"] == BLOB
+    delivered = world.flaky.delivered("/pulls", repo)
+    assert any(len(r.events) > 1 for r in delivered), [len(r.events) for r in delivered]
+    # A request sent again is the same request: same delivery id, same events.
+    sent = {r.headers["x-registry-delivery"]: r.body for r in delivered}
+    for refused in world.flaky.refused("/pulls"):
+        if _repository(refused) == repo:
+            assert sent[refused.headers["x-registry-delivery"]] == refused.body
 
 
 def test_a_replay_sends_an_endpoints_events_again_in_order_with_new_delivery_ids(

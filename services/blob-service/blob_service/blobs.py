@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select
 
-from shared import db
+from shared import db, notifications
 from shared.errors import ErrorCode, RegistryError
 from shared.models import BLOB_PRESENT, Blob, Repository, RepositoryBlob
 from shared.reference import Digest
@@ -73,3 +73,11 @@ def _unlink(repository: str, digest: Digest) -> None:
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise _unknown(repository, digest)
         review_blobs(session, [str(digest)], "unlinked")
+        notifications.record(
+            session,
+            "delete",
+            repository,
+            digest=str(digest),
+            media_type=notifications.BLOB_MEDIA_TYPE,
+            kind="blobs",
+        )

@@ -200,7 +200,9 @@ async def _fetch(
                 yield chunk
 
     tee = _Tee(source, stream)
-    fetch = uploads.monolithic(storage, repository, digest, tee.chunks(), request_id)
+    fetch = uploads.monolithic(
+        storage, repository, digest, tee.chunks(), request_id, announce=False
+    )
     task = asyncio.create_task(_holding(*held, _guarded(fetch, mirror, name, digest)))
     _background.add(task)
     task.add_done_callback(_background.discard)

@@ -45,7 +45,7 @@ from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import db, events
+from shared import db, events, notifications
 from shared.errors import ErrorCode, RegistryError, UploadRangeMismatch
 from shared.events import Event, Target
 from shared.models import (
@@ -464,6 +464,7 @@ async def _complete(
     digest: Digest,
     final_chunk: AsyncIterable[bytes],
     request_id: str | None,
+    announce: bool = True,
 ) -> CommittedBlob:
     state = await _write(storage, state, lease, final_chunk, None, free=False)
     stored = await storage.size(state.storage_key)
@@ -484,12 +485,14 @@ async def _complete(
             ErrorCode.DIGEST_INVALID,
             f"digest {digest} given, but the content has digest {actual}",
         )
-    await db.write(_record_blob, state, lease, digest, request_id)
+    await db.write(_record_blob, state, lease, digest, request_id, announce)
     _hashers.pop(state.uuid, None)
     return CommittedBlob(str(digest), state.size)
 
 
-def _record_blob(state: UploadState, lease: _Lease, digest: Digest, request_id: str | None) -> None:
+def _record_blob(
+    state: UploadState, lease: _Lease, digest: Digest, request_id: str | None, announce: bool
+) -> None:
     with db.transaction() as session:
         # The upload ends here, if this request still holds it (a DELETE of the upload may
         # have come first).
@@ -521,6 +524,16 @@ def _record_blob(state: UploadState, lease: _Lease, digest: Digest, request_id: 
         )
         # Pushed blobs that no manifest will use are collected once the grace period is over.
         review_blobs(session, [str(digest)], "uploaded")
+        if announce:
+            notifications.record(
+                session,
+                "push",
+                state.repository,
+                digest=str(digest),
+                media_type=notifications.BLOB_MEDIA_TYPE,
+                size=state.size,
+                kind="blobs",
+            )
         # The janitor moves the upload's object to the blob's own key.
         events.record(
             session,
@@ -592,15 +605,19 @@ async def monolithic(
     digest: Digest,
     body: AsyncIterable[bytes],
     request_id: str | None = None,
+    *,
+    announce: bool = True,
 ) -> CommittedBlob:
     """A whole blob in one request (POST with ``?digest=``). The session exists only for this
-    request: if the request fails (the client goes away mid-body, say), it ends with it."""
+    request: if the request fails (the client goes away mid-body, say), it ends with it.
+    ``announce``: whether the notification endpoints hear of it as a push (not when a mirror
+    stores what it pulled through)."""
     token = str(uuid.uuid4())
     taken_at = time.monotonic()
     state = await start(repository, token)
     async with _holding(_new_lease(state, token, taken_at)) as lease:
         try:
-            return await _complete(storage, state, lease, digest, body, request_id)
+            return await _complete(storage, state, lease, digest, body, request_id, announce)
         except BaseException:
             if lease.held and not lease.gone:
                 with contextlib.suppress(Exception):
@@ -631,6 +648,16 @@ def _mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob
         link_blob(session, ensure_repository_id(session.connection(), repository), blob.digest)
         # A mounted blob is about to be used by a manifest: push its review past the grace period.
         review_blobs(session, [blob.digest], "mounted")
+        notifications.record(
+            session,
+            "mount",
+            repository,
+            digest=blob.digest,
+            media_type=notifications.BLOB_MEDIA_TYPE,
+            size=blob.size,
+            from_repository=source,
+            kind="blobs",
+        )
         return CommittedBlob(blob.digest, blob.size)
 
 

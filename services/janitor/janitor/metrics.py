@@ -16,7 +16,9 @@ from celery.signals import (
     worker_init,
     worker_process_init,
 )
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.settings import get_settings
 
@@ -49,6 +51,37 @@ NOTIFICATION_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 
+
+class NotificationBacklog(Collector):
+    """Each endpoint's pending and parked events and the age of its oldest pending one, read
+    from the database when scraped (the same on every replica: the table is the truth)."""
+
+    def collect(self) -> Any:
+        from janitor.notifications import pending_by_endpoint
+
+        pending = GaugeMetricFamily(
+            "registry_notifications_pending", "Events not yet delivered", labels=["endpoint"]
+        )
+        parked = GaugeMetricFamily(
+            "registry_notifications_parked", "Events parked after failing", labels=["endpoint"]
+        )
+        oldest = GaugeMetricFamily(
+            "registry_notifications_oldest_pending_age_seconds",
+            "Age of the oldest event not yet delivered",
+            labels=["endpoint"],
+        )
+        try:
+            found = pending_by_endpoint()
+        except Exception as exc:  # the database unreachable: no figures, not a failed scrape
+            log.warning("notification backlog not read: %s", exc)
+            return
+        for endpoint, (waiting, stuck, age) in sorted(found.items()):
+            pending.add_metric([endpoint], waiting)
+            parked.add_metric([endpoint], stuck)
+            oldest.add_metric([endpoint], age)
+        yield from (pending, parked, oldest)
+
+
 _started: dict[str, float] = {}
 
 
@@ -61,12 +94,16 @@ def _serve_unless_prefork(sender: Any = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _serve(**_: Any) -> None:
-    port = get_settings().janitor_metrics_port
+    settings = get_settings()
+    port = settings.janitor_metrics_port
     if port:
         try:
-            start_http_server(port, addr=get_settings().janitor_metrics_host)
+            start_http_server(port, addr=settings.janitor_metrics_host)
         except OSError as exc:  # a second worker on this machine: its metrics stay unserved
             log.warning("janitor metrics not served on port %s: %s", port, exc)
+            return
+        if settings.notifications_file:
+            REGISTRY.register(NotificationBacklog())
 
 
 @task_prerun.connect

@@ -4,10 +4,11 @@ stream), so that streams never wait for each other and a stream's order holds on
 replicas.
 
 An event is delivered when the endpoint answers 2xx. Otherwise it is tried again after a
-backoff (doubling from one second up to five minutes, with jitter) and the stream waits
-for it; once it has failed for the endpoint's ``park_after_seconds`` it is parked (kept, and
-shown by ``registry-admin``) and the stream goes on. Redirects are not followed. Delivered
-events are kept ``REGISTRY_NOTIFICATIONS_RETENTION_SECONDS`` for replays, then pruned.
+backoff (doubling from one second up to the endpoint's ``max_backoff_seconds``, with jitter)
+and the stream waits for it; once it has failed for the endpoint's ``park_after_seconds`` it
+is parked (kept, and shown by ``registry-admin``) and the stream goes on. Redirects are not
+followed. Delivered events are kept ``REGISTRY_NOTIFICATIONS_RETENTION_SECONDS`` for
+replays, then pruned. Pull events waiting together are sent in one request (a batch).
 
 Delivery is at least once: a worker killed after the endpoint took an event but before the
 row says so sends it again, with the same delivery id (``X-Registry-Delivery``).
@@ -22,9 +23,10 @@ import random
 import uuid
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import httpx
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, func, select, update
 
 from janitor.metrics import NOTIFICATION_LATENCY, NOTIFICATIONS
 from shared import db, leases
@@ -35,9 +37,9 @@ from shared.settings import get_settings
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = 1.0
-MAX_BACKOFF = 300.0
 PRUNE_BATCH = 1000
-PER_TASK = 1000  # events one task delivers at most; the next dispatch goes on
+PER_TASK = 1000  # requests one task makes at most; the next dispatch goes on
+PULL_BATCH = 100  # pull events sent in one request at most
 
 
 def due_streams(repository: str | None = None, limit: int = 1000) -> list[tuple[str, str]]:
@@ -54,19 +56,52 @@ def due_streams(repository: str | None = None, limit: int = 1000) -> list[tuple[
         return [(e, r) for e, r in connection.execute(query)]
 
 
-def _head(endpoint: str, repository: str) -> Notification | None:
+_STREAM = (
+    select(Notification)
+    .where(
+        Notification.endpoint == bindparam("endpoint"),
+        Notification.state == PENDING,
+        Notification.repository == bindparam("repository"),
+    )
+    .order_by(Notification.id)
+)
+
+
+def _rows(connection: Connection, query: Select[Any], **params: object) -> list[Notification]:
+    return [Notification(**row._asdict()) for row in connection.execute(query, params)]
+
+
+def _head(endpoint: str, repository: str) -> list[Notification]:
+    """The stream's next request: its first pending event, or the batch of pull events that
+    starts with it (formed at its first attempt, and the same at every retry). Empty when the
+    stream has none."""
+    key = {"endpoint": endpoint, "repository": repository}
     with db.reading() as connection:
-        row = connection.execute(
-            select(Notification)
-            .where(
-                Notification.endpoint == endpoint,
-                Notification.state == PENDING,
-                Notification.repository == repository,
+        head = _rows(connection, _STREAM.limit(1), **key)
+        if not head or head[0].action != "pull":
+            return head
+        first = head[0]
+        if first.batch_of is not None:
+            return _rows(
+                connection,
+                _STREAM.where(Notification.batch_of == first.batch_of).limit(PULL_BATCH),
+                **key,
             )
-            .order_by(Notification.id)
-            .limit(1)
-        ).first()
-    return None if row is None else Notification(**row._asdict())
+        following = _rows(connection, _STREAM.limit(PULL_BATCH), **key)
+    batch, now = [], utcnow()
+    for row in following:  # the due pulls up to the next event of another kind
+        if row.action != "pull" or row.next_attempt_at > now:
+            break
+        batch.append(row)
+    with db.transaction() as session:
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_([row.id for row in batch]))
+            .values(batch_of=first.id)
+        )
+    for row in batch:
+        row.batch_of = first.id
+    return batch
 
 
 @cache
@@ -74,9 +109,9 @@ def _client() -> httpx.Client:
     return httpx.Client(follow_redirects=False, trust_env=False)
 
 
-def _send(endpoint: Endpoint, row: Notification) -> str | None:
-    """Deliver ``row``: None when the endpoint took it, else why not."""
-    body, headers = endpoint.request(row)
+def _send(endpoint: Endpoint, rows: list[Notification]) -> str | None:
+    """Deliver ``rows`` in one request: None when the endpoint took them, else why not."""
+    body, headers = endpoint.request(rows)
     try:
         response = _client().post(
             endpoint.url, content=body, headers=headers, timeout=endpoint.timeout_seconds
@@ -88,44 +123,50 @@ def _send(endpoint: Endpoint, row: Notification) -> str | None:
     return f"HTTP {response.status_code}"
 
 
-def _backoff(attempts: int) -> dt.timedelta:
-    seconds = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempts - 1))
+def _backoff(attempts: int, longest: float) -> dt.timedelta:
+    seconds = min(longest, FIRST_BACKOFF * 2 ** min(attempts - 1, 30))
     return dt.timedelta(seconds=seconds * random.uniform(0.5, 1.0))
 
 
-def _settle(row: Notification, endpoint: Endpoint, error: str | None) -> bool:
-    """Record the attempt; whether the stream goes on to its next event."""
-    now = utcnow()
-    values: dict[str, object] = {"attempts": row.attempts + 1}
+def _settle(rows: list[Notification], endpoint: Endpoint, error: str | None) -> bool:
+    """Record the attempt; whether the stream goes on to its next request."""
+    first, now = rows[0], utcnow()
+    values: dict[str, object] = {"attempts": first.attempts + 1}
     if error is None:
         values.update(state=DELIVERED, delivered_at=now, last_error=None)
     else:
         values["last_error"] = error
-        parked = now - row.created_at >= dt.timedelta(seconds=endpoint.park_after_seconds)
+        parked = now - first.created_at >= dt.timedelta(seconds=endpoint.park_after_seconds)
         if parked:
             values["state"] = PARKED
         else:
-            values["next_attempt_at"] = now + _backoff(row.attempts + 1)
+            values["next_attempt_at"] = now + _backoff(
+                first.attempts + 1, endpoint.max_backoff_seconds
+            )
     with db.transaction() as session:
         session.execute(
             update(Notification)
-            .where(Notification.id == row.id, Notification.state == PENDING)
+            .where(Notification.id.in_([row.id for row in rows]), Notification.state == PENDING)
             .values(**values)
         )
     outcome = "delivered" if error is None else str(values.get("state", "failed"))
-    NOTIFICATIONS.labels(endpoint.name, outcome).inc()
+    NOTIFICATIONS.labels(endpoint.name, outcome).inc(len(rows))
     if error is None:
-        # From the event's own timestamp: DATETIME columns keep whole seconds on MySQL.
-        changed = dt.datetime.fromisoformat(json.loads(row.payload)["timestamp"])
-        latency = (dt.datetime.now(dt.UTC) - changed).total_seconds()
-        NOTIFICATION_LATENCY.labels(endpoint.name).observe(max(0.0, latency))
+        # From each event's own timestamp: DATETIME columns keep whole seconds on MySQL.
+        sent = dt.datetime.now(dt.UTC)
+        for row in rows:
+            changed = dt.datetime.fromisoformat(json.loads(row.payload)["timestamp"])
+            latency = (sent - changed).total_seconds()
+            NOTIFICATION_LATENCY.labels(endpoint.name).observe(max(0.0, latency))
         return True
     log.warning(
-        "notification not delivered endpoint=%s repository=%s delivery=%s attempt=%d: %s%s",
+        "notification not delivered endpoint=%s repository=%s delivery=%s events=%d "
+        "attempt=%d: %s%s",
         endpoint.name,
-        row.repository,
-        row.delivery_id,
-        row.attempts + 1,
+        first.repository,
+        first.delivery_id,
+        len(rows),
+        first.attempts + 1,
         error,
         " (parked)" if values.get("state") == PARKED else "",
     )
@@ -146,23 +187,28 @@ def deliver(endpoint_name: str, repository: str) -> int:
     while attempts < PER_TASK and leases.acquire(name, ttl):
         try:
             while attempts < PER_TASK:
-                row = _head(endpoint_name, repository)
-                if row is None or row.next_attempt_at > utcnow():
+                rows = _head(endpoint_name, repository)
+                if not rows or rows[0].next_attempt_at > utcnow():
                     break
                 leases.acquire(name, ttl)  # renewed for the attempt
-                error = _send(endpoint, row)
+                error = _send(endpoint, rows)
                 attempts += 1
-                delivered += error is None
-                if not _settle(row, endpoint, error):
+                delivered += len(rows) if error is None else 0
+                if not _settle(rows, endpoint, error):
                     break
         finally:
             leases.release(name)
         # An event committed while this task held the lease had its own task turned away:
         # look again, now that the lease is free.
-        row = _head(endpoint_name, repository)
-        if row is None or row.next_attempt_at > utcnow():
+        if not _due(endpoint_name, repository):
             break
     return delivered
+
+
+def _due(endpoint: str, repository: str) -> bool:
+    with db.reading() as connection:
+        head = _rows(connection, _STREAM.limit(1), endpoint=endpoint, repository=repository)
+    return bool(head) and head[0].next_attempt_at <= utcnow()
 
 
 def prune(retention: dt.timedelta | None = None) -> int:
@@ -181,6 +227,31 @@ def prune(retention: dt.timedelta | None = None) -> int:
         if ids:
             session.execute(delete(Notification).where(Notification.id.in_(ids)))
     return len(ids)
+
+
+def pending_by_endpoint() -> dict[str, tuple[int, int, float]]:
+    """Per endpoint with events not delivered: how many are pending, how many parked, and
+    the age in seconds of the oldest pending one (0 when none is)."""
+    now = utcnow()
+    found: dict[str, tuple[int, int, float]] = {}
+    with db.reading() as connection:
+        for endpoint, state, count, first in connection.execute(
+            select(
+                Notification.endpoint,
+                Notification.state,
+                func.count(),
+                func.min(Notification.created_at),
+            )
+            .where(Notification.state.in_([PENDING, PARKED]))
+            .group_by(Notification.endpoint, Notification.state)
+        ):
+            pending, parked, age = found.get(endpoint, (0, 0, 0.0))
+            if state == PENDING:
+                pending, age = count, max(0.0, (now - first).total_seconds())
+            else:
+                parked = count
+            found[endpoint] = (pending, parked, age)
+    return found
 
 
 @dataclass(frozen=True)
@@ -267,6 +338,7 @@ def replay(endpoint: str, since: dt.datetime, until: dt.datetime | None = None) 
                     next_attempt_at=utcnow(),
                     delivery_id=str(uuid.uuid4()),
                     last_error=None,
+                    batch_of=None,
                 )
             )
     return len(ids)

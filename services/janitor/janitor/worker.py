@@ -37,6 +37,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_send_sent_event=True,
     worker_send_task_events=True,  # what Flower shows
+    task_routes={"janitor.notifications.*": {"queue": settings.notifications_queue}},
     beat_schedule={
         "collect-garbage": {
             "task": "janitor.collect_garbage",

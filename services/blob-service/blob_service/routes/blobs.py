@@ -7,7 +7,7 @@ from starlette.responses import Response, StreamingResponse
 
 from blob_service import blobs, pull_through
 from blob_service.ranges import parse_range
-from shared import mirrors
+from shared import mirrors, notifications
 from shared.blobs import open_blob
 from shared.errors import ErrorCode, RegistryError
 from shared.reference import Digest, parse_digest
@@ -63,6 +63,7 @@ async def get_blob(request: Request) -> Response:
         )
         cache_status = served.cache_status
         if served.stream is not None:
+            await _pulled(name, str(digest), served.size)
             headers = {**_headers(str(digest)), "Cache-Status": cache_status}
             headers["Content-Length"] = str(served.size)
             return StreamingResponse(served.stream, headers=headers)
@@ -73,6 +74,7 @@ async def get_blob(request: Request) -> Response:
         headers["Cache-Status"] = cache_status
     if request.method == "HEAD":
         return Response(headers={**headers, "Content-Length": str(info.size)})
+    await _pulled(name, info.digest, info.size)
     wanted = request.headers.get("range")
     span = parse_range(wanted, info.size) if wanted else None
     status = 200
@@ -104,6 +106,12 @@ async def get_blob(request: Request) -> Response:
         return Response(status_code=status, headers=headers)
     body = await open_blob(storage, info.storage_key, info.digest, start, end)
     return StreamingResponse(body, status_code=status, headers=headers)
+
+
+async def _pulled(repository: str, digest: str, size: int | None) -> None:
+    await notifications.pulled(
+        repository, digest, notifications.BLOB_MEDIA_TYPE, size, kind="blobs"
+    )
 
 
 async def delete_blob(request: Request) -> Response:

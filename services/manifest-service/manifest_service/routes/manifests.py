@@ -6,9 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from manifest_service import manifests, media_types, pull_through
-from shared import mirrors
+from shared import mirrors, notifications
 from shared.errors import ErrorCode, ManifestTooLarge, RegistryError
 from shared.numbers import NumberInvalid, is_decimal, parse_decimal
+from shared.reference import is_digest
 from shared.settings import get_settings
 from shared.web import Endpoint, repository_name
 
@@ -55,7 +56,11 @@ async def read_manifest(request: Request) -> Response:
     }
     if cache_status is not None:
         headers["Cache-Status"] = cache_status
-    body = stored.content if request.method == "GET" else b""
+    body = b""
+    if request.method == "GET":
+        body = stored.content
+        tag = None if is_digest(reference) else reference
+        await notifications.pulled(name, stored.digest, stored.media_type, len(body), tag=tag)
     return Response(body, media_type=stored.media_type, headers=headers)
 
 
