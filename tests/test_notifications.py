@@ -21,10 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
+from shared import users
 from tests.conftest import running_registry
+from tests.docker_engine import DockerEngine
 from tests.images import single_image
-from tests.registry import OCI_MANIFEST, RegistryUnderTest, eventually
-from tests.test_auth import make_skopeo
+from tests.podman import private_podman
+from tests.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryUnderTest, eventually
+from tests.test_auth import Account, make_skopeo
+from tests.test_client_docker import login
+from tests.test_client_docker import push as docker_push
 from tests.webhooks import Receiver, repository_of
 
 ENVELOPE = "application/vnd.docker.distribution.events.v1+json"
@@ -465,3 +470,92 @@ def test_a_replay_sends_an_endpoints_events_again_in_order_with_new_delivery_ids
     assert [r.events[0]["id"] for r in again] == [r.events[0]["id"] for r in first]
     delivery_ids = {r.headers["x-registry-delivery"] for r in first + again}
     assert len(delivery_ids) == 4
+
+
+# --- real clients, logged in ------------------------------------------------------------------
+
+
+@dataclass
+class Guarded:
+    """A registry with password logins (htpasswd) announcing pushes to ``receiver``."""
+
+    registry: RegistryUnderTest
+    receiver: Receiver
+    alice: Account
+    bob: Account
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def guarded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Guarded]:
+    root = tmp_path_factory.mktemp(f"notifications-logins-{request.param}")
+    alice, bob = (
+        Account("alice", f"pw-{uuid.uuid4().hex}"),
+        Account("bob", f"pw-{uuid.uuid4().hex}"),
+    )
+    document = {
+        "users": {
+            account.name: {"password_hash": users.hash_password(account.password, 4)}
+            for account in (alice, bob)
+        },
+        "grants": [{"repositories": ["team/*"], "users": ["*"], "actions": ["pull", "push"]}],
+    }
+    users.write_document(root / "users.yaml", document)
+    receiver = Receiver().start()
+    endpoints = {"endpoints": [{"name": "audit", "url": receiver.url("/audit")}]}
+    (root / "notifications.yaml").write_text(json.dumps(endpoints))
+    try:
+        with running_registry(
+            request.param,
+            root,
+            auth="htpasswd",
+            auth_users_file=str(root / "users.yaml"),
+            auth_realm="Notifications",
+            internal_secret=uuid.uuid4().hex,
+            notifications_file=str(root / "notifications.yaml"),
+            notifications_poll_seconds="0.5",
+        ) as running:
+            yield Guarded(running, receiver, alice, bob)
+    finally:
+        receiver.stop()
+
+
+def test_docker_and_podman_pushes_name_the_user_who_pushed(
+    guarded: Guarded, docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    """The Docker engine logged in as alice pushes an image: its blobs and its manifest are
+    announced with alice as the actor and docker's user agent; podman pushes another as bob."""
+    registry, receiver = guarded.registry, guarded.receiver
+    repo = f"team/docker-{uuid.uuid4().hex[:8]}"
+    image = f"{registry.host}/{repo}:v1"
+    image_id = docker_engine.build_scratch_image(image)
+    login(docker_engine, registry, guarded.alice, tmp_path / "alice")
+    digest = docker_push(docker_engine, image, tmp_path / "alice")
+
+    def events(repository: str) -> list[dict[str, Any]]:
+        return [e for r in receiver.delivered("/audit", repository) for e in r.events]
+
+    eventually(lambda: any(e["target"].get("tag") == "v1" for e in events(repo)), what="push")
+    pushed = events(repo)
+    assert {e["actor"]["name"] for e in pushed} == {"alice"}
+    assert all(e["request"]["useragent"].startswith("docker/") for e in pushed)
+    manifest_push = pushed[-1]
+    assert manifest_push["target"]["digest"] == digest
+    assert manifest_push["target"]["mediaType"] == DOCKER_MANIFEST
+    blobs = {e["target"]["digest"] for e in pushed if e["target"]["mediaType"] == BLOB}
+    assert image_id in blobs  # the config; and the layers
+    assert len(blobs) == 3, pushed
+
+    layout = single_image(tmp_path / "image", layer_count=1, layer_size=20_000)
+    other = f"team/podman-{uuid.uuid4().hex[:8]}"
+    with private_podman(tmp_path / "podman", [registry.host]) as podman:
+        local = podman.pull(f"oci:{layout.path}:latest")
+        creds = f"{guarded.bob.name}:{guarded.bob.password}"
+        podman_digest, _ = podman.push(
+            local, f"docker://{registry.host}/{other}:v1", "--creds", creds
+        )
+    eventually(lambda: any(e["target"].get("tag") == "v1" for e in events(other)), what="push")
+    (by_podman,) = [e for e in events(other) if e["target"].get("tag") == "v1"]
+    assert by_podman["target"]["digest"] == podman_digest
+    assert {e["actor"]["name"] for e in events(other)} == {"bob"}
