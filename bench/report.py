@@ -11,6 +11,7 @@ from typing import Any
 from bench.scenarios import Metric, Scenario, Timing
 
 REGISTRIES = ("ours", "reference")
+COUNTS = ("pages", "pushes", "events")  # units of whole numbers
 
 
 @dataclass
@@ -24,8 +25,10 @@ class Row:
     def ratio(self) -> float | None:
         if not self.metric.compared or not self.ours or not self.reference:
             return None
-        ref = statistics.median(self.reference)
-        return statistics.median(self.ours) / ref if ref else None
+        ref, ours = statistics.median(self.reference), statistics.median(self.ours)
+        # None too when a median is negative (an event that came before its PUT's answer), the
+        # reference's is 0, or either is NaN (no figure): no meaningful ratio.
+        return ours / ref if ref > 0 and ours >= 0 else None
 
     @property
     def ours_better(self) -> bool | None:
@@ -38,7 +41,7 @@ class Row:
 def number(value: float, unit: str = "") -> str:
     if value != value:  # NaN
         return "nan"
-    if unit == "pages":
+    if unit in COUNTS:
         return f"{value:.0f}"
     if abs(value) >= 100:
         return f"{value:.0f}"

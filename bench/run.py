@@ -33,7 +33,9 @@ from bench.client import DataFile, Failure, MiB
 from bench.scenarios import (
     MIRROR_NAMESPACE,
     Context,
+    EventReceiver,
     MirrorPull,
+    NotifyDelivery,
     Scenario,
     Sizes,
     Timing,
@@ -203,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{registry.name}: {registry.description} at {registry.endpoint.url}", flush=True)
         ctx = Context(data, sizes)
         for scenario in scenarios:
-            run_scenario(scenario, ctx, registries, args.repeat, values, cpu, failures)
+            if isinstance(scenario, NotifyDelivery):
+                run_notify(
+                    scenario, ctx, root, args, values, cpu, failures, anomalies, descriptions
+                )
+            else:
+                run_scenario(scenario, ctx, registries, args.repeat, values, cpu, failures)
             load_max = max(load_max, os.getloadavg()[0])
         notes = ctx.notes
         for registry in registries:
@@ -349,6 +356,73 @@ def run_scenario(
                 if m.key in result
             )
             print(f"   run {rep + 1} {registry.name:9} {shown}", flush=True)
+
+
+def run_notify(
+    scenario: NotifyDelivery,
+    ctx: Context,
+    root: Path,
+    args: argparse.Namespace,
+    values: dict[str, dict[str, list[dict[str, float]]]],
+    cpu: dict[str, dict[str, dict[str, Timing]]],
+    failures: list[str],
+    anomalies: list[str],
+    descriptions: dict[str, str],
+) -> None:
+    """The notify scenario on a pair of its own, started for it with a webhook endpoint at a
+    receiver in this process and stopped after it: the other scenarios' registries send no
+    events, whatever is chosen. On MariaDB, this ours has its own database and Redis database
+    3 (the first one's broker is in 2)."""
+    receiver = EventReceiver()
+    scenario.receiver = receiver
+    pair: list[servers.Registry] = []
+    try:
+        (root / "notify-ours").mkdir()
+        (root / "notify-reference").mkdir()
+        notifications_file = root / "notify-ours" / "notifications.json"
+        endpoint = {"name": "bench", "url": f"{receiver.url}/ours", "actions": ["push"]}
+        notifications_file.write_text(json.dumps({"endpoints": [endpoint]}))
+        pair.append(
+            servers.start_ours(
+                root / "notify-ours",
+                args.backend,
+                notifications_file=notifications_file,
+                redis_database=3,
+            )
+        )
+        pair.append(
+            servers.start_reference(
+                root / "notify-reference", notifications_url=f"{receiver.url}/reference"
+            )
+        )
+        for registry in pair:
+            descriptions[f"{registry.name} ({scenario.name})"] = registry.description
+            print(
+                f"{registry.name} for {scenario.name}: {registry.description} "
+                f"at {registry.endpoint.url}",
+                flush=True,
+            )
+        run_scenario(scenario, ctx, pair, args.repeat, values, cpu, failures)
+        for registry in pair:
+            for dead in registry.dead():
+                failures.append(f"{registry.name} ({scenario.name}): {dead}")
+    except Exception as exc:
+        failures.append(f"{scenario.name}, starting its registries: {describe(exc)}")
+        print(f"   starting its registries FAILED: {describe(exc)}", flush=True)
+    finally:
+        for registry in pair:
+            try:
+                registry.stop()
+            except Exception as exc:
+                print(f"stopping {registry.name} ({scenario.name}): {exc}", file=sys.stderr)
+            for line in registry.log_problems():
+                anomalies.append(f"{registry.name} ({scenario.name}) log: {line}")
+        receiver.close()
+    if receiver.unreadable:
+        ctx.note(
+            f"{scenario.name}: {receiver.unreadable} of {receiver.requests} webhook requests "
+            'had no readable {"events": [...]} body'
+        )
 
 
 def describe(exc: BaseException) -> str:

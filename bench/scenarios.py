@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from bench.client import (
     sha256_digest,
     with_digest,
 )
-from bench.servers import Registry
+from bench.servers import LOOPBACK, Registry
 
 WRK_SCRIPT = Path(__file__).with_name("manifest.lua")
 CONFIG_BLOB = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
@@ -216,9 +217,14 @@ def push_base_blobs(connection: Connection, repo: str) -> tuple[tuple[str, int],
 
 
 def put_manifests(
-    endpoint: Endpoint, repo: str, items: list[tuple[str, bytes]], connections: int
+    endpoint: Endpoint,
+    repo: str,
+    items: list[tuple[str, bytes]],
+    connections: int,
+    acknowledged: dict[str, float] | None = None,
 ) -> list[float]:
-    """PUT ``(tag, manifest)`` items over ``connections`` connections; the latencies."""
+    """PUT ``(tag, manifest)`` items over ``connections`` connections; the latencies. With
+    ``acknowledged``, the ``time.monotonic()`` at which each tag's checked 201 was read."""
     latencies: list[list[float]] = [[] for _ in range(connections)]
     open_connections = [Connection(endpoint) for _ in range(connections)]
 
@@ -228,6 +234,8 @@ def put_manifests(
             started = time.perf_counter()
             connection.put_manifest(repo, tag, manifest)
             latencies[i].append(time.perf_counter() - started)
+            if acknowledged is not None:
+                acknowledged[tag] = time.monotonic()
 
     try:
         run_threads(connections, work)
@@ -966,6 +974,194 @@ class MirrorPull(Scenario):
         return {**timings, "crowd": mb_per_s(crowd_size, elapsed)}
 
 
+# An event's key: (the receiver's path, action, target.repository, target.digest, target.tag).
+EventKey = tuple[str, str, str, str, str]
+
+
+class EventReceiver:
+    """A webhook endpoint on loopback, in this process: a ThreadingHTTPServer answering every
+    POST 202 at once, which records for each event of the body (``{"events": [...]}``) when
+    it arrived (``time.monotonic()`` and ``time.time()``, once the body is read), keyed by
+    the request's path (one per registry), the action and the target's repository, digest and
+    tag. Bodies that are not such JSON are counted, not recorded."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[EventKey, list[tuple[float, float]]] = {}
+        self.requests = 0
+        self.unreadable = 0
+        self._changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as both registries' clients expect
+
+            def do_POST(self) -> None:
+                body = self._body()
+                arrived = time.monotonic(), time.time()
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                receiver._record(self.path, body, arrived)
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}"
+
+    def _record(self, path: str, body: bytes, arrived: tuple[float, float]) -> None:
+        try:
+            events = json.loads(body)["events"]
+            keys = [
+                (
+                    path,
+                    str(event.get("action", "")),
+                    str(event["target"].get("repository", "")),
+                    str(event["target"].get("digest", "")),
+                    str(event["target"].get("tag", "")),
+                )
+                for event in events
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            with self._changed:
+                self.requests += 1
+                self.unreadable += 1
+            return
+        with self._changed:
+            self.requests += 1
+            for key in keys:
+                self.arrivals.setdefault(key, []).append(arrived)
+            self._changed.notify_all()
+
+    def wait_for(self, keys: list[EventKey], deadline: float) -> None:
+        """Until each of ``keys`` has arrived at least once, or ``time.monotonic()`` passes
+        ``deadline``."""
+        with self._changed:
+            missing = [key for key in keys if key not in self.arrivals]
+            while missing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(min(left, 0.5))
+                missing = [key for key in missing if key not in self.arrivals]
+
+    def arrived(self, key: EventKey) -> list[tuple[float, float]]:
+        with self._changed:
+            return list(self.arrivals.get(key, ()))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+
+NOTIFY_REPO = "bench/notify"
+
+
+class NotifyDelivery(Scenario):
+    """Webhook delivery under the manifest-PUT load: each registry, started for this scenario
+    with an endpoint at the receiver (``/ours``, ``/reference``), takes distinct manifests PUT
+    by tag over several connections; an event's latency is its first arrival at the receiver
+    less the time its PUT's 201 was read (negative when the event came first). Then, for at
+    most ``WAIT_SECONDS``, the events still on their way are waited for; a push acknowledged
+    without its event by then is lost (counted, noted, not a failure)."""
+
+    name = "notify"
+    WAIT_SECONDS = 60.0
+    metrics = (
+        Metric("p50", "delivery latency p50", "ms", False),
+        Metric("p99", "delivery latency p99", "ms", False),
+        Metric("rate", "PUT throughput", "req/s", True),
+        Metric("acked", "pushes acknowledged", "pushes", False, compared=False),
+        Metric("received", "their events received (distinct)", "events", True, compared=False),
+        Metric(
+            "lost", f"lost (no event {WAIT_SECONDS:g} s after)", "events", False, compared=False
+        ),
+        Metric("duplicates", "duplicate events", "events", False, compared=False),
+    )
+    receiver: EventReceiver | None = None  # set by the runner, which starts it and the registries
+
+    def __init__(self, sizes: Sizes) -> None:
+        self.title = (
+            f"11 webhook delivery under manifest PUT, {sizes.manifest_put_connections} "
+            f"connections ({sizes.manifest_puts} distinct)"
+        )
+        self.base: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}
+
+    def prepare(self, ctx: Context, registry: Registry) -> None:
+        with Connection(registry.endpoint) as connection:
+            self.base[registry.name] = push_base_blobs(connection, NOTIFY_REPO)
+
+    def run(self, ctx: Context, registry: Registry, rep: int) -> dict[str, float]:
+        receiver = self.receiver
+        assert receiver is not None
+        config, layer = self.base[registry.name]
+        items = [
+            (f"r{rep}-{i}", image_manifest(config, layer, f"notify rep {rep} manifest {i}"))
+            for i in range(ctx.sizes.manifest_puts)
+        ]
+        acknowledged: dict[str, float] = {}
+        with ctx.timed("PUT"):
+            started = time.perf_counter()
+            put_manifests(
+                registry.endpoint,
+                NOTIFY_REPO,
+                items,
+                ctx.sizes.manifest_put_connections,
+                acknowledged,
+            )
+            elapsed = time.perf_counter() - started
+        keys = {
+            tag: (f"/{registry.name}", "push", NOTIFY_REPO, sha256_digest(manifest), tag)
+            for tag, manifest in items
+        }
+        with ctx.timed("events after the PUTs"):
+            receiver.wait_for(list(keys.values()), time.monotonic() + self.WAIT_SECONDS)
+        latencies = []
+        lost = duplicates = 0
+        for tag, key in keys.items():
+            arrivals = receiver.arrived(key)
+            if not arrivals:
+                lost += 1
+                continue
+            duplicates += len(arrivals) - 1
+            latencies.append((arrivals[0][0] - acknowledged[tag]) * 1000)
+        if latencies and percentile(latencies, 0.50) < 0:
+            ctx.note(
+                f"{registry.name}: in {self.name}, most events arrived before their PUT's 201 was "
+                "read (negative latency p50: it was sent before the answer was read); "
+                "no ratio is shown for a negative median"
+            )
+        if lost:
+            ctx.note(
+                f"{registry.name}, notify run {rep + 1}: {lost} of {len(keys)} acknowledged "
+                f"pushes had no event {self.WAIT_SECONDS:g} s after the load"
+            )
+        return {
+            "p50": percentile(latencies, 0.50),
+            "p99": percentile(latencies, 0.99),
+            "rate": len(items) / elapsed,
+            "acked": float(len(acknowledged)),
+            "received": float(len(latencies)),
+            "lost": float(lost),
+            "duplicates": float(duplicates),
+        }
+
+
 def all_scenarios(sizes: Sizes) -> list[Scenario]:
     return [
         MonolithicPush(sizes),
@@ -978,4 +1174,5 @@ def all_scenarios(sizes: Sizes) -> list[Scenario]:
         Memory(sizes),
         HostileLoad(sizes),
         MirrorPull(sizes),
+        NotifyDelivery(sizes),
     ]

@@ -7,6 +7,9 @@
 - ``reference``: Debian's ``docker-registry`` (CNCF Distribution 2.8), filesystem storage,
   deletes enabled, installed with apt-get when missing.
 
+Either can be given a webhook endpoint (ours through a notifications file, the reference in
+its configuration's ``notifications``), for the scenario that measures event delivery.
+
 Both log at a level that writes nothing per request (uvicorn runs with ``--no-access-log``; the
 reference with its access log off and level ``warn``), so neither pays for request logging.
 """
@@ -31,7 +34,8 @@ from bench.client import Endpoint
 LOOPBACK = "127.0.0.1"
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 3306
-REDIS_URL = "redis://127.0.0.1:6379/2"
+REDIS_SERVER = "redis://127.0.0.1:6379"
+REDIS_URL = f"{REDIS_SERVER}/2"
 PROBLEM_MARKERS = ("Traceback", "ERROR", "CRITICAL", "level=error", "level=fatal", "panic:")
 # What the slow-client scenario makes happen on purpose: clients gone in the middle of a body.
 EXPECTED_MARKERS = ("client disconnected",)
@@ -172,9 +176,15 @@ class Registry:
         return _log_problems(self.log_paths, limit)
 
 
-def start_reference(root: Path, proxy_url: str | None = None, name: str = "reference") -> Registry:
+def start_reference(
+    root: Path,
+    proxy_url: str | None = None,
+    name: str = "reference",
+    notifications_url: str | None = None,
+) -> Registry:
     """The reference registry; with ``proxy_url``, in its proxy mode (a pull-through cache of
-    the registry there, which refuses pushes)."""
+    the registry there, which refuses pushes); with ``notifications_url``, sending its events
+    there (pushes only, like the endpoint ours is given: pulls are ignored)."""
     binary = ensure_debian_package("docker-registry", "docker-registry")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     (port,) = free_ports(1)
@@ -194,6 +204,18 @@ def start_reference(root: Path, proxy_url: str | None = None, name: str = "refer
     }
     if proxy_url is not None:
         config["proxy"] = {"remoteurl": proxy_url}
+    if notifications_url is not None:
+        # Distribution 2.8 wants name, url, timeout, threshold and backoff (headers: none).
+        webhook = {
+            "name": "bench",
+            "url": notifications_url,
+            "headers": {},
+            "timeout": "5s",
+            "threshold": 5,
+            "backoff": "1s",
+            "ignore": {"actions": ["pull"]},
+        }
+        config["notifications"] = {"endpoints": [webhook]}
     config_path = root / "config.yml"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = root / "reference.log"
@@ -222,7 +244,9 @@ def start_reference(root: Path, proxy_url: str | None = None, name: str = "refer
         name,
         f"docker-registry {version.stdout.strip().split()[-1] if version.stdout else '?'} "
         "(filesystem storage, in-memory blob descriptor cache"
-        + (f", proxy of {proxy_url})" if proxy_url else ")"),
+        + (f", proxy of {proxy_url}" if proxy_url else "")
+        + (f", webhooks to {notifications_url}" if notifications_url else "")
+        + ")",
         endpoint,
         root,
         [("docker-registry", popen)],
@@ -257,7 +281,16 @@ def _drop_mariadb_database(name: str) -> None:
     connection.close()
 
 
-def start_ours(root: Path, backend: str, mirrors_file: Path | None = None) -> Registry:
+def start_ours(
+    root: Path,
+    backend: str,
+    mirrors_file: Path | None = None,
+    notifications_file: Path | None = None,
+    redis_database: int = 2,
+) -> Registry:
+    """This registry; with ``mirrors_file`` and ``notifications_file``, those settings. On
+    MariaDB, its Redis database is ``redis_database`` (emptied first): a second instance
+    running beside the first needs its own, or the two would share their broker queues."""
     from shared import migrate
     from shared.runner import start_all, stop_all
     from shared.settings import Settings
@@ -270,15 +303,16 @@ def start_ours(root: Path, backend: str, mirrors_file: Path | None = None) -> Re
     elif backend == "mariadb":
         import redis
 
+        redis_url = f"{REDIS_SERVER}/{redis_database}"
         database_name, database_url = _mariadb_database()
         try:
-            redis.Redis.from_url(REDIS_URL).flushdb()
+            redis.Redis.from_url(redis_url).flushdb()
         except redis.RedisError as exc:
             _drop_mariadb_database(database_name)
             raise RuntimeError(
-                f"no Redis at {REDIS_URL} ({exc}); `make services` starts one"
+                f"no Redis at {redis_url} ({exc}); `make services` starts one"
             ) from None
-        broker_url = REDIS_URL
+        broker_url = redis_url
         description = "this registry (MariaDB, filesystem storage, Redis broker)"
     else:
         raise ValueError(backend)
@@ -298,6 +332,9 @@ def start_ours(root: Path, backend: str, mirrors_file: Path | None = None) -> Re
     }
     if mirrors_file is not None:
         values["mirrors_file"] = str(mirrors_file)
+    if notifications_file is not None:
+        values["notifications_file"] = str(notifications_file)
+        description = description[:-1] + ", webhooks as the notifications file says)"
     env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
     settings = Settings(**values)  # type: ignore[arg-type]
     log_dir = root / "logs"
