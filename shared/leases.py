@@ -55,6 +55,18 @@ def release(name: str, owner: str = OWNER) -> None:
         session.execute(delete(JobLease).where(JobLease.name == name, JobLease.owner == owner))
 
 
+def held_names(kind: str) -> set[str]:
+    """The names of ``kind`` (``name_for(kind, ...)``) held now."""
+    with db.reading() as connection:
+        return set(
+            connection.scalars(
+                select(JobLease.name).where(
+                    JobLease.name.startswith(f"{kind}:"), JobLease.expires_at >= utcnow()
+                )
+            )
+        )
+
+
 def held(name: str) -> bool:
     """Whether anyone holds ``name`` now (a plain read, no lock)."""
     with db.reading() as connection:

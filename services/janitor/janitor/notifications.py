@@ -20,7 +20,9 @@ import datetime as dt
 import json
 import logging
 import random
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -40,10 +42,12 @@ FIRST_BACKOFF = 1.0
 PRUNE_BATCH = 1000
 PER_TASK = 1000  # requests one task makes at most; the next dispatch goes on
 PULL_BATCH = 100  # pull events sent in one request at most
+PAGE = 100  # pending events read at once
 
 
 def due_streams(repository: str | None = None, limit: int = 1000) -> list[tuple[str, str]]:
-    """(endpoint, repository) of the streams with an event due now (of ``repository``)."""
+    """(endpoint, repository) of the streams with an event due now (of ``repository``) and no
+    task delivering them: a task that holds a stream looks again when it lets it go."""
     query = (
         select(Notification.endpoint, Notification.repository)
         .where(Notification.state == PENDING, Notification.next_attempt_at <= utcnow())
@@ -53,7 +57,11 @@ def due_streams(repository: str | None = None, limit: int = 1000) -> list[tuple[
     if repository is not None:
         query = query.where(Notification.repository == repository)
     with db.reading() as connection:
-        return [(e, r) for e, r in connection.execute(query)]
+        due = [(e, r) for e, r in connection.execute(query)]
+    if not due:
+        return due
+    busy = leases.held_names("notify")
+    return [(e, r) for e, r in due if leases.name_for("notify", e, r) not in busy]
 
 
 _STREAM = (
@@ -128,37 +136,22 @@ def _backoff(attempts: int, longest: float) -> dt.timedelta:
     return dt.timedelta(seconds=seconds * random.uniform(0.5, 1.0))
 
 
-def _settle(rows: list[Notification], endpoint: Endpoint, error: str | None) -> bool:
-    """Record the attempt; whether the stream goes on to its next request."""
+def _failed(rows: list[Notification], endpoint: Endpoint, error: str) -> bool:
+    """Record a failed attempt at a request; whether the stream goes on (it was parked)."""
     first, now = rows[0], utcnow()
-    values: dict[str, object] = {"attempts": first.attempts + 1}
-    if error is None:
-        values.update(state=DELIVERED, delivered_at=now, last_error=None)
+    values: dict[str, object] = {"attempts": first.attempts + 1, "last_error": error}
+    parked = now - first.created_at >= dt.timedelta(seconds=endpoint.park_after_seconds)
+    if parked:
+        values["state"] = PARKED
     else:
-        values["last_error"] = error
-        parked = now - first.created_at >= dt.timedelta(seconds=endpoint.park_after_seconds)
-        if parked:
-            values["state"] = PARKED
-        else:
-            values["next_attempt_at"] = now + _backoff(
-                first.attempts + 1, endpoint.max_backoff_seconds
-            )
+        values["next_attempt_at"] = now + _backoff(first.attempts + 1, endpoint.max_backoff_seconds)
     with db.transaction() as session:
         session.execute(
             update(Notification)
             .where(Notification.id.in_([row.id for row in rows]), Notification.state == PENDING)
             .values(**values)
         )
-    outcome = "delivered" if error is None else str(values.get("state", "failed"))
-    NOTIFICATIONS.labels(endpoint.name, outcome).inc(len(rows))
-    if error is None:
-        # From each event's own timestamp: DATETIME columns keep whole seconds on MySQL.
-        sent = dt.datetime.now(dt.UTC)
-        for row in rows:
-            changed = dt.datetime.fromisoformat(json.loads(row.payload)["timestamp"])
-            latency = (sent - changed).total_seconds()
-            NOTIFICATION_LATENCY.labels(endpoint.name).observe(max(0.0, latency))
-        return True
+    NOTIFICATIONS.labels(endpoint.name, PARKED if parked else "failed").inc(len(rows))
     log.warning(
         "notification not delivered endpoint=%s repository=%s delivery=%s events=%d "
         "attempt=%d: %s%s",
@@ -168,9 +161,77 @@ def _settle(rows: list[Notification], endpoint: Endpoint, error: str | None) -> 
         len(rows),
         first.attempts + 1,
         error,
-        " (parked)" if values.get("state") == PARKED else "",
+        " (parked)" if parked else "",
     )
-    return values.get("state") == PARKED
+    return parked
+
+
+class _Delivered:
+    """Events the endpoint took, recorded delivered together (one transaction for many, not
+    one each) before the stream is read again and before its lease is let go. A worker killed
+    before that sends them again, with the same delivery ids."""
+
+    EVERY = 50  # events
+    WITHIN = 0.1  # seconds after the first of them
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.rows: list[Notification] = []
+        self.since = 0.0
+
+    def add(self, rows: list[Notification]) -> None:
+        if not self.rows:
+            self.since = time.monotonic()
+        self.rows.extend(rows)
+        sent = dt.datetime.now(dt.UTC)
+        for row in rows:  # from the event's own timestamp: DATETIME keeps whole seconds
+            changed = dt.datetime.fromisoformat(json.loads(row.payload)["timestamp"])
+            latency = (sent - changed).total_seconds()
+            NOTIFICATION_LATENCY.labels(self.endpoint.name).observe(max(0.0, latency))
+        if len(self.rows) >= self.EVERY or time.monotonic() - self.since >= self.WITHIN:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        with db.transaction() as session:
+            session.execute(
+                update(Notification)
+                .where(
+                    Notification.id.in_([row.id for row in self.rows]),
+                    Notification.state == PENDING,
+                )
+                .values(
+                    state=DELIVERED,
+                    attempts=Notification.attempts + 1,
+                    delivered_at=utcnow(),
+                    last_error=None,
+                )
+            )
+        NOTIFICATIONS.labels(self.endpoint.name, "delivered").inc(len(self.rows))
+        self.rows = []
+
+
+def _requests(
+    endpoint: str, repository: str, before_reading: Callable[[], None]
+) -> Iterator[list[Notification]]:
+    """The stream's requests in order: its pending events a page at a time (one query per
+    page, not per event), a batch of pulls where they start. The caller stops at the first
+    request that fails (everything before a request has been settled when it is made:
+    ``before_reading`` records what was sent before the table is read again)."""
+    key = {"endpoint": endpoint, "repository": repository}
+    while True:
+        before_reading()
+        with db.reading() as connection:
+            page = _rows(connection, _STREAM.limit(PAGE), **key)
+        if not page:
+            return
+        for row in page:
+            if row.action == "pull":
+                before_reading()
+                yield _head(endpoint, repository)
+                break  # the batch took some of the page: read on after it
+            yield [row]
 
 
 def deliver(endpoint_name: str, repository: str) -> int:
@@ -180,26 +241,39 @@ def deliver(endpoint_name: str, repository: str) -> int:
     if endpoint is None:  # no longer configured: its events stay, for when it is back
         return 0
     name = leases.name_for("notify", endpoint_name, repository)
-    # Renewed before each attempt, which lasts about the timeout: a killed holder's streams
-    # are taken over this long after.
+    # An attempt lasts at most the timeout, and the lease is renewed once a third of it has
+    # gone: it never runs out during an attempt, and a killed holder's streams are taken
+    # over this long after.
     ttl = dt.timedelta(seconds=endpoint.timeout_seconds * 3 + 5)
     delivered = attempts = 0
     while attempts < PER_TASK and leases.acquire(name, ttl):
+        renewed = time.monotonic()
+        taken = _Delivered(endpoint)
         try:
-            while attempts < PER_TASK:
-                rows = _head(endpoint_name, repository)
-                if not rows or rows[0].next_attempt_at > utcnow():
-                    break
-                leases.acquire(name, ttl)  # renewed for the attempt
-                error = _send(endpoint, rows)
-                attempts += 1
-                delivered += len(rows) if error is None else 0
-                if not _settle(rows, endpoint, error):
-                    break
+            try:
+                for rows in _requests(endpoint_name, repository, taken.flush):
+                    if rows[0].next_attempt_at > utcnow():
+                        break
+                    if time.monotonic() - renewed > ttl.total_seconds() / 3:
+                        leases.acquire(name, ttl)
+                        renewed = time.monotonic()
+                    error = _send(endpoint, rows)
+                    attempts += 1
+                    if error is None:
+                        taken.add(rows)
+                        delivered += len(rows)
+                    else:
+                        taken.flush()
+                        if not _failed(rows, endpoint, error):
+                            break
+                    if attempts >= PER_TASK:
+                        break
+            finally:
+                taken.flush()
         finally:
             leases.release(name)
-        # An event committed while this task held the lease had its own task turned away:
-        # look again, now that the lease is free.
+        # An event committed while this task held the lease had no task of its own (the
+        # dispatch saw the lease held): look again, now that the lease is free.
         if not _due(endpoint_name, repository):
             break
     return delivered
