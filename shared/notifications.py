@@ -195,6 +195,11 @@ def _file() -> yaml_files.Watched[Endpoints] | None:
     )
 
 
+def forget_file() -> None:
+    """Read the notifications file the settings name anew (after the settings changed)."""
+    _file.cache_clear()
+
+
 _NONE = Endpoints()
 
 

@@ -109,19 +109,14 @@ def processes(settings: Settings) -> list[Process]:
             f"http://{settings.gateway_host}:{settings.gateway_port}",
         ),
     ]
-    both = f"{settings.broker_queue},{settings.notifications_queue}"
     worker = ("--concurrency", "1", "--hostname", "janitor@%h")
     if settings.beat_in_worker:
         # One process: the tasks of both queues in a thread, beat in another.
-        argv = _janitor("worker", *worker, "--queues", both, *_IN_ONE, level=level)
+        argv = _janitor("worker", *worker, *_IN_ONE, level=level)
         return [*http, Process("janitor", argv, None)]
     found = [
         *http,
-        Process(
-            "janitor",
-            _janitor("worker", *worker, "--queues", settings.broker_queue, level=level),
-            None,
-        ),
+        Process("janitor", _janitor("worker", *worker, "--takes", "janitor", level=level), None),
         Process(
             "janitor-beat",
             _janitor("beat", "--schedule", settings.beat_schedule_file, level=level),
@@ -130,8 +125,8 @@ def processes(settings: Settings) -> list[Process]:
     ]
     if settings.notifications_file:
         # Deliveries wait on the endpoints: threads, several at once, apart from the rest.
-        notify = ("--queues", settings.notifications_queue, "--pool", "threads",
-                  "--concurrency", "4", "--hostname", "notifications@%h")  # fmt: skip
+        notify = ("--takes", "notifications", "--pool", "threads", "--concurrency", "4",
+                  "--hostname", "notifications@%h")  # fmt: skip
         found.append(
             Process("janitor-notifications", _janitor("worker", *notify, level=level), None)
         )

@@ -12,6 +12,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -437,6 +439,45 @@ def test_pulls_that_wait_for_an_endpoint_are_sent_together_the_same_at_every_att
     for refused in world.flaky.refused("/pulls"):
         if repository_of(refused) == repo:
             assert sent[refused.headers["x-registry-delivery"]] == refused.body
+
+
+def test_two_delivery_tasks_of_one_stream_in_one_worker_send_each_event_once_in_order(
+    world: World,
+) -> None:
+    """A worker runs several tasks at once (threads): two of them given the same stream, with
+    the janitor's own worker on it too, deliver its 200 events once each, in order."""
+    from janitor import notifications as delivery
+    from shared import db, events, notifications
+
+    registry, repo = world.registry, _name("threads")
+    with registry.configured():
+        try:
+            with db.transaction() as session:
+                for number in range(200):
+                    notifications.record(
+                        session,
+                        "push",
+                        repo,
+                        digest=f"sha256:{number:064x}",
+                        media_type=OCI_MANIFEST,
+                        size=number,
+                        tag=f"v{number}",
+                    )
+            tasks = [
+                threading.Thread(target=delivery.deliver, args=("all", repo)) for _ in range(2)
+            ]
+            for task in tasks:
+                task.start()
+            for task in tasks:
+                task.join(60)
+        finally:
+            events.stop_relay()
+
+    eventually(lambda: len(world.steady.delivered("/all", repo)) >= 200, what="200 events")
+    time.sleep(1)  # a second copy of any of them would have come by now
+    received = world.steady.delivered("/all", repo)
+    assert [r.events[0]["target"]["tag"] for r in received] == [f"v{n}" for n in range(200)]
+    assert len({r.headers["x-registry-delivery"] for r in received}) == 200
 
 
 def test_a_replay_sends_an_endpoints_events_again_in_order_with_new_delivery_ids(

@@ -2,7 +2,11 @@
 janitor's application, as ``celery -A janitor.worker worker|beat`` runs them, without the
 ``celery`` command's plugins: those load Flower (and Tornado) into every process that starts
 through it, about 14 MiB of memory the worker and beat never use. Flower and one-off commands
-(``inspect ping``) still go through ``celery -A janitor.worker``."""
+(``inspect ping``) still go through ``celery -A janitor.worker``.
+
+A worker takes the janitor's queue and the notification deliveries' (both named by the
+settings: ``REGISTRY_BROKER_QUEUE`` and ``<it>-notifications``); ``--takes janitor`` or
+``--takes notifications`` gives it one of them (a worker for deliveries alone)."""
 
 from __future__ import annotations
 
@@ -12,19 +16,43 @@ from celery.bin.base import CLIContext
 from celery.bin.beat import beat
 from celery.bin.worker import worker
 
+from janitor import worker as janitor_worker
 from janitor.worker import app
+from shared.settings import get_settings
 
 COMMANDS = {"worker": worker, "beat": beat}
+TAKES = ("all", "janitor", "notifications")
+
+
+def with_queues(args: list[str]) -> list[str]:
+    """The worker's options, ``--takes`` made Celery's ``--queues`` by the settings' names."""
+    args = list(args)
+    takes = "all"
+    if "--takes" in args:
+        at = args.index("--takes")
+        takes = args[at + 1] if at + 1 < len(args) else ""
+        del args[at : at + 2]
+    if takes not in TAKES:
+        sys.exit(f"--takes: one of {', '.join(TAKES)}")
+    settings = get_settings()
+    queues = {
+        "all": [settings.broker_queue, settings.notifications_queue],
+        "janitor": [settings.broker_queue],
+        "notifications": [settings.notifications_queue],
+    }[takes]
+    janitor_worker.takes_notifications = settings.notifications_queue in queues
+    return [*args, "--queues", ",".join(queues)]
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in COMMANDS:
         sys.exit(f"usage: python -m janitor {{{'|'.join(COMMANDS)}}} [options]")
     command = COMMANDS[argv[0]]
+    options = with_queues(argv[1:]) if argv[0] == "worker" else argv[1:]
     # What the celery command adds to its subcommands: the options the application declares.
     command.params.extend(app.user_options.get(argv[0], []))
     context = CLIContext(app=app, no_color=None, workdir=None)
-    command.main(argv[1:], prog_name=f"python -m janitor {argv[0]}", obj=context)
+    command.main(options, prog_name=f"python -m janitor {argv[0]}", obj=context)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,9 @@ def _serve(**_: Any) -> None:
         except OSError as exc:  # a second worker on this machine: its metrics stay unserved
             log.warning("janitor metrics not served on port %s: %s", port, exc)
             return
-        if settings.notifications_file:
+        from janitor import worker
+
+        if settings.notifications_file and worker.takes_notifications:
             REGISTRY.register(NotificationBacklog())
 
 

@@ -95,10 +95,12 @@ def _head(endpoint: str, repository: str) -> list[Notification]:
                 _STREAM.where(Notification.batch_of == first.batch_of).limit(PULL_BATCH),
                 **key,
             )
-        following = _rows(connection, _STREAM.limit(PULL_BATCH), **key)
-    batch, now = [], utcnow()
-    for row in following:  # the due pulls up to the next event of another kind
-        if row.action != "pull" or row.next_attempt_at > now:
+        following = _rows(
+            connection, _STREAM.where(Notification.id > first.id).limit(PULL_BATCH - 1), **key
+        )
+    batch, now = [first], utcnow()
+    for row in following:  # the due pulls up to the next event of another kind or batch
+        if row.action != "pull" or row.batch_of is not None or row.next_attempt_at > now:
             break
         batch.append(row)
     with db.transaction() as session:
@@ -245,17 +247,21 @@ def deliver(endpoint_name: str, repository: str) -> int:
     # gone: it never runs out during an attempt, and a killed holder's streams are taken
     # over this long after.
     ttl = dt.timedelta(seconds=endpoint.timeout_seconds * 3 + 5)
+    # This task's own: the worker's threads each run tasks, and one thread's lease must not
+    # count as another's.
+    owner = f"{leases.OWNER}:{uuid.uuid4().hex[:12]}"
     delivered = attempts = 0
-    while attempts < PER_TASK and leases.acquire(name, ttl):
+    while attempts < PER_TASK and leases.acquire(name, ttl, owner):
         renewed = time.monotonic()
         taken = _Delivered(endpoint)
         try:
             try:
                 for rows in _requests(endpoint_name, repository, taken.flush):
-                    if rows[0].next_attempt_at > utcnow():
+                    if not rows or rows[0].next_attempt_at > utcnow():
                         break
                     if time.monotonic() - renewed > ttl.total_seconds() / 3:
-                        leases.acquire(name, ttl)
+                        if not leases.acquire(name, ttl, owner):
+                            break  # it ran out and another task holds the stream now
                         renewed = time.monotonic()
                     error = _send(endpoint, rows)
                     attempts += 1
@@ -271,7 +277,7 @@ def deliver(endpoint_name: str, repository: str) -> int:
             finally:
                 taken.flush()
         finally:
-            leases.release(name)
+            leases.release(name, owner)
         # An event committed while this task held the lease had no task of its own (the
         # dispatch saw the lease held): look again, now that the lease is free.
         if not _due(endpoint_name, repository):

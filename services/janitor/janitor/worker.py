@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # The longest a sweep may run (seconds): the tasks' time limit.
 SWEEP_LIMIT = 3000
 
+# Whether this worker takes the notification deliveries' queue (``python -m janitor worker``
+# says): it then serves their backlog gauges.
+takes_notifications = False
+
 settings = get_settings()
 
 app = Celery("janitor", include=["janitor.tasks", "janitor.metrics"])
