@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared.leases import acquire, release
+from shared.leases import OWNER, acquire, release
 
 HEARTBEAT = dt.timedelta(minutes=2)
 
@@ -17,8 +18,11 @@ HEARTBEAT = dt.timedelta(minutes=2)
 def lease(name: str, ttl: dt.timedelta = HEARTBEAT) -> Iterator[bool]:
     """``with lease("reconcile") as mine:`` runs the block with ``mine`` true only on the
     replica that holds the lease. While the block runs, a thread renews the lease every third
-    of ``ttl``: a holder that is killed stops renewing, and its lease is free ``ttl`` later."""
-    mine = acquire(name, ttl)
+    of ``ttl``: a holder that is killed stops renewing, and its lease is free ``ttl`` later.
+    The holder is this call, not the process: a task running in another thread of the same
+    worker does not hold it too."""
+    owner = f"{OWNER}:{uuid.uuid4().hex[:12]}"
+    mine = acquire(name, ttl, owner)
     if not mine:
         yield False
         return
@@ -27,7 +31,7 @@ def lease(name: str, ttl: dt.timedelta = HEARTBEAT) -> Iterator[bool]:
     def renew() -> None:
         while not done.wait(ttl.total_seconds() / 3):
             try:
-                acquire(name, ttl)
+                acquire(name, ttl, owner)
             except Exception:  # the database is briefly away: try again at the next beat
                 continue
 
@@ -38,4 +42,4 @@ def lease(name: str, ttl: dt.timedelta = HEARTBEAT) -> Iterator[bool]:
     finally:
         done.set()
         heartbeat.join()
-        release(name)
+        release(name, owner)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import uuid
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -131,6 +132,10 @@ def dispatch_notifications(repository: str | None = None) -> int:
     streams = notifications.due_streams(repository)
     for endpoint, name in streams:
         deliver_notifications.delay(endpoint, name)
-    if repository is None and shared_leases.acquire("notifications-prune", PRUNE_EVERY):
-        notifications.prune()  # at most once per PRUNE_EVERY on all replicas (never released)
+    # At most once per PRUNE_EVERY on all replicas: the lease is never released, and its
+    # owner is this call alone (a later call of this process does not hold it).
+    if repository is None and shared_leases.acquire(
+        "notifications-prune", PRUNE_EVERY, owner=uuid.uuid4().hex
+    ):
+        notifications.prune()
     return len(streams)
