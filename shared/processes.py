@@ -124,8 +124,11 @@ def processes(settings: Settings) -> list[Process]:
         ),
     ]
     if settings.notifications_file:
-        # Deliveries wait on the endpoints: threads, several at once, apart from the rest.
-        notify = ("--takes", "notifications", "--pool", "threads", "--concurrency", "4",
+        # Deliveries apart from the rest, one task at a time in a prefork child, as the
+        # janitor's (replicas deliver several streams at once). Not a pool of threads: with
+        # Redis as the broker, a connection lost while a thread acknowledges a task can stop
+        # that worker for good (kombu's Redis transport).
+        notify = ("--takes", "notifications", "--concurrency", "1",
                   "--hostname", "notifications@%h")  # fmt: skip
         found.append(
             Process("janitor-notifications", _janitor("worker", *notify, level=level), None)

@@ -4,8 +4,8 @@ endpoint is down for a minute, a service is killed, and Redis stops; and a push 
 service that was killed before it could answer is announced too.
 
 The registry runs on SQLite and on MariaDB, each with a Redis of its own as the broker (and so
-its read cache) so that the tests can stop it; on MariaDB its processes are those of the
-Kubernetes deployment, deliveries on a worker of their own. The endpoints are real HTTP
+its read cache) so that the tests can stop it, and its processes are those of the Kubernetes
+deployment, deliveries on a worker of their own. The endpoints are real HTTP
 servers on loopback (:class:`tests.webhooks.Receiver`).
 """
 
@@ -66,9 +66,9 @@ def faulty(
                 broker_url=redis_server.url,
                 notifications_file=str(root / "notifications.yaml"),
                 notifications_poll_seconds="0.5",
-                # On MariaDB, the processes as Kubernetes runs them: beat on its own, and the
-                # deliveries taken by a worker of their own, four threads at once.
-                beat_in_worker="false" if request.param == "mariadb" else "true",
+                # The processes as Kubernetes runs them: beat on its own, the deliveries taken
+                # by a worker of their own.
+                beat_in_worker="false",
             ) as running,
         ):
             yield Faulty(running, redis_server, down, audit)
