@@ -309,13 +309,12 @@ def prune(retention: dt.timedelta | None = None) -> int:
     return len(ids)
 
 
-def pending_by_endpoint() -> dict[str, tuple[int, int, float]]:
-    """Per endpoint with events not delivered: how many are pending, how many parked, and
-    the age in seconds of the oldest pending one (0 when none is)."""
-    now = utcnow()
-    found: dict[str, tuple[int, int, float]] = {}
-    with db.reading() as connection:
-        for endpoint, state, count, first in connection.execute(
+def _undelivered(connection: Connection) -> dict[tuple[str, str], tuple[int, dt.datetime]]:
+    """(endpoint, state) of the events not delivered (pending, parked): how many, and when
+    the oldest was recorded."""
+    return {
+        (endpoint, state): (count, oldest)
+        for endpoint, state, count, oldest in connection.execute(
             select(
                 Notification.endpoint,
                 Notification.state,
@@ -324,13 +323,21 @@ def pending_by_endpoint() -> dict[str, tuple[int, int, float]]:
             )
             .where(Notification.state.in_([PENDING, PARKED]))
             .group_by(Notification.endpoint, Notification.state)
-        ):
-            pending, parked, age = found.get(endpoint, (0, 0, 0.0))
-            if state == PENDING:
-                pending, age = count, max(0.0, (now - first).total_seconds())
-            else:
-                parked = count
-            found[endpoint] = (pending, parked, age)
+        )
+    }
+
+
+def pending_by_endpoint() -> dict[str, tuple[int, int, float]]:
+    """Per endpoint with events not delivered: how many are pending, how many parked, and
+    the age in seconds of the oldest pending one (0 when none is)."""
+    now = utcnow()
+    with db.reading() as connection:
+        counts = _undelivered(connection)
+    found: dict[str, tuple[int, int, float]] = {}
+    for endpoint in sorted({e for e, _ in counts}):
+        pending, oldest = counts.get((endpoint, PENDING), (0, now))
+        parked = counts.get((endpoint, PARKED), (0, now))[0]
+        found[endpoint] = (pending, parked, max(0.0, (now - oldest).total_seconds()))
     return found
 
 
@@ -350,19 +357,7 @@ class Backlog:
 def backlogs() -> list[Backlog]:
     """Every configured endpoint, and every endpoint the table still has events of."""
     with db.reading() as connection:
-        counts = {
-            (endpoint, state): (count, oldest)
-            for endpoint, state, count, oldest in connection.execute(
-                select(
-                    Notification.endpoint,
-                    Notification.state,
-                    func.count(),
-                    func.min(Notification.created_at),
-                )
-                .where(Notification.state != DELIVERED)
-                .group_by(Notification.endpoint, Notification.state)
-            )
-        }
+        counts = _undelivered(connection)
         delivered: dict[str, dt.datetime | None] = {
             endpoint: last
             for endpoint, last in connection.execute(
