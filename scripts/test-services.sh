@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure what the test suite talks to is installed and running: the real registry clients
-# (skopeo, containerd with ctr, podman, the Docker engine), MariaDB, Redis, HAProxy (the load
+# (skopeo, containerd with ctr, podman, the Docker engine), Chromium, MariaDB, Redis, HAProxy (the load
 # balancer in front of the replicas in tests/replicas.py) and Debian's docker-registry (the upstream
 # registry of the mirror tests). Starts the local servers when they are
 # installed but stopped; the client tests start their own containerd and dockerd, the replica
@@ -17,6 +17,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 # the upstream of the mirror tests: CNCF Distribution, as Debian packages it
 command -v docker-registry >/dev/null || [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
+# the browser of the web interface tests (driven by Playwright, which downloads none)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -47,4 +49,5 @@ fi
 echo "test services ready: skopeo $(skopeo --version | awk '{print $3}')," \
   "containerd $(containerd --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}')," \
   "Docker $("$(command -v dockerd || echo /usr/sbin/dockerd)" --version | awk '{print $3}' | tr -d ,)," \
-  "HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v | awk 'NR==1 {print $3}'), MariaDB :3306, Redis :6379"
+  "HAProxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v | awk 'NR==1 {print $3}')," \
+  "Chromium $(chromium --version 2>/dev/null | awk '{print $2}'), MariaDB :3306, Redis :6379"

@@ -40,6 +40,8 @@ TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin", "mysql
 ManifestBytes = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
 # Annotations come from the manifest and can be as large as it is.
 ManifestText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# A time that orders events within one second (MySQL's DATETIME keeps whole seconds).
+PreciseDateTime = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -154,14 +156,18 @@ class ManifestReference(Base):
 
 class Tag(Base):
     __tablename__ = "tags"
-    __table_args__ = (Index(None, "manifest_id"), TABLE_ARGS)
+    __table_args__ = (
+        Index(None, "manifest_id"),
+        Index(None, "repository_id", "updated_at"),  # a repository's tags by push time
+        TABLE_ARGS,
+    )
 
     repository_id: Mapped[int] = mapped_column(
         ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(PreciseDateTime, default=utcnow)
 
 
 class BlobReview(Base):

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     # the gateway and the services is declared trusted (nobody else can reach their ports).
     internal_secret: SecretStr = SecretStr("")
     internal_network_trusted: bool = False
+    # The web interface's sign-in (with authentication on): the key its session cookies are
+    # signed with, the same on every gateway replica (default: one derived from the internal
+    # secret; with neither set, nobody can sign in), and how long a session lasts.
+    ui_session_secret: SecretStr = SecretStr("")
+    ui_session_seconds: int = 12 * 3600
     # Rate limits at the gateway, in-process token buckets (0: off). Burst 0: the rate, at least 1.
     rate_limit_client_per_second: float = 0.0
     rate_limit_client_burst: int = 0

@@ -40,6 +40,10 @@ STORAGE_KEY_HEADER = INTERNAL_PREFIX + "storage-key"
 BYTE_RANGE_HEADER = INTERNAL_PREFIX + "byte-range"
 # Who made the request, as the gateway authenticated them (absent: anonymous).
 ACTOR_HEADER = INTERNAL_PREFIX + "actor"
+# The web interface's forms: the cookie a page with a form sets, and the field each form sends
+# back with the same value (the gateway compares them before forwarding a post).
+UI_CSRF_COOKIE = "registry_csrf"
+UI_CSRF_FIELD = "csrf"
 
 
 def freeze_startup_heap() -> None:

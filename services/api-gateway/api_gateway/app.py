@@ -11,7 +11,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from api_gateway import auth
 from api_gateway.limits import ClientRateLimitMiddleware, HeaderLimitMiddleware, request_limits
 from api_gateway.proxy import make_client
-from api_gateway.routes import v2
+from api_gateway.routes import ui, v2
 from shared import health, internal_auth
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
@@ -64,6 +64,7 @@ def create_app() -> Starlette:
         from api_gateway.routes import token
 
         routes += token.build_routes(setup.issuer)
+    routes += ui.build_routes(setup, internal_auth.gateway_headers(settings))
     routes += v2.build_routes(
         setup.guard, request_limits(settings), internal_auth.gateway_headers(settings)
     )

@@ -472,6 +472,10 @@ class TokenIssuer:
 class AuthSetup:
     guard: Guard | None
     issuer: TokenIssuer | None
+    # The registry's own users (None: authentication off, or an external token issuer only),
+    # and the password check the web interface's sign-in shares with the API.
+    users: UsersFile | None = None
+    credentials: BasicCredentials | None = None
 
 
 def _users_file(settings: Settings) -> UsersFile:
@@ -510,7 +514,10 @@ def configure(settings: Settings) -> AuthSetup:
         return AuthSetup(None, None)
     if settings.auth == "htpasswd":
         users = _users_file(settings)
-        return AuthSetup(HtpasswdGuard(users, BasicCredentials(users), settings.auth_realm), None)
+        credentials = BasicCredentials(users)
+        return AuthSetup(
+            HtpasswdGuard(users, credentials, settings.auth_realm), None, users, credentials
+        )
     from api_gateway.tokens import keys_from_settings
 
     keys = keys_from_settings(
@@ -528,5 +535,6 @@ def configure(settings: Settings) -> AuthSetup:
             )
         return AuthSetup(TokenGuard(keys, settings.auth_token_realm, settings.auth_service), None)
     users = _users_file(settings)
+    credentials = BasicCredentials(users)
     guard = TokenGuard(keys, token_realm(settings), settings.auth_service)
-    return AuthSetup(guard, TokenIssuer(keys, users, BasicCredentials(users), settings))
+    return AuthSetup(guard, TokenIssuer(keys, users, credentials, settings), users, credentials)

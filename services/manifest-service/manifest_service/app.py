@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from manifest_service.routes import catalog, manifests, referrers, tags
+from manifest_service.ui import Interface
 from shared import health
 from shared.service_app import service_app
 from shared.settings import get_settings
@@ -15,7 +17,13 @@ SERVICE = "manifest-service"
 def create_app() -> Starlette:
     return service_app(
         SERVICE,
-        [*catalog.routes, *manifests.routes, *tags.routes, *referrers.routes],
+        [
+            *catalog.routes,
+            *manifests.routes,
+            *tags.routes,
+            *referrers.routes,
+            Mount("/ui", app=Interface()),
+        ],
         {"database": health.database},
         get_settings().manifest_service_host,
     )

@@ -1,0 +1,128 @@
+"""The web interface's routes at the gateway: ``/`` sends a browser to ``/ui/``; every ``/ui/``
+page is forwarded to the manifest service, which renders it (the gateway never reads the
+database), naming the signed-in user. The gateway signs users in and out itself (the users file
+and the password check are its own) and checks every form's CSRF token before forwarding it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute
+
+from api_gateway.auth import REFUSALS, AuthSetup, BadCredentials, client_address
+from api_gateway.logins import LoginThrottled
+from api_gateway.proxy import forward
+from api_gateway.sessions import FormRefused, Sessions, checked_form, make_sessions
+from shared.settings import get_settings
+from shared.web import ACTOR_HEADER, Endpoint, request_id
+
+log = logging.getLogger("registry.ui")
+
+
+def _safe_next(value: str | None) -> str:
+    """Where to go after signing in: a page of the interface, never another site."""
+    if value and value.startswith("/ui/") and not value.startswith("/ui//") and "\\" not in value:
+        return value
+    return "/ui/"
+
+
+def _see(location: str) -> Response:
+    return RedirectResponse(location, status_code=303)
+
+
+def build_routes(
+    setup: AuthSetup, extra_headers: Sequence[tuple[str, str]] = ()
+) -> list[BaseRoute]:
+    settings = get_settings()
+    manifest_service = settings.service_url("manifest")
+    sessions: Sessions | None = make_sessions(settings) if setup.users is not None else None
+    if setup.users is not None and sessions is None:
+        log.warning(
+            "the web interface's sign-in is off: set REGISTRY_UI_SESSION_SECRET (or "
+            "REGISTRY_INTERNAL_SECRET), the same on every gateway replica"
+        )
+
+    def signed_in(request: Request) -> str | None:
+        if sessions is None or setup.users is None:
+            return None
+        user = sessions.user(request)
+        if user is None or user not in setup.users.get().users:
+            return None
+        return user
+
+    async def to_interface(request: Request) -> Response:
+        user = signed_in(request)
+        headers = list(extra_headers)
+        if user is not None:
+            headers.append((ACTOR_HEADER, user))
+        path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+        return await forward(
+            request.app.state.http
+            if request.method in ("GET", "HEAD")
+            else request.app.state.http_writes,
+            manifest_service,
+            path.split("?", 1)[0],
+            request,
+            request_id(request),
+            extra_headers=headers,
+        )
+
+    async def home(request: Request) -> Response:
+        return _see("/ui/")
+
+    async def post(request: Request) -> Response:
+        try:
+            await checked_form(request)
+        except FormRefused as exc:
+            REFUSALS.labels("form_refused").inc()
+            return PlainTextResponse(str(exc), status_code=403)
+        return await to_interface(request)
+
+    async def login(request: Request) -> Response:
+        try:
+            fields = await checked_form(request)
+        except FormRefused as exc:
+            REFUSALS.labels("form_refused").inc()
+            return PlainTextResponse(str(exc), status_code=403)
+        next_page = _safe_next(fields.get("next"))
+        if sessions is None or setup.credentials is None:
+            return _see("/ui/login")
+        name = fields.get("username", "")
+        try:
+            user = await setup.credentials.check(
+                name, fields.get("password", "").encode(), client_address(request)
+            )
+        except LoginThrottled:
+            REFUSALS.labels("login_throttled").inc()
+            return _see("/ui/login?" + urlencode({"failed": "throttled", "next": next_page}))
+        except BadCredentials:
+            REFUSALS.labels("bad_credentials").inc()
+            log.info("web sign-in refused client=%s", client_address(request))
+            return _see("/ui/login?" + urlencode({"failed": "credentials", "next": next_page}))
+        response = _see(next_page)
+        sessions.start(response, user.name)
+        log.info("web sign-in user=%s client=%s", user.name, client_address(request))
+        return response
+
+    async def logout(request: Request) -> Response:
+        try:
+            await checked_form(request)
+        except FormRefused as exc:
+            return PlainTextResponse(str(exc), status_code=403)
+        response = _see("/ui/")
+        if sessions is not None:
+            sessions.end(response)
+        return response
+
+    return [
+        Endpoint("/", home, methods=["GET", "HEAD"]),
+        Endpoint("/ui", home, methods=["GET", "HEAD"]),
+        Endpoint("/ui/login", login, methods=["POST"]),
+        Endpoint("/ui/logout", logout, methods=["POST"]),
+        Endpoint("/ui/{path:path}", to_interface, methods=["GET", "HEAD"]),
+        Endpoint("/ui/{path:path}", post, methods=["POST"]),
+    ]

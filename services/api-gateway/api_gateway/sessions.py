@@ -1,0 +1,109 @@
+"""The web interface's sign-in sessions and its forms' CSRF check, at the gateway.
+
+A session is a cookie (``registry_session``: HttpOnly, SameSite=Strict, path ``/ui``) holding
+the user's name, signed with ``REGISTRY_UI_SESSION_SECRET`` (or a key derived from the internal
+secret) and timed: any gateway replica with the same key reads it, none keeps it in memory. A
+session of a user no longer in the users file counts as nobody's.
+
+Every form post under ``/ui/`` must carry the ``csrf`` field equal to the ``registry_csrf``
+cookie (which the page with the form set): a page of another site can neither read that cookie
+nor, SameSite=Strict, send the session with its post.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.settings import Settings
+from shared.web import UI_CSRF_COOKIE, UI_CSRF_FIELD
+
+SESSION_COOKIE = "registry_session"
+MAX_FORM_BYTES = 16 * 1024
+
+
+def session_key(settings: Settings) -> str | None:
+    """The key sessions are signed with, or None (no sign-in possible)."""
+    explicit = settings.ui_session_secret.get_secret_value()
+    if explicit:
+        return explicit
+    internal = settings.internal_secret.get_secret_value()
+    if internal:
+        return hmac.new(internal.encode(), b"registry web sessions", hashlib.sha256).hexdigest()
+    return None
+
+
+@dataclass(frozen=True)
+class Sessions:
+    serializer: URLSafeTimedSerializer
+    max_age: int
+    secure: bool  # cookies only over HTTPS (the public URL is https)
+
+    def user(self, request: Request) -> str | None:
+        """The signed-in user the request's cookie names, or None."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            return None
+        try:
+            value = self.serializer.loads(cookie, max_age=self.max_age)
+        except BadSignature:
+            return None
+        user = value.get("user") if isinstance(value, dict) else None
+        return user if isinstance(user, str) else None
+
+    def start(self, response: Response, user: str) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.serializer.dumps({"user": user}),
+            max_age=self.max_age,
+            path="/ui",
+            secure=self.secure,
+            httponly=True,
+            samesite="strict",
+        )
+
+    def end(self, response: Response) -> None:
+        response.delete_cookie(
+            SESSION_COOKIE, path="/ui", secure=self.secure, httponly=True, samesite="strict"
+        )
+
+
+def make_sessions(settings: Settings) -> Sessions | None:
+    key = session_key(settings)
+    if key is None:
+        return None
+    return Sessions(
+        URLSafeTimedSerializer(key, salt="registry-ui-session"),
+        settings.ui_session_seconds,
+        settings.public_url.startswith("https://"),
+    )
+
+
+class FormRefused(Exception):
+    """A form post that may not go on: too large, or without the right CSRF token."""
+
+
+async def checked_form(request: Request) -> dict[str, str]:
+    """The fields of a form post (first value of each), once its CSRF token is checked. The
+    body stays readable for forwarding (Starlette keeps it)."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
+    try:
+        fields = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+    except UnicodeDecodeError:
+        raise FormRefused("the form is not UTF-8") from None
+    cookie = request.cookies.get(UI_CSRF_COOKIE, "")
+    sent = fields.get(UI_CSRF_FIELD, "")
+    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        raise FormRefused("the form's CSRF token is missing or wrong: reload the page and retry")
+    return fields

@@ -1,0 +1,316 @@
+"""The web interface's pages (``/ui/``): thin handlers that read through ``ui.pages`` and
+render Jinja2 templates. Served by the manifest service, reached through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from manifest_service import manifests
+from manifest_service.media_types import IMAGE_MANIFESTS, INDEXES
+from manifest_service.ui import pages
+from manifest_service.ui.access import Viewer, viewer
+from shared import internal_auth
+from shared.errors import RegistryError
+from shared.reference import DIGEST_RE, NAME_RE, TAG_RE
+from shared.settings import get_settings
+from shared.web import UI_CSRF_COOKIE
+
+HERE = Path(__file__).parent
+CONFIG_LIMIT = 1 << 20  # an image config larger than this is not shown
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+KINDS = {
+    "application/vnd.docker.distribution.manifest.v2+json": "Docker image",
+    "application/vnd.docker.distribution.manifest.list.v2+json": "Docker manifest list",
+    "application/vnd.oci.image.manifest.v1+json": "OCI image",
+    "application/vnd.oci.image.index.v1+json": "OCI index",
+}
+
+
+# What an image's config says its type is; shown as the manifest's kind instead.
+IMAGE_CONFIGS = {
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+}
+
+
+def kind(media_type: str, artifact_type: str | None) -> str:
+    """What a manifest is, in a word or two: an artifact's type, else an image's or index's."""
+    if artifact_type and artifact_type not in IMAGE_CONFIGS:
+        return artifact_type
+    return KINDS.get(media_type, media_type)
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    if when is None:
+        return "never"
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = seconds // length
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now"
+
+
+def exact(when: dt.datetime | None) -> str:
+    return "" if when is None else when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def short(digest: str) -> str:
+    algorithm, _, hex_ = digest.partition(":")
+    return f"{algorithm}:{hex_[:12]}" if hex_ else digest
+
+
+templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes
+templates.env.filters.update(size=human_size, ago=ago, exact=exact, short=short)
+templates.env.globals.update(kinds=KINDS, kind=kind)
+
+
+def _render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    """A page. Every page carries the CSRF token its forms send back (the cookie's value; a new
+    one, and the cookie, when the browser has none)."""
+    token = request.cookies.get(UI_CSRF_COOKIE) or ""
+    fresh = not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", token)
+    if fresh:
+        token = secrets.token_urlsafe(32)
+    context.setdefault("viewer", viewer(request))
+    context.setdefault("host", _registry_host(request))
+    context["csrf"] = token
+    context["here"] = request.url.path
+    response: Response = templates.TemplateResponse(request, template, context, status_code=status)
+    response.headers.update(SECURITY_HEADERS)
+    if fresh:
+        response.set_cookie(
+            UI_CSRF_COOKIE,
+            token,
+            path="/ui",
+            secure=get_settings().public_url.startswith("https://"),
+            httponly=True,
+            samesite="strict",
+        )
+    return response
+
+
+def _registry_host(request: Request) -> str:
+    """The host clients pull from: the public URL's when set, else the one the browser used."""
+    public = get_settings().public_url
+    if public:
+        return public.split("://", 1)[-1].rstrip("/")
+    return request.headers.get("x-forwarded-host") or request.headers.get("host", "localhost")
+
+
+def _not_found(request: Request, what: str) -> Response:
+    return _render(request, "error.html", 404, title="Not found", message=what)
+
+
+async def catalog(request: Request) -> Response:
+    who = viewer(request)
+    search = request.query_params.get("q", "").strip()[:255]
+    after = request.query_params.get("after") or None
+    page = await asyncio.to_thread(pages.catalog, who.sees, search, after)
+    return _render(request, "catalog.html", page=page, search=search, after=after)
+
+
+# /ui/repositories/<name>[/-/(manifests|tags)/<reference>[/delete]]: "-" is no name component.
+_BELOW = re.compile(
+    r"(?P<name>.+?)/-/(?P<kind>manifests|tags)/(?P<reference>[^/]+)(?P<delete>/delete)?"
+)
+
+
+def _address(request: Request) -> tuple[str, str | None, str | None, bool] | None:
+    """The repository, the kind and reference below it, and whether it is a delete page; or
+    None for a path that names nothing."""
+    rest: str = request.path_params["rest"]
+    below = _BELOW.fullmatch(rest)
+    if below is None:
+        return (rest, None, None, False) if NAME_RE.fullmatch(rest) else None
+    name, kind, reference = below["name"], below["kind"], below["reference"]
+    pattern = DIGEST_RE if kind == "manifests" else TAG_RE
+    if not NAME_RE.fullmatch(name) or not pattern.fullmatch(reference):
+        return None
+    return name, kind, reference, below["delete"] is not None
+
+
+async def repository_or_manifest(request: Request) -> Response:
+    address = _address(request)
+    if address is None:
+        return _not_found(request, "There is no such page.")
+    name, kind, reference, delete = address
+    who = viewer(request)
+    if not who.sees(name):
+        return _not_found(request, f"No repository {name} that you may see.")
+    if kind is not None and reference is not None:
+        if delete:
+            return await _confirm_delete(request, who, name, kind, reference)
+        if kind == "manifests":
+            return await _manifest(request, who, name, reference)
+        return _not_found(request, "There is no such page.")
+    sort = "name" if request.query_params.get("sort") == "name" else "time"
+    search = request.query_params.get("q", "").strip()[:128]
+    after = request.query_params.get("after") or None
+    try:
+        page = await asyncio.to_thread(pages.repository, name, sort, search, after)
+    except pages.NotFound:
+        return _not_found(request, f"No repository {name} that you may see.")
+    return _render(
+        request,
+        "repository.html",
+        repo=page,
+        sort=sort,
+        search=search,
+        after=after,
+        may_delete=who.may("delete", name),
+        next_query=urlencode({"sort": sort, "q": search, "after": page.tags.next_cursor or ""}),
+    )
+
+
+async def _confirm_delete(
+    request: Request, who: Viewer, name: str, kind: str, reference: str
+) -> Response:
+    """What deleting a tag or a manifest would remove, and the form that does it."""
+    if not who.may("delete", name):
+        return _refused(request, name)
+    digest = reference
+    if kind == "tags":
+        found = await asyncio.to_thread(pages.tag_target, name, reference)
+        if found is None:
+            return _not_found(request, f"No tag {reference} in {name}.")
+        digest = found
+    try:
+        page = await asyncio.to_thread(pages.manifest, name, digest)
+    except pages.NotFound:
+        return _not_found(request, f"No manifest {digest} in {name}.")
+    return _render(request, "delete.html", m=page, kind=kind, reference=reference)
+
+
+async def delete(request: Request) -> Response:
+    """A delete form's post (the gateway checked its CSRF token): the tag, or the manifest with
+    its tags, as ``DELETE /v2/<name>/manifests/<reference>`` does."""
+    address = _address(request)
+    if address is None or address[1] is None or not address[3]:
+        return _not_found(request, "There is no such page.")
+    name, _, reference, _ = address
+    who = viewer(request)
+    if not who.sees(name):
+        return _not_found(request, f"No repository {name} that you may see.")
+    if not who.may("delete", name):
+        return _refused(request, name)
+    assert reference is not None
+    try:
+        await manifests.delete_reference(name, reference)
+    except RegistryError as exc:
+        if exc.status == 404:
+            return _not_found(request, f"No {reference} in {name}: deleted already?")
+        return _render(request, "error.html", exc.status, title="Not deleted", message=exc.detail)
+    return RedirectResponse(f"/ui/repositories/{name}", status_code=303)
+
+
+def _refused(request: Request, name: str) -> Response:
+    return _render(
+        request,
+        "error.html",
+        403,
+        title="Not allowed",
+        message=f"You may not delete from {name}.",
+    )
+
+
+async def login_page(request: Request) -> Response:
+    failed = request.query_params.get("failed")
+    return _render(
+        request,
+        "login.html",
+        failed=failed,
+        next=request.query_params.get("next", "/ui/"),
+        sign_in=get_settings().auth != "none",
+    )
+
+
+async def _manifest(request: Request, who: Viewer, name: str, digest: str) -> Response:
+    try:
+        page = await asyncio.to_thread(pages.manifest, name, digest)
+    except pages.NotFound:
+        return _not_found(request, f"No manifest {digest} in {name}.")
+    config: dict[str, Any] | None = None
+    config_descriptor = page.document.get("config")
+    if page.media_type in IMAGE_MANIFESTS and isinstance(config_descriptor, dict):
+        config = await _image_config(name, config_descriptor)
+    return _render(
+        request,
+        "manifest.html",
+        m=page,
+        config=config,
+        is_index=page.media_type in INDEXES,
+        layers=[d for d in page.document.get("layers") or [] if isinstance(d, dict)],
+        pretty=json.dumps(page.document, indent=2, sort_keys=False),
+    )
+
+
+async def _image_config(name: str, descriptor: dict[str, Any]) -> dict[str, Any] | None:
+    """The image's config (JSON), read from the blob service, or None (too large, not an image
+    config, unreadable)."""
+    digest, size = descriptor.get("digest"), descriptor.get("size")
+    if not isinstance(digest, str) or not isinstance(size, int) or size > CONFIG_LIMIT:
+        return None
+    settings = get_settings()
+    url = f"{settings.service_url('blob')}/v2/{name}/blobs/{digest}"
+    headers = dict(internal_auth.gateway_headers(settings))
+    try:
+        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+            answer = await client.get(url, headers=headers)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200 or len(answer.content) > CONFIG_LIMIT:
+        return None
+    try:
+        document = json.loads(answer.content)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def build_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/", catalog, methods=["GET"]),
+            Route("/login", login_page, methods=["GET"]),
+            Route("/repositories/{rest:path}", repository_or_manifest, methods=["GET"]),
+            Route("/repositories/{rest:path}", delete, methods=["POST"]),
+            Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+        ]
+    )

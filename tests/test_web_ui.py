@@ -1,0 +1,367 @@
+"""The web interface (``/ui/``) in a real browser: Debian's Chromium, driven by Playwright.
+
+Real images go in with skopeo (an image of three layers, a multi-arch index) and referrers
+(a signature and an SBOM) over the API; the pages must show what was pushed: names, tag counts,
+digests, sizes, platforms, layers, the image's configuration, referrers grouped by artifact
+type. Each page is screenshotted into the test output, and no page may log a browser error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from shared import users
+from tests.conftest import registry_fixture, running_registry
+from tests.images import multi_arch_image, single_image
+from tests.registry import RegistryUnderTest
+from tests.test_auth import make_skopeo
+from tests.test_referrers import push_referrer
+
+pytestmark = pytest.mark.client
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = Path(os.environ.get("UI_SCREENSHOTS", "test-output/ui"))
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+SBOM = "application/spdx+json"
+
+registry = registry_fixture("web-ui", ("sqlite", "mariadb"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(
+            f"Chromium is required for the web interface tests and was not found at {CHROMIUM} "
+            "(install it with `make services`, or point CHROMIUM at the binary); "
+            "these tests must not be skipped"
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """A browser page that records console errors and uncaught exceptions."""
+
+    def __init__(self, browser: Browser, base_url: str, shots: str, **options: Any) -> None:
+        self.context = browser.new_context(base_url=base_url, **options)
+        self.page: Page = self.context.new_page()
+        self.errors: list[str] = []
+        self.shots = shots
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text}")
+
+    def go(self, path: str, screenshot: str | None = None) -> Page:
+        response = self.page.goto(path)
+        assert response is not None and response.ok, (path, response and response.status)
+        if screenshot:
+            self.screenshot(screenshot)
+        return self.page
+
+    def screenshot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=SCREENSHOTS / f"{self.shots}-{name}.png", full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+        assert self.errors == []
+
+
+@pytest.fixture
+def visit(browser: Browser, registry: RegistryUnderTest) -> Iterator[Visit]:
+    opened = Visit(browser, registry.url, registry.backend)
+    yield opened
+    opened.close()
+
+
+def _rows(page: Page, table: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in row.locator("td").all_inner_texts()]
+        for row in page.locator(f"#{table} tbody tr").all()
+    ]
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _image_size(manifest: dict[str, Any], manifest_size: int) -> int:
+    blobs = [manifest["config"], *manifest["layers"]]
+    return manifest_size + sum(int(blob["size"]) for blob in blobs)
+
+
+def test_browse_what_was_pushed(
+    registry: RegistryUnderTest, visit: Visit, tmp_path: Path, repo: str
+) -> None:
+    skopeo = make_skopeo(tmp_path / "skopeo")
+    app, multi = f"{repo}/app", f"{repo}/multi"
+    image = single_image(tmp_path / "image", layer_count=3, layer_size=150_000)
+    image_digest, _ = skopeo.push(image, f"docker://{registry.host}/{app}:v1")
+    index = multi_arch_image(tmp_path / "multi")
+    index_digest, _ = skopeo.push(index, f"docker://{registry.host}/{multi}:latest", "--all")
+    signature = push_referrer(registry, app, image_digest, artifact_type=SIGNATURE)
+    sbom = push_referrer(registry, app, image_digest, artifact_type=SBOM)
+
+    # The catalog: both repositories, with their tag counts; the search narrows it.
+    page = visit.go(f"/ui/?q={repo}", "catalog")
+    rows = {r[0]: r for r in _rows(page, "repositories")}
+    assert set(rows) == {app, multi}
+    assert rows[app][1] == "1" and rows[multi][1] == "1"
+    page = visit.go(f"/ui/?q={repo}/mul")
+    assert [r[0] for r in _rows(page, "repositories")] == [multi]
+
+    # The image's repository: the tag, its digest and size, as pushed.
+    manifest_bytes = image.blobs[image_digest]
+    manifest = json.loads(manifest_bytes)
+    page = visit.go(f"/ui/repositories/{app}", "repository")
+    [row] = _rows(page, "tags")
+    assert row[0] == "v1"
+    assert image_digest.startswith(row[1]) and len(row[1]) == len("sha256:") + 12
+    assert row[3] == _human(_image_size(manifest, len(manifest_bytes)))
+
+    # The manifest page: layers with their sizes, the config, the referrers by type.
+    page.locator("#tags a", has_text="v1").click()
+    page.wait_for_url(re.compile(re.escape(image_digest)))
+    assert page.locator("#digest").inner_text() == image_digest
+    layers = _rows(page, "layers")
+    assert [row[3] for row in layers] == [_human(layer["size"]) for layer in manifest["layers"]]
+    config = json.loads(image.blobs[manifest["config"]["digest"]])
+    assert f"{config['os']}/{config['architecture']}" in page.locator("#config").inner_text()
+    referrers = page.locator("#referrers").inner_text()
+    assert SIGNATURE in referrers and SBOM in referrers
+    assert signature[:19] in referrers and sbom[:19] in referrers
+    visit.screenshot("manifest")
+
+    # The index: its platforms, each a link to its image.
+    page = visit.go(f"/ui/repositories/{multi}", "index-repository")
+    [row] = _rows(page, "tags")
+    assert index_digest.startswith(row[1])
+    assert row[4].split() == ["linux/amd64", "linux/arm64"]
+    page = visit.go(f"/ui/repositories/{multi}/-/manifests/{index_digest}", "index")
+    platforms = _rows(page, "platforms")
+    children = json.loads(index.blobs[index_digest])["manifests"]
+    assert [p[0] for p in platforms] == ["linux/amd64", "linux/arm64"]
+    page.locator("#platforms a").first.click()
+    page.wait_for_url(re.compile(re.escape(children[0]["digest"])))
+    assert "linux/amd64" in page.locator("#config").inner_text()
+
+
+def test_tags_page_through_in_push_order_and_by_name(
+    registry: RegistryUnderTest, visit: Visit, repo: str
+) -> None:
+    names = [f"t{i:03d}" for i in range(120)]
+    for name in names:
+        registry.push_image(repo, name, layers=[b"shared layer"])
+    seen: list[str] = []
+    page = visit.go(f"/ui/repositories/{repo}?sort=name")
+    assert page.locator("#tag-count").inner_text() == "120"
+    while True:
+        seen += [row[0] for row in _rows(page, "tags")]
+        following = page.locator("a[rel=next]")
+        if following.count() == 0:
+            break
+        following.click()
+        page.wait_for_load_state()
+    assert seen == names
+    # Newest push first (the default): the last pushed leads.
+    page = visit.go(f"/ui/repositories/{repo}")
+    assert _rows(page, "tags")[0][0] == names[-1], _rows(page, "tags")[:3]
+    page = visit.go(f"/ui/repositories/{repo}?q=t11")
+    assert sorted(row[0] for row in _rows(page, "tags")) == [f"t11{i}" for i in range(10)]
+
+
+def test_unknown_pages_answer_404_in_html(registry: RegistryUnderTest) -> None:
+    for path in (
+        "/ui/repositories/nothing/here",
+        "/ui/repositories/Bad_Name",
+        "/ui/repositories/a/-/manifests/sha256:" + "0" * 64,
+    ):
+        response = registry.http.get(path)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"].startswith("text/html")
+        assert "Content-Security-Policy" in response.headers
+    home = registry.http.get("/")
+    assert home.status_code == 303 and home.headers["location"] == "/ui/"
+
+
+# --- with authentication on --------------------------------------------------------------------
+
+PASSWORDS = {"alice": "alice-password", "bob": "bob-password"}
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
+    """A registry with sign-in: alice may pull, push and delete everything; bob may pull
+    everything; anonymous may pull public/*."""
+    root = tmp_path_factory.mktemp("web-ui-auth")
+    users_file = root / "users.yaml"
+    users.write_document(
+        users_file,
+        {
+            "users": {
+                name: {"password_hash": users.hash_password(password, 4)}
+                for name, password in PASSWORDS.items()
+            },
+            "grants": [
+                {"repositories": ["*"], "users": ["alice"], "actions": ["pull", "push", "delete"]},
+                {"repositories": ["*"], "users": ["bob"], "actions": ["pull"]},
+                {"repositories": ["public/*"], "anonymous": True, "actions": ["pull"]},
+            ],
+        },
+    )
+    with running_registry(
+        "sqlite",
+        root,
+        auth="htpasswd",
+        auth_users_file=str(users_file),
+        internal_secret="web-ui-test-secret",
+    ) as running:
+        running.http.auth = ("alice", PASSWORDS["alice"])
+        yield running
+
+
+def sign_in(visit: Visit, user: str, password: str | None = None) -> Page:
+    page = visit.go("/ui/login")
+    page.fill("#username", user)
+    page.fill("#password", password or PASSWORDS[user])
+    page.click("form.login button[type=submit]")
+    page.wait_for_load_state()
+    return page
+
+
+def test_anonymous_sees_only_what_anonymous_may_pull(
+    guarded: RegistryUnderTest, browser: Browser
+) -> None:
+    guarded.push_image("public/tool", "v1")
+    guarded.push_image("private/secret", "v1")
+    visit = Visit(browser, guarded.url, "anonymous")
+    try:
+        page = visit.go("/ui/", "anonymous-catalog")
+        assert [r[0] for r in _rows(page, "repositories")] == ["public/tool"]
+        assert page.locator("#sign-in").is_visible()
+        page = visit.go("/ui/repositories/public/tool")
+        assert page.locator("a.delete").count() == 0
+        # Not even its name: the same answer as for a repository that does not exist.
+        hidden = httpx.get(f"{guarded.url}/ui/repositories/private/secret")
+        missing = httpx.get(f"{guarded.url}/ui/repositories/private/nothing")
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.text.replace("secret", "?") == missing.text.replace("nothing", "?")
+    finally:
+        visit.close()
+
+
+def test_sign_in_then_delete_a_tag_and_a_manifest(
+    guarded: RegistryUnderTest, browser: Browser
+) -> None:
+    guarded.push_image("team/app", "v1", layers=[b"one"])
+    guarded.push_image("team/app", "keep", layers=[b"one"])
+    _, digest = guarded.push_image("team/app", "v2", layers=[b"two"])
+    guarded.push_image("team/app", "v2-also", layers=[b"two"])
+    push_referrer(guarded, "team/app", digest, artifact_type=SIGNATURE)
+    visit = Visit(browser, guarded.url, "alice")
+    try:
+        page = sign_in(visit, "alice")
+        assert page.locator("#user").inner_text() == "alice"
+        assert {r[0] for r in _rows(page, "repositories")} >= {"public/tool", "team/app"}
+        visit.screenshot("signed-in-catalog")
+
+        # A tag: the confirmation says its manifest stays (another tag points at it).
+        page = visit.go("/ui/repositories/team/app?sort=name")
+        page.locator("tr[data-tag=v1] a.delete").click()
+        page.wait_for_load_state()
+        assert "stays" in page.locator("main").inner_text() and "keep" in page.inner_text("main")
+        visit.screenshot("delete-tag")
+        page.click("button.danger")
+        page.wait_for_url(re.compile(r"/ui/repositories/team/app$"))
+        assert "v1" not in [r[0] for r in _rows(page, "tags")]
+        assert "v1" not in guarded.http.get("/v2/team/app/tags/list").json()["tags"]
+
+        # A manifest: the confirmation names both its tags and its referrer.
+        page = visit.go(f"/ui/repositories/team/app/-/manifests/{digest}")
+        page.click("#delete-manifest")
+        page.wait_for_load_state()
+        assert page.locator("#tags-going").inner_text().split() == ["v2", "v2-also"]
+        assert f"1 {SIGNATURE}" in page.locator("#referrers-going").inner_text()
+        visit.screenshot("delete-manifest")
+        page.click("button.danger")
+        page.wait_for_url(re.compile(r"/ui/repositories/team/app$"))
+        assert [r[0] for r in _rows(page, "tags")] == ["keep"]
+        assert guarded.http.get(f"/v2/team/app/manifests/{digest}").status_code == 404
+
+        # Signing out: anonymous again.
+        page.click("header form button[type=submit]")
+        page.wait_for_load_state()
+        assert page.locator("#sign-in").is_visible()
+        assert [r[0] for r in _rows(page, "repositories")] == ["public/tool"]
+    finally:
+        visit.close()
+
+
+def test_a_wrong_password_signs_nobody_in(guarded: RegistryUnderTest, browser: Browser) -> None:
+    visit = Visit(browser, guarded.url, "wrong")
+    try:
+        page = sign_in(visit, "alice", "not-her-password")
+        assert "Wrong user name or password" in page.inner_text("main")
+        assert page.context.cookies() == [
+            c for c in page.context.cookies() if c["name"] != "registry_session"
+        ]
+    finally:
+        visit.close()
+
+
+def test_deletes_need_the_grant_and_the_form_token(
+    guarded: RegistryUnderTest, browser: Browser
+) -> None:
+    guarded.push_image("team/kept", "v1")
+    visit = Visit(browser, guarded.url, "bob")
+    try:
+        page = sign_in(visit, "bob")
+        page = visit.go("/ui/repositories/team/kept")
+        assert page.locator("a.delete").count() == 0
+        cookies = {c["name"]: c["value"] for c in visit.context.cookies()}
+        assert {"registry_session", "registry_csrf"} <= set(cookies)
+        target = f"{guarded.url}/ui/repositories/team/kept/-/tags/v1/delete"
+        # bob's own session and token, but no delete grant: refused.
+        refused = httpx.post(target, cookies=cookies, data={"csrf": cookies["registry_csrf"]})
+        assert refused.status_code == 403
+        # alice's session without the form's token (or with another): refused before the
+        # registry looks at it.
+        alice = Visit(browser, guarded.url, "alice-csrf")
+        try:
+            sign_in(alice, "alice")
+            alice.go("/ui/")
+            theirs = {c["name"]: c["value"] for c in alice.context.cookies()}
+        finally:
+            alice.close()
+        for data in ({}, {"csrf": "x" * 43}, {"csrf": cookies["registry_csrf"]}):
+            answer = httpx.post(target, cookies=theirs, data=data)
+            assert answer.status_code == 403, data
+        assert guarded.http.get("/v2/team/kept/tags/list").json()["tags"] == ["v1"]
+        # With both, the same post deletes.
+        done = httpx.post(target, cookies=theirs, data={"csrf": theirs["registry_csrf"]})
+        assert done.status_code == 303
+        assert guarded.http.get("/v2/team/kept/tags/list").status_code in (200, 404)
+        assert "v1" not in guarded.http.get("/v2/team/kept/tags/list").json().get("tags", [])
+    finally:
+        visit.close()
