@@ -207,6 +207,27 @@ class JobLease(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
+class JanitorRun(Base):
+    """A housekeeping sweep a janitor ran (garbage collection, reconcile, purge, mirror
+    expiry) and what it did: the history the web interface's overview shows. Kept for
+    ``janitor.runs.KEPT``."""
+
+    __tablename__ = "janitor_runs"
+    __table_args__ = (Index(None, "job", "finished_at"), TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(PreciseDateTime)
+    finished_at: Mapped[dt.datetime] = mapped_column(PreciseDateTime, index=True)
+    examined: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
+    moved: Mapped[int] = mapped_column(BigInteger, default=0)
+    dry_run: Mapped[bool] = mapped_column(default=False)
+
+
 class OutboxEvent(Base):
     """An event for the janitor, written in the transaction that made the change it announces
     and deleted once the broker has it (``shared.events``): a crash between the commit and the

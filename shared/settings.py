@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     # secret; with neither set, nobody can sign in), and how long a session lasts.
     ui_session_secret: SecretStr = SecretStr("")
     ui_session_seconds: int = 12 * 3600
+    ui_flower_url: str = ""  # where operators reach Flower, linked from the overview page
     # Rate limits at the gateway, in-process token buckets (0: off). Burst 0: the rate, at least 1.
     rate_limit_client_per_second: float = 0.0
     rate_limit_client_burst: int = 0

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from sqlalchemy import create_engine, text
 
 from shared import users
 from tests.conftest import registry_fixture, running_registry
@@ -191,6 +192,35 @@ def test_tags_page_through_in_push_order_and_by_name(
     assert sorted(row[0] for row in _rows(page, "tags")) == [f"t11{i}" for i in range(10)]
 
 
+def test_the_overview_shows_the_registry_and_the_janitors_sweeps(
+    registry: RegistryUnderTest, visit: Visit, repo: str
+) -> None:
+    registry.push_image(repo, "v1", layers=[b"overview layer"])
+    gc = registry.admin("gc", "--grace", "0s")
+    assert gc.returncode == 0, gc.stderr
+    page = visit.go("/ui/overview", "overview")
+    engine = create_engine(registry.settings.database_url)
+    try:
+        with engine.connect() as connection:
+            count = lambda table: connection.execute(  # noqa: E731
+                text(f"SELECT COUNT(*) FROM {table}")
+            ).scalar_one()
+            expected = {name: count(name) for name in ("repositories", "manifests", "tags")}
+            expected["blobs"] = connection.execute(
+                text("SELECT COUNT(*) FROM blobs WHERE state = 'present'")
+            ).scalar_one()
+            last = connection.execute(
+                text("SELECT examined FROM janitor_runs ORDER BY finished_at DESC LIMIT 1")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    for name, value in expected.items():
+        assert page.locator(f"#{name}").inner_text() == str(value), name
+    [newest, *_] = _rows(page, "runs")
+    assert newest[0] == "collect garbage" and newest[3] == str(last)
+    assert page.locator("header a", has_text="Overview").is_visible()
+
+
 def test_unknown_pages_answer_404_in_html(registry: RegistryUnderTest) -> None:
     for path in (
         "/ui/repositories/nothing/here",
@@ -212,15 +242,18 @@ PASSWORDS = {"alice": "alice-password", "bob": "bob-password"}
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryUnderTest]:
-    """A registry with sign-in: alice may pull, push and delete everything; bob may pull
-    everything; anonymous may pull public/*."""
+    """A registry with sign-in: alice may pull, push and delete everything and list the
+    catalog (the overview is hers); bob may pull everything; anonymous may pull public/*."""
     root = tmp_path_factory.mktemp("web-ui-auth")
     users_file = root / "users.yaml"
     users.write_document(
         users_file,
         {
             "users": {
-                name: {"password_hash": users.hash_password(password, 4)}
+                name: {
+                    "password_hash": users.hash_password(password, 4),
+                    "catalog": name == "alice",
+                }
                 for name, password in PASSWORDS.items()
             },
             "grants": [
@@ -283,8 +316,10 @@ def test_sign_in_then_delete_a_tag_and_a_manifest(
     try:
         page = sign_in(visit, "alice")
         assert page.locator("#user").inner_text() == "alice"
+        assert page.locator("header a", has_text="Overview").is_visible()
         assert {r[0] for r in _rows(page, "repositories")} >= {"public/tool", "team/app"}
         visit.screenshot("signed-in-catalog")
+        visit.go("/ui/overview")
 
         # A tag: the confirmation says its manifest stays (another tag points at it).
         page = visit.go("/ui/repositories/team/app?sort=name")
@@ -337,9 +372,12 @@ def test_deletes_need_the_grant_and_the_form_token(
     visit = Visit(browser, guarded.url, "bob")
     try:
         page = sign_in(visit, "bob")
+        assert page.locator("header a", has_text="Overview").count() == 0
+        bobs = {c["name"]: c["value"] for c in visit.context.cookies()}
+        assert httpx.get(f"{guarded.url}/ui/overview", cookies=bobs).status_code == 404
         page = visit.go("/ui/repositories/team/kept")
         assert page.locator("a.delete").count() == 0
-        cookies = {c["name"]: c["value"] for c in visit.context.cookies()}
+        cookies = bobs
         assert {"registry_session", "registry_csrf"} <= set(cookies)
         target = f"{guarded.url}/ui/repositories/team/kept/-/tags/v1/delete"
         # bob's own session and token, but no delete grant: refused.

@@ -45,7 +45,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from janitor import gc, leases, mirrors, notifications, reconcile, uploads
+from janitor import gc, mirrors, notifications, reconcile, runs, uploads
 from janitor.report import Report
 from shared import users
 from shared.models import utcnow
@@ -69,12 +69,10 @@ def duration(text: str) -> dt.timedelta:
 
 
 def _run(name: str, work: Coroutine[Any, Any, Report], bar: tqdm) -> int:
-    with leases.lease(name) as mine:
-        if not mine:
-            work.close()
-            print(f"{name}: another janitor is running it now; try again later", file=sys.stderr)
-            return 3
-        report = asyncio.run(work)
+    report = runs.run(name, work)
+    if report is None:
+        print(f"{name}: another janitor is running it now; try again later", file=sys.stderr)
+        return 3
     bar.close()
     print(report.summary())
     if report.dry_run and report.would_delete:

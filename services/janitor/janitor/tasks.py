@@ -16,7 +16,16 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from janitor import gc, leases, metrics, mirrors, notifications, promotion, reconcile, uploads
+from janitor import (
+    gc,
+    metrics,
+    mirrors,
+    notifications,
+    promotion,
+    reconcile,
+    runs,
+    uploads,
+)
 from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
 from janitor.worker import SWEEP_LIMIT, app
@@ -67,12 +76,10 @@ def handle_event(payload: dict[str, Any]) -> str:
     return event.action
 
 
-def _sweep(name: str, run: Any) -> dict[str, Any]:
-    with leases.lease(name) as mine:
-        if not mine:
-            run.close()
-            return Report(name, skipped="another janitor holds its lease").as_dict()
-        report: Report = asyncio.run(run)
+def _sweep(name: str, work: Any) -> dict[str, Any]:
+    report = runs.run(name, work)
+    if report is None:
+        return Report(name, skipped="another janitor holds its lease").as_dict()
     if name == "collect_garbage":
         metrics.GC_BYTES.inc(report.bytes_freed)
         metrics.GC_BLOBS.inc(report.deleted)

@@ -44,6 +44,19 @@ class Viewer:
     def sees(self, repository: str) -> bool:
         return self.may("pull", repository)
 
+    @property
+    def operator(self) -> bool:
+        """Whether the registry-wide overview is for them: anyone with authentication off, else
+        a user the users file lets list the catalog (``catalog: true``)."""
+        settings = get_settings()
+        if settings.auth == "none":
+            return True
+        users = _users_file(settings.auth_users_file)
+        if users is None or self.user is None:
+            return False
+        found = users.get().users.get(self.user)
+        return found is not None and found.catalog
+
 
 @lru_cache
 def _users_file(path: str) -> UsersFile | None:

@@ -18,7 +18,18 @@ from sqlalchemy import Connection, and_, func, or_, select
 
 from manifest_service.media_types import INDEXES
 from shared import db
-from shared.models import Blob, Manifest, ManifestReference, Repository, Tag
+from shared.models import (
+    BLOB_PRESENT,
+    Blob,
+    BlobReview,
+    JanitorRun,
+    Manifest,
+    ManifestReference,
+    ManifestReview,
+    Repository,
+    Tag,
+    Upload,
+)
 from shared.repositories import find_repository_id
 
 PAGE = 50
@@ -379,4 +390,84 @@ def manifest(name: str, digest: str) -> ManifestPage:
         row.subject_digest,
         index_platforms(row.content) if row.media_type in INDEXES else [],
         referrers,
+    )
+
+
+# --- the operators' overview -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    job: str
+    started: dt.datetime
+    finished: dt.datetime
+    examined: int
+    deleted: int
+    bytes_freed: int
+    moved: int
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    repositories: int
+    manifests: int
+    tags: int
+    blobs: int
+    stored: int  # bytes of the blobs
+    uploads: int
+    uploading: int  # bytes received by uploads in progress
+    oldest_upload: dt.datetime | None
+    reviews: int  # blobs and manifests waiting for garbage collection to look at them
+    runs: list[Run]
+
+
+def overview(runs: int = 20) -> Overview:
+    """The registry as a whole, and the janitors' latest sweeps."""
+    with db.reading() as connection:
+
+        def one(query: Any) -> Any:
+            return connection.execute(query).one()
+
+        (repositories,) = one(select(func.count()).select_from(Repository))
+        (manifests,) = one(select(func.count()).select_from(Manifest))
+        (tags,) = one(select(func.count()).select_from(Tag))
+        blobs, stored = one(
+            select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
+                Blob.state == BLOB_PRESENT
+            )
+        )
+        uploads, uploading, oldest = one(
+            select(
+                func.count(), func.coalesce(func.sum(Upload.size), 0), func.min(Upload.started_at)
+            )
+        )
+        (blob_reviews,) = one(select(func.count()).select_from(BlobReview))
+        (manifest_reviews,) = one(select(func.count()).select_from(ManifestReview))
+        latest = [
+            Run(
+                r.job,
+                r.started_at,
+                r.finished_at,
+                r.examined,
+                r.deleted,
+                r.bytes_freed,
+                r.moved,
+                r.dry_run,
+            )
+            for r in connection.execute(
+                select(JanitorRun).order_by(JanitorRun.finished_at.desc()).limit(runs)
+            )
+        ]
+    return Overview(
+        repositories,
+        manifests,
+        tags,
+        blobs,
+        int(stored),
+        uploads,
+        int(uploading),
+        oldest,
+        blob_reviews + manifest_reviews,
+        latest,
     )

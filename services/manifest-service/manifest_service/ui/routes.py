@@ -250,6 +250,14 @@ def _refused(request: Request, name: str) -> Response:
     )
 
 
+async def overview(request: Request) -> Response:
+    if not viewer(request).operator:
+        return _not_found(request, "There is no such page.")
+    figures = await asyncio.to_thread(pages.overview)
+    settings = get_settings()
+    return _render(request, "overview.html", o=figures, flower=settings.ui_flower_url)
+
+
 async def login_page(request: Request) -> Response:
     failed = request.query_params.get("failed")
     return _render(
@@ -309,6 +317,7 @@ def build_app() -> Starlette:
         routes=[
             Route("/", catalog, methods=["GET"]),
             Route("/login", login_page, methods=["GET"]),
+            Route("/overview", overview, methods=["GET"]),
             Route("/repositories/{rest:path}", repository_or_manifest, methods=["GET"]),
             Route("/repositories/{rest:path}", delete, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
