@@ -77,6 +77,8 @@ class Sizes:
     hostile_connections: int  # slow uploads, and as many slow-header connections
     mirror_layers: int  # layers of each image pulled through a mirror
     mirror_layer_size: int
+    ui_repositories: int = 1000  # the web interface scenario's registry
+    ui_tags: int = 10_000  # tags in its largest repository
 
     @classmethod
     def full(cls) -> Sizes:
@@ -126,6 +128,8 @@ class Sizes:
             hostile_connections=200,
             mirror_layers=2,
             mirror_layer_size=4 * MiB,
+            ui_repositories=100,
+            ui_tags=1000,
         )
 
     def data_file_size(self) -> int:
@@ -1163,6 +1167,8 @@ class NotifyDelivery(Scenario):
 
 
 def all_scenarios(sizes: Sizes) -> list[Scenario]:
+    from bench.web_pages import WebPages
+
     return [
         MonolithicPush(sizes),
         ChunkedPush(sizes),
@@ -1175,4 +1181,5 @@ def all_scenarios(sizes: Sizes) -> list[Scenario]:
         HostileLoad(sizes),
         MirrorPull(sizes),
         NotifyDelivery(sizes),
+        WebPages(sizes),
     ]

@@ -221,6 +221,39 @@ def test_the_overview_shows_the_registry_and_the_janitors_sweeps(
     assert page.locator("header a", has_text="Overview").is_visible()
 
 
+def test_pages_fit_a_phone_and_follow_a_dark_system_theme(
+    registry: RegistryUnderTest, browser: Browser, repo: str
+) -> None:
+    _, digest = registry.push_image(f"{repo}/a-rather-long-repository-name/for-a-phone", "v1.2.3")
+    phone = Visit(
+        browser,
+        registry.url,
+        f"{registry.backend}-phone",
+        viewport={"width": 390, "height": 844},
+        color_scheme="dark",
+    )
+    try:
+        for path, shot in (
+            (f"/ui/?q={repo}", "catalog"),
+            (f"/ui/repositories/{repo}/a-rather-long-repository-name/for-a-phone", "repository"),
+            (
+                f"/ui/repositories/{repo}/a-rather-long-repository-name/for-a-phone"
+                f"/-/manifests/{digest}",
+                "manifest",
+            ),
+        ):
+            page = phone.go(path, shot)
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, (path, overflow)
+            background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            red, green, blue = (int(c) for c in re.findall(r"\d+", background)[:3])
+            assert max(red, green, blue) < 64, background  # dark, as the system asks
+    finally:
+        phone.close()
+
+
 def test_unknown_pages_answer_404_in_html(registry: RegistryUnderTest) -> None:
     for path in (
         "/ui/repositories/nothing/here",
