@@ -24,6 +24,7 @@ from shared import users
 from tests.conftest import registry_fixture, running_registry
 from tests.images import multi_arch_image, single_image
 from tests.registry import RegistryUnderTest
+from tests.replicas import replicated_registry
 from tests.test_auth import make_skopeo
 from tests.test_referrers import push_referrer
 
@@ -436,3 +437,50 @@ def test_deletes_need_the_grant_and_the_form_token(
         assert "v1" not in guarded.http.get("/v2/team/kept/tags/list").json().get("tags", [])
     finally:
         visit.close()
+
+
+# --- replicas --------------------------------------------------------------------------------
+
+
+def test_a_session_begun_at_one_gateway_replica_works_at_the_other(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Sessions and form tokens live in signed cookies, not in a replica's memory: sign in at
+    gateway 1, browse and delete at gateway 2 (each manifest service replica behind the
+    balancer serves either)."""
+    root = tmp_path_factory.mktemp("web-ui-replicas")
+    users_file = root / "users.yaml"
+    users.write_document(
+        users_file,
+        {
+            "users": {"alice": {"password_hash": users.hash_password(PASSWORDS["alice"], 4)}},
+            "grants": [
+                {"repositories": ["*"], "users": ["alice"], "actions": ["pull", "push", "delete"]}
+            ],
+        },
+    )
+    with replicated_registry(
+        "file",
+        root,
+        auth="htpasswd",
+        auth_users_file=str(users_file),
+        internal_secret="web-ui-replicas-secret",
+    ) as running:
+        running.http.auth = ("alice", PASSWORDS["alice"])
+        running.push_image("team/shared", "v1")
+        with running.gateway(1) as one, running.gateway(2) as two:
+            one.get("/ui/login").raise_for_status()
+            token = one.cookies["registry_csrf"]
+            signed = one.post(
+                "/ui/login",
+                data={"csrf": token, "username": "alice", "password": PASSWORDS["alice"]},
+            )
+            assert signed.status_code == 303 and signed.headers["location"] == "/ui/"
+            two.cookies.update(one.cookies)
+            page = two.get("/ui/repositories/team/shared")
+            assert page.status_code == 200 and '<span id="user">alice</span>' in page.text
+            deleted = two.post(
+                "/ui/repositories/team/shared/-/tags/v1/delete", data={"csrf": token}
+            )
+            assert deleted.status_code == 303, deleted.text
+        assert running.http.get("/v2/team/shared/manifests/v1").status_code == 404
