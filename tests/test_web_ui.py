@@ -203,10 +203,10 @@ def test_the_overview_shows_the_registry_and_the_janitors_sweeps(
     engine = create_engine(registry.settings.database_url)
     try:
         with engine.connect() as connection:
-            count = lambda table: connection.execute(  # noqa: E731
-                text(f"SELECT COUNT(*) FROM {table}")
-            ).scalar_one()
-            expected = {name: count(name) for name in ("repositories", "manifests", "tags")}
+            expected = {
+                name: connection.execute(text(f"SELECT COUNT(*) FROM {name}")).scalar_one()
+                for name in ("repositories", "manifests", "tags")
+            }
             expected["blobs"] = connection.execute(
                 text("SELECT COUNT(*) FROM blobs WHERE state = 'present'")
             ).scalar_one()
