@@ -24,6 +24,7 @@ from sqlalchemy import make_url, text
 
 from shared.db import forget_engine, make_engine
 from shared.notifications import forget_file as forget_notifications_file
+from shared.policies import forget_file as forget_policies_file
 from shared.processes import Process
 from shared.runner import wait_until_up
 from shared.settings import Settings, get_settings
@@ -255,6 +256,7 @@ def storage_under_test(kind: str, root: Path) -> Iterator[StorageUnderTest]:
 def _clear_cached_configuration() -> None:
     get_settings.cache_clear()
     forget_notifications_file()
+    forget_policies_file()
     forget_engine()
     get_storage.cache_clear()
 

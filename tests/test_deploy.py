@@ -31,7 +31,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import mirrors, notifications
+from shared import mirrors, notifications, policies
 from shared.processes import processes
 from shared.settings import DATA_DIR, Settings, get_settings
 
@@ -304,6 +304,7 @@ def test_the_registry_has_all_its_parts(name: str) -> None:
         "registry-config",
         "registry-mirrors",
         "registry-notifications",
+        "registry-policies",
     }
     assert set(of_kind(docs, "Job")) == {"registry-migrate"}
     assert set(of_kind(docs, "PersistentVolumeClaim")) == {"registry-storage"}
@@ -357,6 +358,23 @@ def test_the_notifications_file_is_valid_and_mounted_where_the_setting_names_it(
         assert mounted[str(path.parent)]["configMap"]["name"] == "registry-notifications", (
             deployment
         )
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_the_policies_file_is_valid_and_mounted_where_the_setting_names_it(name: str) -> None:
+    docs = render(name)
+    path = PurePosixPath(
+        of_kind(docs, "ConfigMap")["registry-config"]["data"]["REGISTRY_POLICIES_FILE"]
+    )
+    document = yaml.safe_load(of_kind(docs, "ConfigMap")["registry-policies"]["data"][path.name])
+    policies.parse(document)  # raises when the manifest service would refuse it
+    # The manifest service enforces the rules; registry-admin, in the janitor's pod, lists them.
+    for deployment in ("manifest-service", "janitor"):
+        spec = pod_spec(of_kind(docs, "Deployment")[deployment])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        [container] = spec["containers"]
+        mounted = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+        assert mounted[str(path.parent)]["configMap"]["name"] == "registry-policies", deployment
 
 
 @pytest.mark.parametrize("name", RENDERS)

@@ -11,6 +11,7 @@
     registry-admin mirrors purge NAMESPACE
     registry-admin notifications list
     registry-admin notifications replay ENDPOINT --since 2h [--until 2026-12-04T10:00]
+    registry-admin policies
 
 Each housekeeping command runs the same code as the janitor's task, against the configuration
 in the environment (``REGISTRY_*``), under the same lease (so it never runs beside the
@@ -47,7 +48,7 @@ from tqdm import tqdm
 
 from janitor import gc, mirrors, notifications, reconcile, runs, uploads
 from janitor.report import Report
-from shared import users
+from shared import policies, users
 from shared.models import utcnow
 from shared.numbers import NumberInvalid, parse_decimal
 from shared.settings import get_settings
@@ -233,6 +234,24 @@ def _notifications_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policies_command() -> int:
+    path = get_settings().policies_file
+    if not path:
+        print("no policies file (REGISTRY_POLICIES_FILE): every tag may move and be deleted")
+        return 0
+    try:
+        found = policies.load(Path(path))
+    except policies.PoliciesFileError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}:")
+    if not found.immutable_tags:
+        print("  no immutable tags")
+    for rule in found.immutable_tags:
+        print(f"  immutable: {rule.describe()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="registry-admin", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -304,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("endpoint")
     replay.add_argument("--since", type=moment, required=True, help="a UTC time, or 2h ago")
     replay.add_argument("--until", type=moment, help="a UTC time, or 10m ago (default: now)")
+    commands.add_parser("policies", help="the policies file's rules (immutable tags)")
     args = parser.parse_args(argv)
+    if args.command == "policies":
+        return _policies_command()
     if args.command == "notifications":
         return _notifications_command(args)
     if args.command == "user":

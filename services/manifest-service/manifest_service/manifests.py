@@ -14,6 +14,7 @@ from manifest_service import media_types
 from shared import db, notifications, read_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Base, Manifest, Repository, Tag, utcnow
+from shared.policies import refuse_immutable
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
 from shared.repositories import (
     delete_manifest,
@@ -154,7 +155,15 @@ def _put(
         if manifest_id is None:
             manifest_id = _insert(connection, repository_id, digest, body, parsed)
         if tag is not None:
-            _set_tag(session, connection, repository, repository_id, tag, manifest_id)
+            _set_tag(
+                session,
+                connection,
+                repository,
+                repository_id,
+                tag,
+                manifest_id,
+                policies=check_references,  # a mirror's pull-through follows its upstream
+            )
         if check_references:  # a manifest pulled through was pushed by nobody
             notifications.record(
                 session,
@@ -264,7 +273,11 @@ def _set_tag(
     repository_id: int,
     name: str,
     manifest_id: int,
+    *,
+    policies: bool = True,
 ) -> None:
+    """Point tag ``name`` at ``manifest_id``. With ``policies``, an immutable tag that points
+    elsewhere is not moved (``DENIED``, the transaction undone)."""
     key = {"repository_id": repository_id, "name": name}
     # Read plainly first: on MySQL a locking read of a tag that does not exist locks the gap
     # where it would go, and two pushes of new tags into one gap then deadlock on their
@@ -282,6 +295,8 @@ def _set_tag(
         # inserted again): the row exists now.
         current = connection.execute(_TAG_HELD, key).scalar_one()
     if current != manifest_id:
+        if policies:
+            refuse_immutable(repository, name, "move")
         read_cache.changed(session, repository)
         # The manifest the tag leaves may now be untagged.
         review_manifests(session, [current], "tag moved")
@@ -311,6 +326,8 @@ def _delete_reference(repository: str, reference: str) -> None:
             manifest = _find(session, repo, reference)
             if manifest is None:
                 raise _unknown(repository, reference)
+            for name in session.scalars(select(Tag.name).where(Tag.manifest_id == manifest.id)):
+                refuse_immutable(repository, name, "delete")
             notifications.record(
                 session, "delete", repository, digest=reference, media_type=manifest.media_type
             )
@@ -319,6 +336,7 @@ def _delete_reference(repository: str, reference: str) -> None:
             tag = session.get(Tag, (repo, reference))
             if tag is None:
                 raise _unknown(repository, reference)
+            refuse_immutable(repository, reference, "delete")
             session.delete(tag)
             read_cache.changed(session, repository)
             review_manifests(session, [tag.manifest_id], "tag deleted")
