@@ -255,6 +255,30 @@ def test_pages_fit_a_phone_and_follow_a_dark_system_theme(
         phone.close()
 
 
+def test_the_pages_work_from_the_keyboard(
+    registry: RegistryUnderTest, visit: Visit, repo: str
+) -> None:
+    registry.push_image(f"{repo}/keys", "v1")
+    page = visit.go("/ui/")
+    page.focus("#q")
+    page.keyboard.type(f"{repo}/keys")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"\?q="))
+    # From the search box, Tab moves to the button, then to the only repository's link.
+    page.focus("#q")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == f"{repo}/keys"
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(re.escape(f"/ui/repositories/{repo}/keys") + "$"))
+    page.focus("#q")
+    for _ in range(3):  # from the filter's box: its sort, its button, then the first tag
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "v1"
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/-/manifests/sha256:"))
+
+
 def test_unknown_pages_answer_404_in_html(registry: RegistryUnderTest) -> None:
     for path in (
         "/ui/repositories/nothing/here",
