@@ -150,9 +150,12 @@ def after(session: Session, callback: Callable[[], None]) -> None:
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
+def transaction(*, read_committed: bool = False) -> Iterator[Session]:
     """A session in a write transaction: committed when the block ends, rolled back on error.
-    What :func:`after` registered runs once it has ended."""
+    What :func:`after` registered runs once it has ended. ``read_committed``: on MySQL, each
+    statement reads what was committed when it ran, not a snapshot from the transaction's
+    first read (for a check made under a lock, which must see what the lock's last holder
+    committed)."""
     session = _sessionmaker()()
     try:
         if get_engine().dialect.name == "sqlite":
@@ -160,6 +163,8 @@ def transaction() -> Iterator[Session]:
                 yield session
             return
         with session, session.begin():
+            if read_committed:
+                session.connection(execution_options={"isolation_level": "READ COMMITTED"})
             try:
                 yield session
                 session.flush()  # every statement sent here, before the commit

@@ -1,16 +1,26 @@
 """The operators' policies (``REGISTRY_POLICIES_FILE``, YAML or JSON, re-read within a second
-of a change): which tags are immutable. Example::
+of a change): which tags are immutable, and how much a repository may hold. Example::
 
     immutable_tags:
       - repositories: ["prod/*", "base/*"]   # globs, as the users file's grants
         tags: ["v*", "release-*"]             # globs on the tag
       - repositories: ["*"]
         regex: '^v?\\d+\\.\\d+\\.\\d+$'           # or a regular expression the whole tag matches
+    quotas:
+      - repositories: ["team-a/*"]            # each matching repository, on its own
+        storage: 20GiB                         # the distinct blobs its manifests reference
+        tags: 1000
 
 A tag an ``immutable_tags`` rule matches, once pushed, never moves to other bits and is never
 deleted (nor is the manifest it names, by digest): the manifest PUT that would move it and the
 DELETE are refused with ``DENIED`` and a message naming the rule; pushing the same manifest
 again is fine. A mirror's pull-through is not a push: it follows its upstream.
+
+A repository a ``quotas`` rule matches (the first that does) may not grow past its limits: a
+manifest PUT that would bring the bytes of the distinct blobs its manifests reference above
+``storage`` (a blob two repositories share counts in both), or its tags above ``tags``, is
+refused with ``DENIED`` naming the quota and the usage. A push that adds nothing (the same
+manifest again, a tag moved) is never refused, even over a lowered limit.
 """
 
 from __future__ import annotations
@@ -18,11 +28,12 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
 
 from shared import yaml_files
 from shared.errors import ErrorCode, RegistryError
@@ -68,14 +79,47 @@ class ImmutableTags(BaseModel):
         return f"tags {', '.join(names)} of {', '.join(self.repositories)}"
 
 
+class Quota(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repositories: tuple[str, ...] = Field(min_length=1)
+    storage: ByteSize | None = Field(None, gt=0)
+    tags: int | None = Field(None, gt=0)
+
+    def model_post_init(self, context: Any) -> None:
+        if self.storage is None and self.tags is None:
+            raise ValueError("a quota limits storage, tags or both")
+
+    def matches(self, repository: str) -> bool:
+        return any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories)
+
+    def describe(self) -> str:
+        limits = [
+            *([f"storage {self.storage.human_readable(decimal=False)}"] if self.storage else []),
+            *([f"{self.tags} tags"] if self.tags else []),
+        ]
+        return f"{', '.join(limits)} for each of {', '.join(self.repositories)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    storage: int  # bytes of the distinct blobs the repository's manifests reference
+    tags: int
+
+
 class Policies(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     immutable_tags: tuple[ImmutableTags, ...] = ()
+    quotas: tuple[Quota, ...] = ()
 
     def immutable(self, repository: str, tag: str) -> ImmutableTags | None:
         """The first rule that makes ``tag`` of ``repository`` immutable, if any."""
         return next((r for r in self.immutable_tags if r.matches(repository, tag)), None)
+
+    def quota(self, repository: str) -> Quota | None:
+        """The quota of ``repository``: the first rule that matches it, if any."""
+        return next((q for q in self.quotas if q.matches(repository)), None)
 
 
 NONE = Policies()
@@ -97,7 +141,7 @@ def load(path: Path) -> Policies:
 
 
 def _describe(found: Policies) -> str:
-    return f"{len(found.immutable_tags)} immutable tag rule(s)"
+    return f"{len(found.immutable_tags)} immutable tag rule(s), {len(found.quotas)} quota(s)"
 
 
 @cache
@@ -131,4 +175,25 @@ def refuse_immutable(repository: str, tag: str, doing: str) -> None:
         ErrorCode.DENIED,
         f"tag {tag} of {repository} is immutable (policy: {rule.describe()}): it cannot be "
         f"{'moved to another manifest' if doing == 'move' else 'deleted'}; push a new tag",
+    )
+
+
+def refuse_over_quota(repository: str, quota: Quota, before: Usage, after: Usage) -> None:
+    """``DENIED`` when a push took ``repository`` from ``before`` to ``after`` past ``quota``
+    (a push that added nothing is never refused)."""
+    over = []
+    if (
+        quota.storage is not None
+        and after.storage > quota.storage
+        and after.storage > before.storage
+    ):
+        over.append(f"storage would be {after.storage} bytes (now {before.storage})")
+    if quota.tags is not None and after.tags > quota.tags and after.tags > before.tags:
+        over.append(f"tags would be {after.tags} (now {before.tags})")
+    if not over:
+        return
+    log.info("policy refused a push over quota to %s: %s", repository, "; ".join(over))
+    raise RegistryError(
+        ErrorCode.DENIED,
+        f"{repository} is over its quota ({quota.describe()}): {'; '.join(over)}",
     )

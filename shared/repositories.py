@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +31,7 @@ from shared.models import (
     Tag,
     utcnow,
 )
+from shared.policies import Usage
 from shared.reviews import review_blobs, review_manifests
 
 _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"))
@@ -146,3 +157,36 @@ def delete_manifest(
         session, [digest for digest, is_manifest in references if not is_manifest], reason, delay
     )
     review_manifests(session, [i for i in related_ids if i != manifest.id], reason, delay)
+
+
+# --- what a repository holds (quotas, the web interface) ------------------------------------
+
+
+def referenced_bytes(of_repository: ColumnElement[bool]) -> Select[int]:
+    """The bytes of the distinct blobs the manifests ``of_repository`` selects reference (a
+    condition on ``Manifest.repository_id``; correlate it for a subquery per repository)."""
+    referenced = (
+        select(ManifestReference.digest)
+        .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+        .where(of_repository, ManifestReference.is_manifest.is_(False))
+    )
+    return select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.digest.in_(referenced))
+
+
+def usage(connection: Connection, repository_id: int) -> Usage:
+    """What repository ``repository_id`` holds, counted as its quota counts it."""
+    storage = connection.execute(
+        referenced_bytes(Manifest.repository_id == repository_id)
+    ).scalar_one()
+    tags = connection.execute(
+        select(func.count()).where(Tag.repository_id == repository_id)
+    ).scalar_one()
+    return Usage(int(storage), int(tags))
+
+
+def lock_repository(connection: Connection, repository_id: int) -> None:
+    """Hold repository ``repository_id``'s row until the transaction ends: quota checks of
+    one repository run one at a time, on every replica."""
+    connection.execute(
+        select(Repository.id).where(Repository.id == repository_id).with_for_update()
+    )

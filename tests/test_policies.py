@@ -1,13 +1,17 @@
-"""Immutable tags (``REGISTRY_POLICIES_FILE``): a tag a rule matches never moves to other bits
-and is never deleted once pushed, through the API, skopeo or the web interface; pushing the
-same manifest again is fine; a change of the file takes effect without a restart."""
+"""The policies file (``REGISTRY_POLICIES_FILE``). Immutable tags: a tag a rule matches never
+moves to other bits and is never deleted once pushed, through the API or skopeo; pushing the
+same manifest again is fine; a change of the file takes effect without a restart. Quotas: the
+push that would take a repository past its storage or tag limit is refused, concurrent pushes
+never take it past, and deletes make room."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import running_registry
@@ -28,8 +32,14 @@ RULES = {
     "immutable_tags": [
         {"repositories": ["prod/*"], "tags": ["v*"]},
         {"repositories": ["*"], "regex": r"^\d+\.\d+\.\d+$"},
-    ]
+    ],
+    "quotas": [
+        {"repositories": ["quota/*"], "storage": 4000, "tags": 3},
+        {"repositories": ["burst/*"], "storage": "4 KB"},
+    ],
 }
+PUSHES = 24  # at once, in the quota test
+CONFIG = b'{"architecture":"amd64","os":"linux"}'  # what _other_manifest pushes as its config
 
 
 @pytest.fixture(scope="module", params=["sqlite", "mariadb"])
@@ -135,16 +145,87 @@ def test_a_change_of_the_policies_file_takes_effect_without_a_restart(
     eventually(refused_again, timeout=10, what="the rule back")
 
 
+# --- quotas -----------------------------------------------------------------------------------
+
+
+def test_a_push_past_the_storage_quota_is_refused_and_shared_blobs_count_once(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    name = f"quota/{repo}"
+    first = _other_manifest(registry, name, b"a" * 1500)
+    assert registry.push_manifest(name, "one", first).status_code == 201
+    # The same blobs under another manifest add nothing: accepted.
+    same_blobs = _other_manifest(registry, name, b"a" * 1500, note="again")
+    assert registry.push_manifest(name, "two", same_blobs).status_code == 201
+    # A new 3,000-byte layer would take it to 4,537 bytes (config 37, 1,500, 3,000).
+    big = _other_manifest(registry, name, b"b" * 3000)
+    refused = registry.push_manifest(name, sha256(big), big)
+    assert refused.status_code == 403 and error_codes(refused) == ["DENIED"]
+    detail = refused.json()["errors"][0]["detail"]
+    assert "quota" in detail and "storage would be 4537 bytes (now 1537)" in detail
+    assert registry.http.head(f"/v2/{name}/manifests/{sha256(big)}").status_code == 404
+    # Room made by deleting what held the first layer: the big one goes in.
+    for tag in ("one", "two"):
+        assert registry.http.delete(f"/v2/{name}/manifests/{tag}").status_code == 202
+    for manifest in (first, same_blobs):
+        assert registry.http.delete(f"/v2/{name}/manifests/{sha256(manifest)}").status_code == 202
+    assert registry.push_manifest(name, sha256(big), big).status_code == 201
+
+
+def test_a_new_tag_past_the_tag_quota_is_refused_a_moved_one_is_not(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    name = f"quota/{repo}"
+    manifest = _other_manifest(registry, name, b"tags")
+    other = _other_manifest(registry, name, b"tags", note="other")
+    for tag in ("t1", "t2", "t3"):
+        assert registry.push_manifest(name, tag, manifest).status_code == 201
+    refused = registry.push_manifest(name, "t4", manifest)
+    assert refused.status_code == 403 and "tags would be 4 (now 3)" in refused.text
+    assert registry.push_manifest(name, "t3", other).status_code == 201  # moved: no new tag
+    assert registry.push_manifest(name, "t3", other).status_code == 201  # again: nothing new
+
+
+def test_concurrent_pushes_never_take_a_repository_past_its_quota(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    """Pushes at once, each adding a 1,000-byte layer to a 4,000-byte quota (the config, 37
+    bytes, shared): exactly three fit, whatever the order."""
+    name = f"burst/{repo}"
+    manifests = [_other_manifest(registry, name, bytes([i]) * 1000) for i in range(PUSHES)]
+    with ThreadPoolExecutor(PUSHES) as pool:
+        answers = list(
+            pool.map(
+                lambda item: (
+                    httpx.put(
+                        f"{registry.url}/v2/{name}/manifests/m{item[0]}",
+                        content=item[1],
+                        headers={"Content-Type": OCI_MANIFEST},
+                        timeout=60,
+                    ).status_code
+                ),
+                enumerate(manifests),
+            )
+        )
+    assert sorted(answers) == [201] * 3 + [403] * (PUSHES - 3), answers
+    listed = registry.admin("quota")
+    assert f"{name}: storage 3037 of 4000 bytes, tags 3" in listed.stdout, listed.stdout
+
+
 def test_registry_admin_lists_the_rules(registry: RegistryUnderTest) -> None:
     listed = registry.admin("policies")
     assert listed.returncode == 0, listed.stderr
     assert "tags v* of prod/*" in listed.stdout
+    assert "quota: storage 3.9KiB, 3 tags for each of quota/*" in listed.stdout
     assert "/^\\d+\\.\\d+\\.\\d+$/" in listed.stdout
 
 
-def _other_manifest(registry: RegistryUnderTest, repo: str, layer: bytes) -> bytes:
-    """A manifest not stored yet, whose blobs (a config and ``layer``) are in ``repo``."""
-    config = b'{"architecture":"amd64","os":"linux"}'
+def _other_manifest(
+    registry: RegistryUnderTest, repo: str, layer: bytes, note: str | None = None
+) -> bytes:
+    """A manifest not stored yet, whose blobs (a config and ``layer``) are in ``repo``;
+    ``note`` (an annotation) makes one of the same blobs distinct."""
+    config = CONFIG
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -157,4 +238,6 @@ def _other_manifest(registry: RegistryUnderTest, repo: str, layer: bytes) -> byt
             {"mediaType": OCI_LAYER, "digest": registry.push_blob(repo, layer), "size": len(layer)}
         ],
     }
+    if note is not None:
+        manifest["annotations"] = {"org.example.note": note}
     return json.dumps(manifest).encode()

@@ -12,6 +12,7 @@
     registry-admin notifications list
     registry-admin notifications replay ENDPOINT --since 2h [--until 2026-12-04T10:00]
     registry-admin policies
+    registry-admin quota
 
 Each housekeeping command runs the same code as the janitor's task, against the configuration
 in the environment (``REGISTRY_*``), under the same lease (so it never runs beside the
@@ -44,13 +45,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from tqdm import tqdm
 
 from janitor import gc, mirrors, notifications, reconcile, runs, uploads
 from janitor.report import Report
-from shared import policies, users
-from shared.models import utcnow
+from shared import db, policies, users
+from shared.models import Repository, utcnow
 from shared.numbers import NumberInvalid, parse_decimal
+from shared.repositories import usage
 from shared.settings import get_settings
 from shared.storage import get_storage
 
@@ -245,10 +248,32 @@ def _policies_command() -> int:
         print(f"{path}: {exc}", file=sys.stderr)
         return 2
     print(f"{path}:")
-    if not found.immutable_tags:
-        print("  no immutable tags")
+    if not found.immutable_tags and not found.quotas:
+        print("  no rules")
     for rule in found.immutable_tags:
         print(f"  immutable: {rule.describe()}")
+    for quota in found.quotas:
+        print(f"  quota: {quota.describe()}")
+    return 0
+
+
+def _quota_command() -> int:
+    """Each repository under a quota: what it holds, against its limits."""
+    found = policies.configured()
+    if not found.quotas:
+        print("no quotas (REGISTRY_POLICIES_FILE)")
+        return 0
+    with db.reading() as connection:
+        for repository_id, name in connection.execute(
+            select(Repository.id, Repository.name).order_by(Repository.name)
+        ):
+            quota = found.quota(name)
+            if quota is None:
+                continue
+            held = usage(connection, repository_id)
+            storage = f" of {int(quota.storage)}" if quota.storage is not None else ""
+            tags = f" of {quota.tags}" if quota.tags is not None else ""
+            print(f"{name}: storage {held.storage}{storage} bytes, tags {held.tags}{tags}")
     return 0
 
 
@@ -323,10 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("endpoint")
     replay.add_argument("--since", type=moment, required=True, help="a UTC time, or 2h ago")
     replay.add_argument("--until", type=moment, help="a UTC time, or 10m ago (default: now)")
-    commands.add_parser("policies", help="the policies file's rules (immutable tags)")
+    commands.add_parser("policies", help="the policies file's rules (immutable tags, quotas)")
+    commands.add_parser("quota", help="what each repository under a quota holds")
     args = parser.parse_args(argv)
     if args.command == "policies":
         return _policies_command()
+    if args.command == "quota":
+        return _quota_command()
     if args.command == "notifications":
         return _notifications_command(args)
     if args.command == "user":

@@ -11,16 +11,17 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from manifest_service import media_types
-from shared import db, notifications, read_cache
+from shared import db, notifications, policies, read_cache
 from shared.errors import ErrorCode, RegistryError
 from shared.models import Base, Manifest, Repository, Tag, utcnow
-from shared.policies import refuse_immutable
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
 from shared.repositories import (
     delete_manifest,
     ensure_repository_id,
     find_repository_id,
     linked_digests,
+    lock_repository,
+    usage,
 )
 from shared.reviews import review_manifests
 
@@ -137,10 +138,16 @@ def _put(
         digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
         tag = reference
 
+    # A repository under a quota takes its pushes one at a time (its row held), each reading
+    # what the last one committed; a mirror's pull-through is no push.
+    quota = policies.configured().quota(repository) if check_references else None
     # The push path in Core statements (no ORM unit of work): about six round trips.
-    with db.transaction() as session:
+    with db.transaction(read_committed=quota is not None) as session:
         connection = session.connection()
         repository_id = ensure_repository_id(connection, repository)
+        if quota is not None:
+            lock_repository(connection, repository_id)
+            before = usage(connection, repository_id)
         if check_references:
             _check_references(connection, repository_id, repository, parsed)
         key = {"repository_id": repository_id, "digest": digest}
@@ -162,8 +169,10 @@ def _put(
                 repository_id,
                 tag,
                 manifest_id,
-                policies=check_references,  # a mirror's pull-through follows its upstream
+                enforce=check_references,  # a mirror's pull-through follows its upstream
             )
+        if quota is not None:
+            policies.refuse_over_quota(repository, quota, before, usage(connection, repository_id))
         if check_references:  # a manifest pulled through was pushed by nobody
             notifications.record(
                 session,
@@ -274,10 +283,10 @@ def _set_tag(
     name: str,
     manifest_id: int,
     *,
-    policies: bool = True,
+    enforce: bool = True,
 ) -> None:
-    """Point tag ``name`` at ``manifest_id``. With ``policies``, an immutable tag that points
-    elsewhere is not moved (``DENIED``, the transaction undone)."""
+    """Point tag ``name`` at ``manifest_id``. With ``enforce`` (the policies), an immutable
+    tag that points elsewhere is not moved (``DENIED``, the transaction undone)."""
     key = {"repository_id": repository_id, "name": name}
     # Read plainly first: on MySQL a locking read of a tag that does not exist locks the gap
     # where it would go, and two pushes of new tags into one gap then deadlock on their
@@ -295,8 +304,8 @@ def _set_tag(
         # inserted again): the row exists now.
         current = connection.execute(_TAG_HELD, key).scalar_one()
     if current != manifest_id:
-        if policies:
-            refuse_immutable(repository, name, "move")
+        if enforce:
+            policies.refuse_immutable(repository, name, "move")
         read_cache.changed(session, repository)
         # The manifest the tag leaves may now be untagged.
         review_manifests(session, [current], "tag moved")
@@ -327,7 +336,7 @@ def _delete_reference(repository: str, reference: str) -> None:
             if manifest is None:
                 raise _unknown(repository, reference)
             for name in session.scalars(select(Tag.name).where(Tag.manifest_id == manifest.id)):
-                refuse_immutable(repository, name, "delete")
+                policies.refuse_immutable(repository, name, "delete")
             notifications.record(
                 session, "delete", repository, digest=reference, media_type=manifest.media_type
             )
@@ -336,7 +345,7 @@ def _delete_reference(repository: str, reference: str) -> None:
             tag = session.get(Tag, (repo, reference))
             if tag is None:
                 raise _unknown(repository, reference)
-            refuse_immutable(repository, reference, "delete")
+            policies.refuse_immutable(repository, reference, "delete")
             session.delete(tag)
             read_cache.changed(session, repository)
             review_manifests(session, [tag.manifest_id], "tag deleted")

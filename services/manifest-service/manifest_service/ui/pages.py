@@ -30,7 +30,7 @@ from shared.models import (
     Tag,
     Upload,
 )
-from shared.repositories import find_repository_id
+from shared.repositories import find_repository_id, referenced_bytes, usage
 
 PAGE = 50
 # Names are read in batches this large while a page is filled with the ones a user may see.
@@ -86,7 +86,7 @@ def _summaries(connection: Connection, names: list[str]) -> list[RepositorySumma
     of_repository = Tag.repository_id == Repository.id
     count = select(func.count()).where(of_repository).correlate(Repository).scalar_subquery()
     last = select(func.max(Tag.updated_at)).where(of_repository).correlate(Repository)
-    size = _blob_total(Manifest.repository_id == Repository.id).correlate(Repository)
+    size = referenced_bytes(Manifest.repository_id == Repository.id).correlate(Repository)
     rows = connection.execute(
         select(Repository.name, count, last.scalar_subquery(), size.scalar_subquery())
         .where(Repository.name.in_(names))
@@ -205,21 +205,8 @@ def _time_cursor(after: str | None) -> tuple[dt.datetime, str] | None:
 
 
 def _repository_totals(connection: Connection, repository_id: int) -> tuple[int, int]:
-    count = connection.execute(
-        select(func.count()).where(Tag.repository_id == repository_id)
-    ).scalar_one()
-    size = connection.execute(_blob_total(Manifest.repository_id == repository_id)).scalar_one()
-    return count, int(size)
-
-
-def _blob_total(of_repository: Any) -> Any:
-    """The bytes of the distinct blobs the repository's manifests reference."""
-    referenced = (
-        select(ManifestReference.digest)
-        .join(Manifest, Manifest.id == ManifestReference.manifest_id)
-        .where(of_repository, ManifestReference.is_manifest.is_(False))
-    )
-    return select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.digest.in_(referenced))
+    held = usage(connection, repository_id)
+    return held.tags, held.storage
 
 
 def _image_facts(
