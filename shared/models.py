@@ -168,6 +168,9 @@ class Tag(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
     updated_at: Mapped[dt.datetime] = mapped_column(PreciseDateTime, default=utcnow)
+    # When a client last pulled it by tag, recorded at most once an hour (shared.pulls), for
+    # retention's "unless pulled within"; None: not since recording began.
+    pulled_at: Mapped[dt.datetime | None] = mapped_column(PreciseDateTime, nullable=True)
 
 
 class BlobReview(Base):

@@ -15,6 +15,7 @@ registry's limit (sizes are int64), so that no number of thousands of digits rea
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 INT64_MAX = 2**63 - 1
@@ -45,3 +46,19 @@ def parse_decimal(text: str, maximum: int = INT64_MAX) -> int:
     if value is None or value > maximum:
         raise NumberInvalid(f"{text[:40]} is larger than {maximum}")
     return value
+
+
+_DURATION = re.compile(r"([0-9]+)([smhdw]?)")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90``, ``90s``, ``15m``, ``24h``, ``7d`` or ``1w`` (an operator's, in a command or a
+    file); ValueError when it is none of those."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (try 30s, 15m, 24h, 7d)")
+    try:
+        return dt.timedelta(seconds=parse_decimal(match[1]) * _DURATION_UNITS[match[2] or "s"])
+    except (NumberInvalid, OverflowError):
+        raise ValueError(f"not a duration: {text!r} (try 30s, 15m, 24h, 7d)") from None

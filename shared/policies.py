@@ -25,18 +25,28 @@ manifest again, a tag moved) is never refused, even over a lowered limit.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import logging
 import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from shared import yaml_files
 from shared.errors import ErrorCode, RegistryError
+from shared.numbers import parse_duration
 from shared.settings import get_settings
 
 log = logging.getLogger("registry.policies")
@@ -101,6 +111,74 @@ class Quota(BaseModel):
         return f"{', '.join(limits)} for each of {', '.join(self.repositories)}"
 
 
+Duration = Annotated[dt.timedelta, BeforeValidator(lambda v: _duration(v))]
+
+
+def _duration(value: Any) -> Any:
+    """``7d``, ``12h``, ``30m``, ``90s`` (or seconds, a number) in the file."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return dt.timedelta(seconds=value)
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+class Retention(BaseModel):
+    """Which tags and untagged manifests of the matching repositories the janitor removes
+    (``janitor.retention``). A tag is kept when any keep rule holds: among the ``keep_last``
+    most recently pushed; matching ``keep`` or ``protect`` (regular expressions on the whole
+    tag); pushed within ``older_than``; pulled within ``unless_pulled_within``; immutable. The
+    others go (with neither ``keep_last`` nor ``older_than``, no tag goes). Untagged manifests
+    created longer than ``untagged_older_than`` ago go too, except an index's platforms and the
+    referrers of a manifest that stays."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repositories: tuple[str, ...] = Field(min_length=1)
+    keep_last: int | None = Field(None, ge=0)
+    keep: str | None = None
+    protect: str | None = None
+    older_than: Duration | None = None
+    unless_pulled_within: Duration | None = None
+    untagged_older_than: Duration | None = None
+
+    @field_validator("keep", "protect")
+    @classmethod
+    def _pattern(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return regex
+
+    def matches(self, repository: str) -> bool:
+        return any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories)
+
+    def keeps(self, tag: str) -> bool:
+        """Whether a pattern keeps ``tag`` whatever its age."""
+        return any(p is not None and re.fullmatch(p, tag) for p in (self.keep, self.protect))
+
+    def describe(self) -> str:
+        parts = [
+            *([f"keep the last {self.keep_last}"] if self.keep_last is not None else []),
+            *([f"keep /{self.keep}/"] if self.keep else []),
+            *([f"protect /{self.protect}/"] if self.protect else []),
+            *([f"remove tags older than {self.older_than}"] if self.older_than else []),
+            *(
+                [f"unless pulled within {self.unless_pulled_within}"]
+                if self.unless_pulled_within
+                else []
+            ),
+            *(
+                [f"untagged manifests older than {self.untagged_older_than}"]
+                if self.untagged_older_than
+                else []
+            ),
+        ]
+        return f"{'; '.join(parts) or 'nothing'} in {', '.join(self.repositories)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     storage: int  # bytes of the distinct blobs the repository's manifests reference
@@ -112,6 +190,7 @@ class Policies(BaseModel):
 
     immutable_tags: tuple[ImmutableTags, ...] = ()
     quotas: tuple[Quota, ...] = ()
+    retention: tuple[Retention, ...] = ()
 
     def immutable(self, repository: str, tag: str) -> ImmutableTags | None:
         """The first rule that makes ``tag`` of ``repository`` immutable, if any."""
@@ -120,6 +199,10 @@ class Policies(BaseModel):
     def quota(self, repository: str) -> Quota | None:
         """The quota of ``repository``: the first rule that matches it, if any."""
         return next((q for q in self.quotas if q.matches(repository)), None)
+
+    def retention_of(self, repository: str) -> Retention | None:
+        """The retention rule of ``repository``: the first that matches it, if any."""
+        return next((r for r in self.retention if r.matches(repository)), None)
 
 
 NONE = Policies()
@@ -141,7 +224,10 @@ def load(path: Path) -> Policies:
 
 
 def _describe(found: Policies) -> str:
-    return f"{len(found.immutable_tags)} immutable tag rule(s), {len(found.quotas)} quota(s)"
+    return (
+        f"{len(found.immutable_tags)} immutable tag rule(s), {len(found.quotas)} quota(s), "
+        f"{len(found.retention)} retention rule(s)"
+    )
 
 
 @cache

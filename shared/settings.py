@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     upload_purge_interval_seconds: int = 24 * 3600
     reconcile_interval_seconds: int = 3600
     mirror_expiry_interval_seconds: int = 3600  # how often mirrored content is expired
+    retention_interval_seconds: int = 3600  # how often the policies' retention rules run
     reconcile_grace_seconds: int = 3600  # objects younger than this are never called orphans
     promote_delay_seconds: int = 60
     # Beat as a thread of the (one) janitor worker, whose tasks run in a thread of its own: one

@@ -13,6 +13,7 @@
     registry-admin notifications replay ENDPOINT --since 2h [--until 2026-12-04T10:00]
     registry-admin policies
     registry-admin quota
+    registry-admin retention [--dry-run]
 
 Each housekeeping command runs the same code as the janitor's task, against the configuration
 in the environment (``REGISTRY_*``), under the same lease (so it never runs beside the
@@ -39,7 +40,6 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
-import re
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -48,28 +48,22 @@ from typing import Any
 from sqlalchemy import select
 from tqdm import tqdm
 
-from janitor import gc, mirrors, notifications, reconcile, runs, uploads
+from janitor import gc, mirrors, notifications, reconcile, retention, runs, uploads
 from janitor.report import Report
 from shared import db, policies, users
 from shared.models import Repository, utcnow
-from shared.numbers import NumberInvalid, parse_decimal
+from shared.numbers import parse_duration
 from shared.repositories import usage
 from shared.settings import get_settings
 from shared.storage import get_storage
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def duration(text: str) -> dt.timedelta:
     """``90``, ``90s``, ``15m``, ``24h``, ``7d`` or ``1w``."""
-    match = re.fullmatch(r"([0-9]+)([smhdw]?)", text.strip())
-    invalid = argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 15m, 24h, 7d)")
-    if not match:
-        raise invalid
     try:
-        return dt.timedelta(seconds=parse_decimal(match[1]) * _UNITS[match[2] or "s"])
-    except (NumberInvalid, OverflowError):
-        raise invalid from None
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run(name: str, work: Coroutine[Any, Any, Report], bar: tqdm) -> int:
@@ -248,12 +242,14 @@ def _policies_command() -> int:
         print(f"{path}: {exc}", file=sys.stderr)
         return 2
     print(f"{path}:")
-    if not found.immutable_tags and not found.quotas:
+    if not (found.immutable_tags or found.quotas or found.retention):
         print("  no rules")
     for rule in found.immutable_tags:
         print(f"  immutable: {rule.describe()}")
     for quota in found.quotas:
         print(f"  quota: {quota.describe()}")
+    for kept in found.retention:
+        print(f"  retention: {kept.describe()}")
     return 0
 
 
@@ -350,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--until", type=moment, help="a UTC time, or 10m ago (default: now)")
     commands.add_parser("policies", help="the policies file's rules (immutable tags, quotas)")
     commands.add_parser("quota", help="what each repository under a quota holds")
+    keep = commands.add_parser("retention", help="remove what the retention rules say goes")
+    keep.add_argument("--dry-run", action="store_true", help="report what would go, remove nothing")
     args = parser.parse_args(argv)
     if args.command == "policies":
         return _policies_command()
@@ -365,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     storage = get_storage()
     bar = tqdm(desc=args.command, unit=" items", file=sys.stderr)
     tick = lambda: bar.update(1)  # noqa: E731
+    if args.command == "retention":
+        return _run("retention", retention.apply(dry_run=args.dry_run, progress=tick), bar)
     if args.command == "gc":
         work = gc.collect_garbage(
             storage,

@@ -179,6 +179,35 @@ def _review_again(digest: str) -> None:
         review_blobs(session, [digest], "claimed", delay=NOW)
 
 
+def is_referenced(session: Session, manifest: Manifest) -> bool:
+    """Whether a tag, an index of its repository or its living subject refers to
+    ``manifest`` (the rows that say so held until the transaction ends, so that none appears
+    while it is deleted)."""
+    tagged = session.scalars(
+        select(Tag.name).where(Tag.manifest_id == manifest.id).limit(1).with_for_update(read=True)
+    ).first()
+    parent = session.scalars(
+        select(ManifestReference.manifest_id)
+        .join(Manifest, Manifest.id == ManifestReference.manifest_id)
+        .where(
+            ManifestReference.digest == manifest.digest,
+            ManifestReference.is_manifest,
+            Manifest.repository_id == manifest.repository_id,
+        )
+        .limit(1)
+        .with_for_update(read=True)
+    ).first()
+    subject = None
+    if manifest.subject_digest is not None:
+        subject = session.scalars(
+            select(Manifest.id).where(
+                Manifest.repository_id == manifest.repository_id,
+                Manifest.digest == manifest.subject_digest,
+            )
+        ).first()
+    return tagged is not None or parent is not None or subject is not None
+
+
 def _review_next_manifest(grace: dt.timedelta, due_by: dt.datetime) -> tuple[str, str] | None:
     with db.transaction() as session:
         review = _next_due(session, ManifestReview, due_by)
@@ -191,33 +220,9 @@ def _review_next_manifest(grace: dt.timedelta, due_by: dt.datetime) -> tuple[str
         if manifest.created_at > utcnow() - grace:
             review.review_after = manifest.created_at + grace
             return ("young", manifest.digest)
-        tagged = session.scalars(
-            select(Tag.name)
-            .where(Tag.manifest_id == manifest.id)
-            .limit(1)
-            .with_for_update(read=True)
-        ).first()
-        parent = session.scalars(
-            select(ManifestReference.manifest_id)
-            .join(Manifest, Manifest.id == ManifestReference.manifest_id)
-            .where(
-                ManifestReference.digest == manifest.digest,
-                ManifestReference.is_manifest,
-                Manifest.repository_id == manifest.repository_id,
-            )
-            .limit(1)
-            .with_for_update(read=True)
-        ).first()
-        subject = None
-        if manifest.subject_digest is not None:
-            subject = session.scalars(
-                select(Manifest.id).where(
-                    Manifest.repository_id == manifest.repository_id,
-                    Manifest.digest == manifest.subject_digest,
-                )
-            ).first()
+        referenced = is_referenced(session, manifest)
         session.delete(review)
-        if tagged is not None or parent is not None or subject is not None:
+        if referenced:
             return ("referenced", manifest.digest)
         digest = manifest.digest
         delete_manifest(session, manifest, "manifest collected", delay=NOW)

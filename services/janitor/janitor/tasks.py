@@ -23,6 +23,7 @@ from janitor import (
     notifications,
     promotion,
     reconcile,
+    retention,
     runs,
     uploads,
 )
@@ -119,6 +120,11 @@ def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
 @_sweep_task("expire_mirrors")
 def expire_mirrors() -> dict[str, Any]:
     return _sweep("expire_mirrors", mirrors.expire())
+
+
+@_sweep_task("retention")
+def apply_retention(dry_run: bool = False) -> dict[str, Any]:
+    return _sweep("retention", retention.apply(dry_run=dry_run))
 
 
 PRUNE_EVERY = dt.timedelta(minutes=10)

@@ -56,6 +56,7 @@ app.conf.update(
             "task": "janitor.expire_mirrors",
             "schedule": settings.mirror_expiry_interval_seconds,
         },
+        "retention": {"task": "janitor.retention", "schedule": settings.retention_interval_seconds},
         **(
             {  # retries of notifications, and events whose own dispatch was lost
                 "notifications": {

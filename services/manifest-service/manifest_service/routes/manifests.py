@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from manifest_service import manifests, media_types, pull_through
-from shared import mirrors, notifications
+from shared import mirrors, notifications, pulls
 from shared.errors import ErrorCode, ManifestTooLarge, RegistryError
 from shared.numbers import NumberInvalid, is_decimal, parse_decimal
 from shared.reference import is_digest
@@ -61,6 +61,8 @@ async def read_manifest(request: Request) -> Response:
         body = stored.content
         tag = None if is_digest(reference) else reference
         await notifications.pulled(name, stored.digest, stored.media_type, len(body), tag=tag)
+        if tag is not None and cache_status is None:  # a mirror's tags follow their upstream
+            await pulls.pulled(name, tag)
     return Response(body, media_type=stored.media_type, headers=headers)
 
 
