@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
 )
 
 from shared import yaml_files
@@ -56,22 +56,23 @@ class PoliciesFileError(ValueError):
     """The policies file cannot be used (its message says where and why)."""
 
 
+def _compiles(regex: str) -> str:
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return regex
+
+
+Pattern = Annotated[str, AfterValidator(_compiles)]  # a regular expression, checked
+
+
 class ImmutableTags(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     repositories: tuple[str, ...] = Field(min_length=1)
     tags: tuple[str, ...] = ()
-    regex: str | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _compiles(cls, regex: str | None) -> str | None:
-        if regex is not None:
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
-        return regex
+    regex: Pattern | None = None
 
     def model_post_init(self, context: Any) -> None:
         if not self.tags and self.regex is None:
@@ -136,21 +137,11 @@ class Retention(BaseModel):
 
     repositories: tuple[str, ...] = Field(min_length=1)
     keep_last: int | None = Field(None, ge=0)
-    keep: str | None = None
-    protect: str | None = None
+    keep: Pattern | None = None
+    protect: Pattern | None = None
     older_than: Duration | None = None
     unless_pulled_within: Duration | None = None
     untagged_older_than: Duration | None = None
-
-    @field_validator("keep", "protect")
-    @classmethod
-    def _pattern(cls, regex: str | None) -> str | None:
-        if regex is not None:
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
-        return regex
 
     def matches(self, repository: str) -> bool:
         return any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories)
