@@ -2,11 +2,12 @@
 tags and untagged manifests the rules say go, removed by the janitor on its schedule or by
 ``registry-admin retention``; what they referenced then feeds the online garbage collection.
 
-Each repository is done in a transaction of its own. A tag goes only as it was read (the same
-manifest, the same push time): one pushed again meanwhile stays. An untagged manifest goes
-only when nothing refers to it as the garbage collection judges it (a tag, an index, a living
-subject; those rows held), so an index's platforms and the referrers of a manifest that stays
-stay. A dry run does exactly the same work and rolls it back, so it predicts the real run.
+Each repository is done in a transaction of its own, its tags removed 500 per statement. A
+tag goes only if it was not pushed or moved since it was read: one pushed again meanwhile
+stays. An untagged manifest goes only when nothing refers to it as the garbage collection
+judges it (a tag, an index, a living subject; those rows held), so an index's platforms and
+the referrers of a manifest that stays stay. A dry run does exactly the same work and rolls it
+back, so it predicts the real run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from shared.repositories import delete_manifest
 from shared.reviews import review_manifests
 
 log = logging.getLogger(__name__)
+
+
+BATCH = 500  # tags removed per statement
 
 
 class _DryRun(Exception):
@@ -96,28 +100,39 @@ def _tags(
 ) -> list[str]:
     if rule.keep_last is None and rule.older_than is None:
         return []
+    read_at = utcnow()  # a tag pushed or moved after this is newer, and stays
     rows = session.execute(
-        select(Tag.name, Tag.manifest_id, Tag.updated_at, Tag.pulled_at)
+        select(Tag.name, Tag.updated_at, Tag.pulled_at)
         .where(Tag.repository_id == repository_id)
         .order_by(Tag.updated_at.desc(), Tag.name)
     ).all()
-    gone: list[str] = []
+    doomed = []
     for index, row in enumerate(rows):
         report.tick(progress)
-        if not _goes(found, rule, name, index, row, now):
-            continue
-        removed = session.execute(
-            delete(Tag).where(
+        if _goes(found, rule, name, index, row, now):
+            doomed.append(row.name)
+    gone: list[str] = []
+    for start in range(0, len(doomed), BATCH):
+        held = session.execute(
+            select(Tag.name, Tag.manifest_id)
+            .where(
                 Tag.repository_id == repository_id,
-                Tag.name == row.name,
-                Tag.manifest_id == row.manifest_id,
-                Tag.updated_at == row.updated_at,
+                Tag.name.in_(doomed[start : start + BATCH]),
+                Tag.updated_at <= read_at,
+            )
+            .with_for_update()
+        ).all()
+        if not held:
+            continue
+        session.execute(
+            delete(Tag).where(
+                Tag.repository_id == repository_id, Tag.name.in_([h.name for h in held])
             )
         )
-        if removed.rowcount:  # type: ignore[attr-defined]
-            review_manifests(session, [row.manifest_id], "retention")
-            notifications.record(session, "delete", name, tag=row.name)
-            gone.append(f"{name}:{row.name}")
+        review_manifests(session, list({h.manifest_id for h in held}), "retention")
+        for h in held:
+            notifications.record(session, "delete", name, tag=h.name)
+            gone.append(f"{name}:{h.name}")
     if gone:
         read_cache.changed(session, name)
     return gone
