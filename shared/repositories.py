@@ -31,7 +31,7 @@ from shared.models import (
     Tag,
     utcnow,
 )
-from shared.policies import Usage
+from shared.policies import Policies, Quota, Usage
 from shared.reviews import review_blobs, review_manifests
 
 _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"))
@@ -190,3 +190,17 @@ def lock_repository(connection: Connection, repository_id: int) -> None:
     connection.execute(
         select(Repository.id).where(Repository.id == repository_id).with_for_update()
     )
+
+
+def under_quota(connection: Connection, found: Policies) -> list[tuple[str, Quota, Usage]]:
+    """Each repository under one of ``found``'s quotas, with its quota and what it holds."""
+    held: list[tuple[str, Quota, Usage]] = []
+    if not found.quotas:
+        return held
+    for repository_id, name in connection.execute(
+        select(Repository.id, Repository.name).order_by(Repository.name)
+    ):
+        quota = found.quota(name)
+        if quota is not None:
+            held.append((name, quota, usage(connection, repository_id)))
+    return held

@@ -25,6 +25,7 @@ from tests.registry import (
     eventually,
     sha256,
 )
+from tests.replicas import replicated_registry
 from tests.test_auth import make_skopeo
 from tests.test_client_skopeo import SkopeoFailed
 
@@ -210,6 +211,15 @@ def test_concurrent_pushes_never_take_a_repository_past_its_quota(
     assert sorted(answers) == [201] * 3 + [403] * (PUSHES - 3), answers
     listed = registry.admin("quota")
     assert f"{name}: storage 3037 of 4000 bytes, tags 3" in listed.stdout, listed.stdout
+    # The janitor's metrics say the same, read from the database at each scrape.
+    port = registry.settings.janitor_metrics_port
+    scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    for line in (
+        f'registry_quota_storage_bytes{{repository="{name}"}} 3037.0',
+        f'registry_quota_storage_limit_bytes{{repository="{name}"}} 4000.0',
+        f'registry_quota_tags{{repository="{name}"}} 3.0',
+    ):
+        assert line in scraped, line
 
 
 def test_registry_admin_lists_the_rules(registry: RegistryUnderTest) -> None:
@@ -241,3 +251,31 @@ def _other_manifest(
     if note is not None:
         manifest["annotations"] = {"org.example.note": note}
     return json.dumps(manifest).encode()
+
+
+def test_two_replicas_pushing_at_once_never_take_a_repository_past_its_quota(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """As above, the pushes sent half to each gateway replica (and so to both manifest
+    service replicas behind the balancer) on one MariaDB."""
+    root = tmp_path_factory.mktemp("policies-replicas")
+    path = root / "policies.yaml"
+    path.write_text(json.dumps(RULES))
+    with replicated_registry("file", root, policies_file=str(path)) as running:
+        name = "burst/replicas"
+        manifests = [_other_manifest(running, name, bytes([i]) * 1000) for i in range(PUSHES)]
+        with ThreadPoolExecutor(PUSHES) as pool:
+            answers = list(
+                pool.map(
+                    lambda item: (
+                        httpx.put(
+                            f"{running.gateways[item[0] % 2]}/v2/{name}/manifests/m{item[0]}",
+                            content=item[1],
+                            headers={"Content-Type": OCI_MANIFEST},
+                            timeout=60,
+                        ).status_code
+                    ),
+                    enumerate(manifests),
+                )
+            )
+        assert sorted(answers) == [201] * 3 + [403] * (PUSHES - 3), answers

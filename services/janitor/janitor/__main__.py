@@ -41,6 +41,7 @@ def with_queues(args: list[str]) -> list[str]:
         "notifications": [settings.notifications_queue],
     }[takes]
     janitor_worker.takes_notifications = settings.notifications_queue in queues
+    janitor_worker.takes_janitor = settings.broker_queue in queues
     return [*args, "--queues", ",".join(queues)]
 
 

@@ -45,15 +45,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from tqdm import tqdm
 
 from janitor import gc, mirrors, notifications, reconcile, retention, runs, uploads
 from janitor.report import Report
 from shared import db, policies, users
-from shared.models import Repository, utcnow
+from shared.models import utcnow
 from shared.numbers import parse_duration
-from shared.repositories import usage
+from shared.repositories import under_quota
 from shared.settings import get_settings
 from shared.storage import get_storage
 
@@ -255,21 +254,15 @@ def _policies_command() -> int:
 
 def _quota_command() -> int:
     """Each repository under a quota: what it holds, against its limits."""
-    found = policies.configured()
-    if not found.quotas:
+    if not policies.configured().quotas:
         print("no quotas (REGISTRY_POLICIES_FILE)")
         return 0
     with db.reading() as connection:
-        for repository_id, name in connection.execute(
-            select(Repository.id, Repository.name).order_by(Repository.name)
-        ):
-            quota = found.quota(name)
-            if quota is None:
-                continue
-            held = usage(connection, repository_id)
-            storage = f" of {int(quota.storage)}" if quota.storage is not None else ""
-            tags = f" of {quota.tags}" if quota.tags is not None else ""
-            print(f"{name}: storage {held.storage}{storage} bytes, tags {held.tags}{tags}")
+        found = under_quota(connection, policies.configured())
+    for name, quota, held in found:
+        storage = f" of {int(quota.storage)}" if quota.storage is not None else ""
+        tags = f" of {quota.tags}" if quota.tags is not None else ""
+        print(f"{name}: storage {held.storage}{storage} bytes, tags {held.tags}{tags}")
     return 0
 
 

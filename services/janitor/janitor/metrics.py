@@ -82,6 +82,42 @@ class NotificationBacklog(Collector):
         yield from (pending, parked, oldest)
 
 
+class QuotaUsage(Collector):
+    """Each repository under a quota: its storage and tags and their limits, counted from the
+    database when scraped (``registry-admin quota``'s figures)."""
+
+    def collect(self) -> Any:
+        from shared import db, policies
+        from shared.repositories import under_quota
+
+        families = {
+            key: GaugeMetricFamily(f"registry_quota_{key}", text, labels=["repository"])
+            for key, text in (
+                (
+                    "storage_bytes",
+                    "Bytes of the distinct blobs the repository's manifests reference",
+                ),
+                ("storage_limit_bytes", "The repository's storage quota"),
+                ("tags", "Tags of the repository"),
+                ("tags_limit", "The repository's tag quota"),
+            )
+        }
+        try:
+            with db.reading() as connection:
+                found = under_quota(connection, policies.configured())
+        except Exception as exc:  # the database unreachable: no figures, not a failed scrape
+            log.warning("quota usage not read: %s", exc)
+            return
+        for name, quota, held in found:
+            families["storage_bytes"].add_metric([name], held.storage)
+            families["tags"].add_metric([name], held.tags)
+            if quota.storage is not None:
+                families["storage_limit_bytes"].add_metric([name], int(quota.storage))
+            if quota.tags is not None:
+                families["tags_limit"].add_metric([name], quota.tags)
+        yield from families.values()
+
+
 _started: dict[str, float] = {}
 
 
@@ -106,6 +142,8 @@ def _serve(**_: Any) -> None:
 
         if settings.notifications_file and worker.takes_notifications:
             REGISTRY.register(NotificationBacklog())
+        if settings.policies_file and worker.takes_janitor:
+            REGISTRY.register(QuotaUsage())
 
 
 @task_prerun.connect

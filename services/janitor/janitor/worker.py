@@ -27,6 +27,7 @@ SWEEP_LIMIT = 3000
 # Whether this worker takes the notification deliveries' queue (``python -m janitor worker``
 # says): it then serves their backlog gauges.
 takes_notifications = False
+takes_janitor = True  # the housekeeping queue (set by ``python -m janitor worker --takes``)
 
 settings = get_settings()
 
