@@ -59,7 +59,7 @@ PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
 BLOB_MEDIA_TYPE = "application/octet-stream"
 INSTANCE = str(uuid.uuid4())  # the event's source.instanceID: this process
 
-Action = Literal["push", "delete", "mount", "pull"]
+Action = Literal["push", "delete", "mount", "pull", "deny"]
 
 
 class NotificationsFileError(ValueError):
@@ -249,6 +249,7 @@ def record(
     tag: str | None = None,
     from_repository: str | None = None,
     kind: str = "manifests",
+    reason: str | None = None,
 ) -> None:
     """Write the event, in ``session``'s transaction, for every endpoint that wants it, and
     have the janitor deliver it once the transaction commits. Nothing when none does.
@@ -280,6 +281,8 @@ def record(
         "actor": actor,
         "source": {"addr": f"{_HOST}:{settings.gateway_port}", "instanceID": INSTANCE},
     }
+    if reason is not None:  # a policy's refusal ("deny"): why
+        event["reason"] = reason
     payload = json.dumps(event, separators=(",", ":"))
     created = utcnow()
     session.execute(

@@ -239,6 +239,33 @@ def configured() -> Policies:
     return file.get() if file is not None else NONE
 
 
+class PolicyDenied(RegistryError):
+    """A push or delete a policy refuses: ``DENIED``, and a ``deny`` event (``denied``)."""
+
+    def __init__(
+        self, repository: str, detail: str, *, tag: str | None = None, digest: str | None = None
+    ) -> None:
+        super().__init__(ErrorCode.DENIED, detail)
+        self.repository = repository
+        self.tag = tag
+        self.digest = digest
+
+
+def denied(session: Any, refusal: PolicyDenied) -> None:
+    """Record ``refusal`` as a ``deny`` event, for the endpoints that want those (in a
+    transaction of its own: the refused change's was rolled back)."""
+    from shared import notifications
+
+    notifications.record(
+        session,
+        "deny",
+        refusal.repository,
+        tag=refusal.tag,
+        digest=refusal.digest,
+        reason=refusal.detail,
+    )
+
+
 def refuse_immutable(repository: str, tag: str, doing: str) -> None:
     """``DENIED`` when ``tag`` of ``repository`` is immutable; ``doing`` says what was refused
     ("move", "delete")."""
@@ -248,14 +275,17 @@ def refuse_immutable(repository: str, tag: str, doing: str) -> None:
     log.info(
         "policy refused %s of immutable tag %s:%s (%s)", doing, repository, tag, rule.describe()
     )
-    raise RegistryError(
-        ErrorCode.DENIED,
+    raise PolicyDenied(
+        repository,
         f"tag {tag} of {repository} is immutable (policy: {rule.describe()}): it cannot be "
         f"{'moved to another manifest' if doing == 'move' else 'deleted'}; push a new tag",
+        tag=tag,
     )
 
 
-def refuse_over_quota(repository: str, quota: Quota, before: Usage, after: Usage) -> None:
+def refuse_over_quota(
+    repository: str, quota: Quota, before: Usage, after: Usage, tag: str | None = None
+) -> None:
     """``DENIED`` when a push took ``repository`` from ``before`` to ``after`` past ``quota``
     (a push that added nothing is never refused)."""
     over = []
@@ -270,7 +300,8 @@ def refuse_over_quota(repository: str, quota: Quota, before: Usage, after: Usage
     if not over:
         return
     log.info("policy refused a push over quota to %s: %s", repository, "; ".join(over))
-    raise RegistryError(
-        ErrorCode.DENIED,
+    raise PolicyDenied(
+        repository,
         f"{repository} is over its quota ({quota.describe()}): {'; '.join(over)}",
+        tag=tag,
     )

@@ -28,6 +28,7 @@ from tests.registry import (
 from tests.replicas import replicated_registry
 from tests.test_auth import make_skopeo
 from tests.test_client_skopeo import SkopeoFailed
+from tests.webhooks import Receiver
 
 RULES = {
     "immutable_tags": [
@@ -279,3 +280,40 @@ def test_two_replicas_pushing_at_once_never_take_a_repository_past_its_quota(
                 )
             )
         assert sorted(answers) == [201] * 3 + [403] * (PUSHES - 3), answers
+
+
+def test_refusals_are_announced_as_deny_events(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An endpoint that lists ``deny`` is told of each refusal: the repository, the tag, why,
+    and the refused request's id."""
+    root = tmp_path_factory.mktemp("policies-events")
+    (root / "policies.yaml").write_text(json.dumps(RULES))
+    receiver = Receiver().start()
+    endpoint = {"name": "audit", "url": receiver.url("/audit"), "actions": ["deny"]}
+    (root / "notifications.yaml").write_text(json.dumps({"endpoints": [endpoint]}))
+    try:
+        with running_registry(
+            "sqlite",
+            root,
+            policies_file=str(root / "policies.yaml"),
+            notifications_file=str(root / "notifications.yaml"),
+            notifications_poll_seconds="0.5",
+        ) as running:
+            running.push_image("prod/app", "v1", layers=[b"announced"])
+            moved = running.push_manifest(
+                "prod/app", "v1", _other_manifest(running, "prod/app", b"moved")
+            )
+            assert moved.status_code == 403
+            deleted = running.http.delete("/v2/prod/app/manifests/v1")
+            assert deleted.status_code == 403
+            eventually(lambda: len(receiver.delivered("/audit")) >= 2, what="two deny events")
+            events = [e for r in receiver.delivered("/audit") for e in r.events]
+            assert [e["action"] for e in events] == ["deny", "deny"]
+            for event, answer, verb in zip(
+                events, (moved, deleted), ("moved", "deleted"), strict=True
+            ):
+                assert event["target"]["repository"] == "prod/app"
+                assert event["target"]["tag"] == "v1"
+                assert "immutable" in event["reason"] and verb in event["reason"]
+                assert event["request"]["id"] == answer.headers["X-Request-Id"]
+    finally:
+        receiver.stop()

@@ -111,7 +111,11 @@ async def put(
 ) -> PushedManifest:
     """Store a manifest under a tag or its digest. Every blob it references (and, for an
     index, every manifest) must already be in the repository; its subject need not be."""
-    return await db.write(_put, repository, reference, body, content_type)
+    try:
+        return await db.write(_put, repository, reference, body, content_type)
+    except policies.PolicyDenied as refusal:
+        await db.write(_denied, refusal)
+        raise
 
 
 def _put(
@@ -172,7 +176,8 @@ def _put(
                 enforce=check_references,  # a mirror's pull-through follows its upstream
             )
         if quota is not None:
-            policies.refuse_over_quota(repository, quota, before, usage(connection, repository_id))
+            after = usage(connection, repository_id)
+            policies.refuse_over_quota(repository, quota, before, after, tag)
         if check_references:  # a manifest pulled through was pushed by nobody
             notifications.record(
                 session,
@@ -321,7 +326,16 @@ def _set_tag(
 
 
 async def delete_reference(repository: str, reference: str) -> None:
-    await db.write(_delete_reference, repository, reference)
+    try:
+        await db.write(_delete_reference, repository, reference)
+    except policies.PolicyDenied as refusal:
+        await db.write(_denied, refusal)
+        raise
+
+
+def _denied(refusal: policies.PolicyDenied) -> None:
+    with db.transaction() as session:
+        policies.denied(session, refusal)
 
 
 def _delete_reference(repository: str, reference: str) -> None:
