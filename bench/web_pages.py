@@ -85,7 +85,7 @@ class WebPages(Scenario):
                 f'data-tag="t{tags // 2 + 1:05d}"',
             ),
             "tags_filter": (f"/ui/repositories/{BIG}?q=t0012", 'data-tag="t00123"'),
-            "manifest": (f"/ui/repositories/{BIG}/-/manifests/{self.digest}", 'id="layers"'),
+            "manifest": (f"/ui/repositories/{BIG}/-/manifests/{self.digest}", 'id="config"'),
             "overview": ("/ui/overview", 'id="figures"'),
         }
         figures: dict[str, float] = {}

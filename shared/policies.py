@@ -116,8 +116,10 @@ Duration = Annotated[dt.timedelta, BeforeValidator(lambda v: _duration(v))]
 
 
 def _duration(value: Any) -> Any:
-    """``7d``, ``12h``, ``30m``, ``90s`` (or seconds, a number) in the file."""
+    """``7d``, ``12h``, ``30m``, ``90s`` (or seconds, a number, never below 0) in the file."""
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration is not negative")
         return dt.timedelta(seconds=value)
     if isinstance(value, str):
         return parse_duration(value)

@@ -44,12 +44,13 @@ async def pulled(repository: str, tag: str) -> None:
     """Record that ``tag`` of ``repository`` was pulled (when retention wants to know and
     this process has not recorded it within the interval)."""
     key = (repository, tag)
-    if key in _recorded or not wanted(repository):
+    if key in _recorded:
         return
-    _recorded[key] = True
-    now = utcnow()
     try:
-        await db.write(_record, repository, tag, now)
+        if not wanted(repository):
+            return
+        _recorded[key] = True
+        await db.write(_record, repository, tag, utcnow())
     except Exception:  # a pull never fails for its record; the next interval tries again
         _recorded.pop(key, None)
         log.warning("could not record a pull of %s:%s", repository, tag, exc_info=True)

@@ -71,12 +71,18 @@ class Match:
     name: str | None  # the repository's (None for the catalog)
 
 
-def match(raw_path: str, method: str) -> Match:
-    """The route for ``raw_path`` (as sent, still percent-encoded), or the spec error to answer."""
+def refuse_traversal(raw_path: str) -> None:
+    """``NAME_INVALID`` (400) for a path (as sent, still percent-encoded) that could name
+    another place once resolved: checked before anything is forwarded."""
     if _TRAVERSAL.search(raw_path):
         raise RegistryError(
             ErrorCode.NAME_INVALID, "path traversal or an empty path segment is not allowed"
         )
+
+
+def match(raw_path: str, method: str) -> Match:
+    """The route for ``raw_path`` (as sent, still percent-encoded), or the spec error to answer."""
+    refuse_traversal(raw_path)
     allowed: set[str] = set()
     for route in ROUTES:
         found = route.pattern.fullmatch(raw_path)

@@ -3,11 +3,11 @@ tags and untagged manifests the rules say go, removed by the janitor on its sche
 ``registry-admin retention``; what they referenced then feeds the online garbage collection.
 
 Each repository is done in a transaction of its own, its tags removed 500 per statement. A
-tag goes only if it was not pushed or moved since it was read: one pushed again meanwhile
-stays. An untagged manifest goes only when nothing refers to it as the garbage collection
-judges it (a tag, an index, a living subject; those rows held), so an index's platforms and
-the referrers of a manifest that stays stay. A dry run does exactly the same work and rolls it
-back, so it predicts the real run.
+tag goes only as it was read (the same manifest, the same push time, compared on the rows
+held): one pushed again meanwhile stays. An untagged manifest goes only when nothing refers to
+it as the garbage collection judges it (a tag, an index, a living subject; those rows held), so
+an index's platforms and the referrers of a manifest that stays stay. A dry run does exactly
+the same work and rolls it back, so it predicts the real run.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session, aliased
 
 from janitor.gc import is_referenced
 from janitor.report import Progress, Report
 from shared import db, notifications, policies, read_cache
-from shared.models import Manifest, Repository, Tag, utcnow
+from shared.models import Manifest, ManifestReference, Repository, Tag, utcnow
 from shared.repositories import delete_manifest
 from shared.reviews import review_manifests
 
@@ -100,37 +100,36 @@ def _tags(
 ) -> list[str]:
     if rule.keep_last is None and rule.older_than is None:
         return []
-    read_at = utcnow()  # a tag pushed or moved after this is newer, and stays
     rows = session.execute(
-        select(Tag.name, Tag.updated_at, Tag.pulled_at)
+        select(Tag.name, Tag.manifest_id, Tag.updated_at, Tag.pulled_at)
         .where(Tag.repository_id == repository_id)
         .order_by(Tag.updated_at.desc(), Tag.name)
     ).all()
-    doomed = []
+    doomed: dict[str, tuple[int, dt.datetime]] = {}
     for index, row in enumerate(rows):
         report.tick(progress)
         if _goes(found, rule, name, index, row, now):
-            doomed.append(row.name)
+            doomed[row.name] = (row.manifest_id, row.updated_at)
+    names = list(doomed)
     gone: list[str] = []
-    for start in range(0, len(doomed), BATCH):
+    for start in range(0, len(names), BATCH):
         held = session.execute(
-            select(Tag.name, Tag.manifest_id)
-            .where(
-                Tag.repository_id == repository_id,
-                Tag.name.in_(doomed[start : start + BATCH]),
-                Tag.updated_at <= read_at,
-            )
+            select(Tag.name, Tag.manifest_id, Tag.updated_at)
+            .where(Tag.repository_id == repository_id, Tag.name.in_(names[start : start + BATCH]))
             .with_for_update()
         ).all()
-        if not held:
+        # Only a tag as it was read: one pushed or moved since (another manifest, another
+        # push time, whatever the clocks of the hosts that wrote them) stays.
+        unchanged = [h for h in held if doomed[h.name] == (h.manifest_id, h.updated_at)]
+        if not unchanged:
             continue
         session.execute(
             delete(Tag).where(
-                Tag.repository_id == repository_id, Tag.name.in_([h.name for h in held])
+                Tag.repository_id == repository_id, Tag.name.in_([h.name for h in unchanged])
             )
         )
-        review_manifests(session, list({h.manifest_id for h in held}), "retention")
-        for h in held:
+        review_manifests(session, list({h.manifest_id for h in unchanged}), "retention")
+        for h in unchanged:
             notifications.record(session, "delete", name, tag=h.name)
             gone.append(f"{name}:{h.name}")
     if gone:
@@ -165,18 +164,38 @@ def _untagged(
     report: Report,
     progress: Progress,
 ) -> list[str]:
-    """The old manifests nothing refers to, deleted; indexes and subjects first, so that their
-    platforms and referrers, unreferenced then, go in the same pass."""
+    """The manifests created before ``cutoff`` that nothing refers to, deleted in batches
+    until none is left (an index's platforms and a subject's referrers, unreferenced once it
+    goes, go in a later batch). Candidates are picked in SQL and only they are held; each is
+    judged again, held, as the garbage collection judges it."""
+    parent, subject = aliased(Manifest), aliased(Manifest)
+    candidates = (
+        select(Manifest.id)
+        .where(
+            Manifest.repository_id == repository_id,
+            Manifest.created_at < cutoff,
+            ~exists().where(Tag.manifest_id == Manifest.id),
+            ~exists().where(
+                ManifestReference.digest == Manifest.digest,
+                ManifestReference.is_manifest,
+                parent.id == ManifestReference.manifest_id,
+                parent.repository_id == repository_id,
+            ),
+            ~exists().where(
+                subject.repository_id == repository_id, subject.digest == Manifest.subject_digest
+            ),
+        )
+        .order_by(Manifest.id)
+        .limit(BATCH)
+    )
     gone: list[str] = []
     while True:
-        candidates = session.scalars(
-            select(Manifest)
-            .where(Manifest.repository_id == repository_id, Manifest.created_at < cutoff)
-            .order_by(Manifest.id)
-            .with_for_update()
-        ).all()
+        ids = list(session.scalars(candidates))
+        if not ids:
+            return gone
         deleted = 0
-        for manifest in candidates:
+        held = select(Manifest).where(Manifest.id.in_(ids)).with_for_update()
+        for manifest in session.scalars(held).all():
             report.tick(progress)
             if is_referenced(session, manifest):
                 continue
@@ -185,7 +204,7 @@ def _untagged(
                 session, "delete", name, digest=manifest.digest, media_type=manifest.media_type
             )
             delete_manifest(session, manifest, "retention", repository=name)
-            session.flush()
             deleted += 1
+        session.flush()
         if not deleted:
             return gone

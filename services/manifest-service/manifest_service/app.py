@@ -7,7 +7,7 @@ from starlette.routing import Mount
 
 from manifest_service.routes import catalog, manifests, referrers, tags
 from manifest_service.ui import Interface
-from shared import health
+from shared import health, policies
 from shared.service_app import service_app
 from shared.settings import get_settings
 
@@ -15,6 +15,12 @@ SERVICE = "manifest-service"
 
 
 def create_app() -> Starlette:
+    # A policies file that cannot be used stops the service at start (one line, no traceback),
+    # never every push and pull after it.
+    try:
+        policies.configured()
+    except policies.PoliciesFileError as exc:
+        raise SystemExit(f"REGISTRY_POLICIES_FILE: {exc}") from None
     return service_app(
         SERVICE,
         [

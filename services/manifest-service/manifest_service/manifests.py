@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -24,6 +25,8 @@ from shared.repositories import (
     usage,
 )
 from shared.reviews import review_manifests
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,7 @@ async def put(
     try:
         return await db.write(_put, repository, reference, body, content_type)
     except policies.PolicyDenied as refusal:
-        await db.write(_denied, refusal)
+        await _announce(refusal)
         raise
 
 
@@ -329,8 +332,16 @@ async def delete_reference(repository: str, reference: str) -> None:
     try:
         await db.write(_delete_reference, repository, reference)
     except policies.PolicyDenied as refusal:
-        await db.write(_denied, refusal)
+        await _announce(refusal)
         raise
+
+
+async def _announce(refusal: policies.PolicyDenied) -> None:
+    """Record ``refusal``'s event; the client gets its 403 whether or not that worked."""
+    try:
+        await db.write(_denied, refusal)
+    except Exception:
+        log.warning("the deny event of %s was not recorded", refusal.repository, exc_info=True)
 
 
 def _denied(refusal: policies.PolicyDenied) -> None:
@@ -349,7 +360,12 @@ def _delete_reference(repository: str, reference: str) -> None:
             manifest = _find(session, repo, reference)
             if manifest is None:
                 raise _unknown(repository, reference)
-            for name in session.scalars(select(Tag.name).where(Tag.manifest_id == manifest.id)):
+            # Held, and read as committed (a locking read): a tag a push just pointed here
+            # is seen, and none can be added before the delete, so an immutable tag never
+            # goes with its manifest.
+            session.refresh(manifest, with_for_update=True)
+            held = select(Tag.name).where(Tag.manifest_id == manifest.id).with_for_update()
+            for name in session.scalars(held):
                 policies.refuse_immutable(repository, name, "delete")
             notifications.record(
                 session, "delete", repository, digest=reference, media_type=manifest.media_type

@@ -6,6 +6,7 @@ and the password check are its own) and checks every form's CSRF token before fo
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
@@ -16,18 +17,31 @@ from starlette.routing import BaseRoute
 from api_gateway.auth import REFUSALS, AuthSetup, BadCredentials, client_address
 from api_gateway.logins import LoginThrottled
 from api_gateway.proxy import forward
+from api_gateway.routing import refuse_traversal
 from api_gateway.sessions import FormRefused, Sessions, checked_form, make_sessions
+from shared.errors import ErrorCode, RegistryError
 from shared.settings import get_settings
 from shared.web import ACTOR_HEADER, Endpoint, request_id
 
 log = logging.getLogger("registry.ui")
+# A next page that could leave /ui/ once resolved, or name another host.
+_TRAVERSAL_OR_HOST = re.compile(r"(^|/)\.\.?(/|$)|//|\\|%2e|%2f|%5c|[\x00-\x1f]", re.IGNORECASE)
 
 
 def _safe_next(value: str | None) -> str:
     """Where to go after signing in: a page of the interface, never another site."""
-    if value and value.startswith("/ui/") and not value.startswith("/ui//") and "\\" not in value:
+    if value and value.startswith("/ui/") and not _TRAVERSAL_OR_HOST.search(value):
         return value
     return "/ui/"
+
+
+async def _form(request: Request) -> dict[str, str] | Response:
+    """The post's fields once its CSRF token is checked, or the 403 that refuses it."""
+    try:
+        return await checked_form(request)
+    except FormRefused as exc:
+        REFUSALS.labels("form_refused").inc()
+        return PlainTextResponse(str(exc), status_code=403)
 
 
 def _see(location: str) -> Response:
@@ -59,13 +73,20 @@ def build_routes(
         headers = list(extra_headers)
         if user is not None:
             headers.append((ACTOR_HEADER, user))
-        path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+        path = (request.scope.get("raw_path", b"").decode("latin-1") or request.url.path).split(
+            "?", 1
+        )[0]
+        # Forwarded with the internal secret: only a path that stays under /ui/ once resolved
+        # (no dot segment, encoded or not), never one that reaches the API around its guard.
+        refuse_traversal(path)
+        if not path.startswith("/ui/"):
+            raise RegistryError(ErrorCode.NOT_FOUND, "no such page")
         return await forward(
             request.app.state.http
             if request.method in ("GET", "HEAD")
             else request.app.state.http_writes,
             manifest_service,
-            path.split("?", 1)[0],
+            path,
             request,
             request_id(request),
             extra_headers=headers,
@@ -75,19 +96,15 @@ def build_routes(
         return _see("/ui/")
 
     async def post(request: Request) -> Response:
-        try:
-            await checked_form(request)
-        except FormRefused as exc:
-            REFUSALS.labels("form_refused").inc()
-            return PlainTextResponse(str(exc), status_code=403)
+        fields = await _form(request)
+        if isinstance(fields, Response):
+            return fields
         return await to_interface(request)
 
     async def login(request: Request) -> Response:
-        try:
-            fields = await checked_form(request)
-        except FormRefused as exc:
-            REFUSALS.labels("form_refused").inc()
-            return PlainTextResponse(str(exc), status_code=403)
+        fields = await _form(request)
+        if isinstance(fields, Response):
+            return fields
         next_page = _safe_next(fields.get("next"))
         if sessions is None or setup.credentials is None:
             return _see("/ui/login")
@@ -109,10 +126,9 @@ def build_routes(
         return response
 
     async def logout(request: Request) -> Response:
-        try:
-            await checked_form(request)
-        except FormRefused as exc:
-            return PlainTextResponse(str(exc), status_code=403)
+        fields = await _form(request)
+        if isinstance(fields, Response):
+            return fields
         response = _see("/ui/")
         if sessions is not None:
             sessions.end(response)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -274,7 +275,7 @@ async def _manifest(request: Request, who: Viewer, name: str, digest: str) -> Re
         page = await asyncio.to_thread(pages.manifest, name, digest)
     except pages.NotFound:
         return _not_found(request, f"No manifest {digest} in {name}.")
-    config: dict[str, Any] | None = None
+    config: ImageConfig | None = None
     config_descriptor = page.document.get("config")
     if page.media_type in IMAGE_MANIFESTS and isinstance(config_descriptor, dict):
         config = await _image_config(name, config_descriptor)
@@ -301,10 +302,64 @@ def _blob_service() -> httpx.AsyncClient:
     return _client
 
 
-async def _image_config(name: str, descriptor: dict[str, Any]) -> dict[str, Any] | None:
-    """The image's config (JSON), read from the blob service, or None (too large, not an image
-    config, unreadable)."""
+@dataclass(frozen=True)
+class ImageConfig:
+    """What the manifest page shows of an image's config: each field as its type should be,
+    or left out (a config is whatever its pusher wrote)."""
+
+    created: str
+    platform: str
+    entrypoint: str | None  # as JSON
+    command: str | None
+    environment: list[str]
+    labels: list[tuple[str, str]]
+    history: list[tuple[str, bool]]  # (created_by, empty layer)
+
+    @classmethod
+    def read(cls, document: dict[str, Any]) -> ImageConfig:
+        def text(value: Any) -> str:
+            return value if isinstance(value, str) else ""
+
+        inner = document.get("config")
+        inner = inner if isinstance(inner, dict) else {}
+        labels = inner.get("Labels")
+        history = document.get("history")
+        platform = "/".join(
+            p for p in (text(document.get(k)) for k in ("os", "architecture", "variant")) if p
+        )
+        return cls(
+            created=text(document.get("created")) or "-",
+            platform=platform or "-",
+            entrypoint=_command(inner.get("Entrypoint")),
+            command=_command(inner.get("Cmd")),
+            environment=[e for e in inner.get("Env") or [] if isinstance(e, str)]
+            if isinstance(inner.get("Env"), list)
+            else [],
+            labels=sorted((str(k), text(v)) for k, v in labels.items())
+            if isinstance(labels, dict)
+            else [],
+            history=[
+                (text(h.get("created_by")), h.get("empty_layer") is True)
+                for h in history
+                if isinstance(h, dict)
+            ]
+            if isinstance(history, list)
+            else [],
+        )
+
+
+def _command(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(part, str) for part in value) and value:
+        return json.dumps(value)
+    return None
+
+
+async def _image_config(name: str, descriptor: dict[str, Any]) -> ImageConfig | None:
+    """The image's config, read from the blob service, or None (not an image config, too
+    large, unreadable, not JSON)."""
     digest, size = descriptor.get("digest"), descriptor.get("size")
+    if descriptor.get("mediaType") not in IMAGE_CONFIGS:
+        return None
     if not isinstance(digest, str) or not isinstance(size, int) or size > CONFIG_LIMIT:
         return None
     settings = get_settings()
@@ -320,7 +375,7 @@ async def _image_config(name: str, descriptor: dict[str, Any]) -> dict[str, Any]
         document = json.loads(answer.content)
     except ValueError:
         return None
-    return document if isinstance(document, dict) else None
+    return ImageConfig.read(document) if isinstance(document, dict) else None
 
 
 def build_app() -> Starlette:
