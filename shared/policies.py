@@ -1,5 +1,6 @@
 """The operators' policies (``REGISTRY_POLICIES_FILE``, YAML or JSON, re-read within a second
-of a change): which tags are immutable, and how much a repository may hold. Example::
+of a change): which tags are immutable, how much a repository may hold, and what the janitor
+removes. Example::
 
     immutable_tags:
       - repositories: ["prod/*", "base/*"]   # globs, as the users file's grants
@@ -10,6 +11,12 @@ of a change): which tags are immutable, and how much a repository may hold. Exam
       - repositories: ["team-a/*"]            # each matching repository, on its own
         storage: 20GiB                         # the distinct blobs its manifests reference
         tags: 1000
+    retention:                                 # applied by the janitor (janitor.retention)
+      - repositories: ["ci/*"]
+        keep_last: 20
+        older_than: 30d
+        unless_pulled_within: 7d
+        untagged_older_than: 1d
 
 A tag an ``immutable_tags`` rule matches, once pushed, never moves to other bits and is never
 deleted (nor is the manifest it names, by digest): the manifest PUT that would move it and the

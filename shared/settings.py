@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     notifications_file: str = ""
     notifications_poll_seconds: float = 2.0
     notifications_retention_seconds: int = 7 * 24 * 3600
-    # Immutable tags (shared.policies), YAML or JSON; re-read within a second of a change.
+    # Immutable tags, quotas and retention (shared.policies), YAML or JSON; re-read within a
+    # second of a change.
     policies_file: str = ""
     auth: Literal["none", "htpasswd", "token"] = "none"
     auth_users_file: str = ""  # users (bcrypt hashes) and grants, YAML or JSON; reloaded on change

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from shared import users
 from tests.conftest import registry_fixture, running_registry
 from tests.images import multi_arch_image, single_image
-from tests.registry import OCI_MANIFEST, RegistryUnderTest, sha256
+from tests.registry import OCI_MANIFEST, RegistryUnderTest, eventually, sha256
 from tests.replicas import replicated_registry
 from tests.test_auth import make_skopeo
 from tests.test_referrers import push_referrer
@@ -350,7 +350,7 @@ def test_unknown_pages_answer_404_in_html(registry: RegistryUnderTest) -> None:
 
 # --- with authentication on --------------------------------------------------------------------
 
-PASSWORDS = {"alice": "alice-password", "bob": "bob-password"}
+PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
 
 
 @pytest.fixture(scope="module")
@@ -474,6 +474,26 @@ def test_a_wrong_password_signs_nobody_in(guarded: RegistryUnderTest, browser: B
         assert page.context.cookies() == [
             c for c in page.context.cookies() if c["name"] != "registry_session"
         ]
+    finally:
+        visit.close()
+
+
+def test_a_new_password_ends_the_sessions_of_the_old_one(
+    guarded: RegistryUnderTest, browser: Browser
+) -> None:
+    visit = Visit(browser, guarded.url, "carol")
+    try:
+        page = sign_in(visit, "carol")
+        assert page.locator("#user").inner_text() == "carol"
+        path = Path(guarded.settings.auth_users_file)
+        document = users.read_document(path)
+        document["users"]["carol"]["password_hash"] = users.hash_password("a new one", 4)
+        users.write_document(path, document)
+
+        def signed_out() -> bool:
+            return visit.go("/ui/").locator("#sign-in").count() == 1
+
+        eventually(signed_out, timeout=10, what="carol's session ended")
     finally:
         visit.close()
 

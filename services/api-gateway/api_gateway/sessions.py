@@ -1,9 +1,10 @@
 """The web interface's sign-in sessions and its forms' CSRF check, at the gateway.
 
 A session is a cookie (``registry_session``: HttpOnly, SameSite=Strict, path ``/ui``) holding
-the user's name, signed with ``REGISTRY_UI_SESSION_SECRET`` (or a key derived from the internal
-secret) and timed: any gateway replica with the same key reads it, none keeps it in memory. A
-session of a user no longer in the users file counts as nobody's.
+the user's name and a seal of their password hash, signed with ``REGISTRY_UI_SESSION_SECRET``
+(or a key derived from the internal secret) and timed: any gateway replica with the same key
+reads it, none keeps it in memory. A session of a user no longer in the users file, or whose
+password changed since, counts as nobody's.
 
 Every form post under ``/ui/`` must carry the ``csrf`` field equal to the ``registry_csrf``
 cookie (which the page with the form set): a page of another site can neither read that cookie
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.settings import Settings
+from shared.users import User, UserStore
 from shared.web import UI_CSRF_COOKIE, UI_CSRF_FIELD
 
 SESSION_COOKIE = "registry_session"
@@ -42,11 +44,13 @@ def session_key(settings: Settings) -> str | None:
 @dataclass(frozen=True)
 class Sessions:
     serializer: URLSafeTimedSerializer
+    key: bytes
     max_age: int
     secure: bool  # cookies only over HTTPS (the public URL is https)
 
-    def user(self, request: Request) -> str | None:
-        """The signed-in user the request's cookie names, or None."""
+    def user(self, request: Request, users: UserStore) -> str | None:
+        """The signed-in user the request's cookie names, or None: also when the user is no
+        longer in ``users`` or their password changed since they signed in."""
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             return None
@@ -54,19 +58,28 @@ class Sessions:
             value = self.serializer.loads(cookie, max_age=self.max_age)
         except BadSignature:
             return None
-        user = value.get("user") if isinstance(value, dict) else None
-        return user if isinstance(user, str) else None
+        if not isinstance(value, dict):
+            return None
+        name, seal = value.get("user"), value.get("seal")
+        found = users.users.get(name) if isinstance(name, str) else None
+        if found is None or not isinstance(seal, str):
+            return None
+        return found.name if hmac.compare_digest(seal, self._seal(found)) else None
 
-    def start(self, response: Response, user: str) -> None:
+    def start(self, response: Response, user: User) -> None:
         response.set_cookie(
             SESSION_COOKIE,
-            self.serializer.dumps({"user": user}),
+            self.serializer.dumps({"user": user.name, "seal": self._seal(user)}),
             max_age=self.max_age,
             path="/ui",
             secure=self.secure,
             httponly=True,
             samesite="strict",
         )
+
+    def _seal(self, user: User) -> str:
+        """What ties a session to the user's password: a new password ends their sessions."""
+        return hmac.new(self.key, user.password_hash, hashlib.sha256).hexdigest()[:32]
 
     def end(self, response: Response) -> None:
         response.delete_cookie(
@@ -80,6 +93,7 @@ def make_sessions(settings: Settings) -> Sessions | None:
         return None
     return Sessions(
         URLSafeTimedSerializer(key, salt="registry-ui-session"),
+        key.encode(),
         settings.ui_session_seconds,
         settings.public_url.startswith("https://"),
     )

@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("endpoint")
     replay.add_argument("--since", type=moment, required=True, help="a UTC time, or 2h ago")
     replay.add_argument("--until", type=moment, help="a UTC time, or 10m ago (default: now)")
-    commands.add_parser("policies", help="the policies file's rules (immutable tags, quotas)")
+    commands.add_parser(
+        "policies", help="the policies file's rules (immutable tags, quotas, retention)"
+    )
     commands.add_parser("quota", help="what each repository under a quota holds")
     keep = commands.add_parser("retention", help="remove what the retention rules say goes")
     keep.add_argument("--dry-run", action="store_true", help="report what would go, remove nothing")

@@ -63,10 +63,7 @@ def build_routes(
     def signed_in(request: Request) -> str | None:
         if sessions is None or setup.users is None:
             return None
-        user = sessions.user(request)
-        if user is None or user not in setup.users.get().users:
-            return None
-        return user
+        return sessions.user(request, setup.users.get())
 
     async def to_interface(request: Request) -> Response:
         user = signed_in(request)
@@ -121,7 +118,7 @@ def build_routes(
             log.info("web sign-in refused client=%s", client_address(request))
             return _see("/ui/login?" + urlencode({"failed": "credentials", "next": next_page}))
         response = _see(next_page)
-        sessions.start(response, user.name)
+        sessions.start(response, user)
         log.info("web sign-in user=%s client=%s", user.name, client_address(request))
         return response
 

@@ -33,8 +33,10 @@ from shared.models import (
 from shared.repositories import find_repository_id, referenced_bytes, usage
 
 PAGE = 50
-# Names are read in batches this large while a page is filled with the ones a user may see.
+# Names are read in batches this large while a page is filled with the ones a user may see,
+# at most this many batches a page.
 _NAME_BATCH = 500
+_NAME_BATCHES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +60,14 @@ def catalog(
     visible: Callable[[str], bool], search: str, after: str | None, n: int = PAGE
 ) -> Page[RepositorySummary]:
     """Repositories by name after ``after``, whose name contains ``search``, that ``visible``
-    admits: up to ``n``, each with its tag count, size and last push."""
+    admits: up to ``n``, each with its tag count, size and last push. A page reads at most
+    ``_NAME_BATCHES`` batches of names: a viewer who may see few of many repositories gets
+    short pages that go on from where the reading stopped, never a scan of them all."""
     names: list[str] = []
-    more = False
+    cursor = after
+    scanned_to: str | None = None  # the last name read, when the reading stopped short
     with db.reading() as connection:
-        cursor = after
-        while len(names) <= n:
+        for _ in range(_NAME_BATCHES):
             query = select(Repository.name).order_by(Repository.name).limit(_NAME_BATCH)
             if cursor:
                 query = query.where(Repository.name > cursor)
@@ -74,10 +78,16 @@ def catalog(
             if len(batch) < _NAME_BATCH:
                 break
             cursor = batch[-1]
+            if len(names) > n:
+                break
+        else:
+            scanned_to = cursor
         more = len(names) > n
         names = names[:n]
         summaries = _summaries(connection, names)
-    return Page(summaries, names[-1] if more and names else None)
+    if more and names:
+        return Page(summaries, names[-1])
+    return Page(summaries, scanned_to)
 
 
 def _summaries(connection: Connection, names: list[str]) -> list[RepositorySummary]:
@@ -260,6 +270,8 @@ def index_platforms(content: bytes) -> list[Platform]:
         document = json.loads(content)
     except ValueError:
         return []
+    if not isinstance(document, dict):
+        return []
     found = []
     for entry in document.get("manifests") or []:
         if not isinstance(entry, dict):
@@ -317,7 +329,6 @@ class ManifestPage:
     subject: str | None
     platforms: list[Platform] = field(default_factory=list)
     referrers: dict[str, list[Referrer]] = field(default_factory=dict)
-    # other manifests deleting this one would also remove: the tags above and the referrers
 
 
 def manifest(name: str, digest: str) -> ManifestPage:
