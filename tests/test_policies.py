@@ -25,7 +25,6 @@ from tests.registry import (
     eventually,
     sha256,
 )
-from tests.replicas import replicated_registry
 from tests.test_auth import make_skopeo
 from tests.test_client_skopeo import SkopeoFailed
 from tests.webhooks import Receiver
@@ -64,7 +63,7 @@ def test_an_immutable_tag_is_never_moved_but_takes_the_same_manifest_again(
 ) -> None:
     name = f"prod/{repo}"
     first, first_digest = registry.push_image(name, "v1", layers=[b"first"])
-    refused = registry.push_manifest(name, "v1", _other_manifest(registry, name, b"second"))
+    refused = registry.push_manifest(name, "v1", other_manifest(registry, name, b"second"))
     assert refused.status_code == 403
     assert error_codes(refused) == ["DENIED"]
     message = refused.json()["errors"][0]["detail"]
@@ -79,10 +78,10 @@ def test_an_immutable_tag_is_never_moved_but_takes_the_same_manifest_again(
     assert again.status_code == 201
     # Tags no rule matches move freely, in the same repository.
     assert registry.push_manifest(name, "latest", first).status_code == 201
-    moved = registry.push_manifest(name, "latest", _other_manifest(registry, name, b"third"))
+    moved = registry.push_manifest(name, "latest", other_manifest(registry, name, b"third"))
     assert moved.status_code == 201
     # The regular-expression rule holds in every repository; its near misses do not.
-    elsewhere = _other_manifest(registry, repo, b"elsewhere")
+    elsewhere = other_manifest(registry, repo, b"elsewhere")
     registry.push_image(repo, "1.2.3", layers=[b"semver"])
     assert registry.push_manifest(repo, "1.2.3", elsewhere).status_code == 403
     registry.push_image(repo, "1.2.3-rc1", layers=[b"rc"])
@@ -125,7 +124,7 @@ def test_a_change_of_the_policies_file_takes_effect_without_a_restart(
 ) -> None:
     name = f"prod/{repo}"
     before, _ = registry.push_image(name, "v9", layers=[b"before"])
-    other = _other_manifest(registry, name, b"after")
+    other = other_manifest(registry, name, b"after")
     assert registry.push_manifest(name, "v9", other).status_code == 403
     path = policies_file(registry)
     path.write_text(json.dumps({"immutable_tags": []}))
@@ -154,13 +153,13 @@ def test_a_push_past_the_storage_quota_is_refused_and_shared_blobs_count_once(
     registry: RegistryUnderTest, repo: str
 ) -> None:
     name = f"quota/{repo}"
-    first = _other_manifest(registry, name, b"a" * 1500)
+    first = other_manifest(registry, name, b"a" * 1500)
     assert registry.push_manifest(name, "one", first).status_code == 201
     # The same blobs under another manifest add nothing: accepted.
-    same_blobs = _other_manifest(registry, name, b"a" * 1500, note="again")
+    same_blobs = other_manifest(registry, name, b"a" * 1500, note="again")
     assert registry.push_manifest(name, "two", same_blobs).status_code == 201
     # A new 3,000-byte layer would take it to 4,537 bytes (config 37, 1,500, 3,000).
-    big = _other_manifest(registry, name, b"b" * 3000)
+    big = other_manifest(registry, name, b"b" * 3000)
     refused = registry.push_manifest(name, sha256(big), big)
     assert refused.status_code == 403 and error_codes(refused) == ["DENIED"]
     detail = refused.json()["errors"][0]["detail"]
@@ -178,8 +177,8 @@ def test_a_new_tag_past_the_tag_quota_is_refused_a_moved_one_is_not(
     registry: RegistryUnderTest, repo: str
 ) -> None:
     name = f"quota/{repo}"
-    manifest = _other_manifest(registry, name, b"tags")
-    other = _other_manifest(registry, name, b"tags", note="other")
+    manifest = other_manifest(registry, name, b"tags")
+    other = other_manifest(registry, name, b"tags", note="other")
     for tag in ("t1", "t2", "t3"):
         assert registry.push_manifest(name, tag, manifest).status_code == 201
     refused = registry.push_manifest(name, "t4", manifest)
@@ -194,7 +193,7 @@ def test_concurrent_pushes_never_take_a_repository_past_its_quota(
     """Pushes at once, each adding a 1,000-byte layer to a 4,000-byte quota (the config, 37
     bytes, shared): exactly three fit, whatever the order."""
     name = f"burst/{repo}"
-    manifests = [_other_manifest(registry, name, bytes([i]) * 1000) for i in range(PUSHES)]
+    manifests = [other_manifest(registry, name, bytes([i]) * 1000) for i in range(PUSHES)]
     with ThreadPoolExecutor(PUSHES) as pool:
         answers = list(
             pool.map(
@@ -231,7 +230,7 @@ def test_registry_admin_lists_the_rules(registry: RegistryUnderTest) -> None:
     assert "/^\\d+\\.\\d+\\.\\d+$/" in listed.stdout
 
 
-def _other_manifest(
+def other_manifest(
     registry: RegistryUnderTest, repo: str, layer: bytes, note: str | None = None
 ) -> bytes:
     """A manifest not stored yet, whose blobs (a config and ``layer``) are in ``repo``;
@@ -254,34 +253,6 @@ def _other_manifest(
     return json.dumps(manifest).encode()
 
 
-def test_two_replicas_pushing_at_once_never_take_a_repository_past_its_quota(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    """As above, the pushes sent half to each gateway replica (and so to both manifest
-    service replicas behind the balancer) on one MariaDB."""
-    root = tmp_path_factory.mktemp("policies-replicas")
-    path = root / "policies.yaml"
-    path.write_text(json.dumps(RULES))
-    with replicated_registry("file", root, policies_file=str(path)) as running:
-        name = "burst/replicas"
-        manifests = [_other_manifest(running, name, bytes([i]) * 1000) for i in range(PUSHES)]
-        with ThreadPoolExecutor(PUSHES) as pool:
-            answers = list(
-                pool.map(
-                    lambda item: (
-                        httpx.put(
-                            f"{running.gateways[item[0] % 2]}/v2/{name}/manifests/m{item[0]}",
-                            content=item[1],
-                            headers={"Content-Type": OCI_MANIFEST},
-                            timeout=60,
-                        ).status_code
-                    ),
-                    enumerate(manifests),
-                )
-            )
-        assert sorted(answers) == [201] * 3 + [403] * (PUSHES - 3), answers
-
-
 def test_refusals_are_announced_as_deny_events(tmp_path_factory: pytest.TempPathFactory) -> None:
     """An endpoint that lists ``deny`` is told of each refusal: the repository, the tag, why,
     and the refused request's id."""
@@ -300,7 +271,7 @@ def test_refusals_are_announced_as_deny_events(tmp_path_factory: pytest.TempPath
         ) as running:
             running.push_image("prod/app", "v1", layers=[b"announced"])
             moved = running.push_manifest(
-                "prod/app", "v1", _other_manifest(running, "prod/app", b"moved")
+                "prod/app", "v1", other_manifest(running, "prod/app", b"moved")
             )
             assert moved.status_code == 403
             deleted = running.http.delete("/v2/prod/app/manifests/v1")

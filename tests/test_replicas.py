@@ -40,6 +40,7 @@ import pytest
 from tests import test_client_containerd as containerd_client
 from tests import test_client_podman as podman_client
 from tests import test_client_skopeo as skopeo_client
+from tests import test_policies
 from tests.docker_engine import DockerEngine
 from tests.images import single_image
 from tests.podman import Podman
@@ -74,10 +75,15 @@ def registry(
 ) -> Iterator[ReplicatedRegistry]:
     """Blobs no manifest references are collectable two seconds after their push; sweeps run
     only when a test queues them (beat's interval stays an hour), so that no sweep takes the
-    blobs of a client's push in progress in the other tests."""
+    blobs of a client's push in progress in the other tests. The policies of
+    ``tests/test_policies.py`` hold (their repositories' names are used only there and below)."""
     storage: str = request.param
     root = tmp_path_factory.mktemp(f"replicas-{storage}")
-    with replicated_registry(storage, root, gc_grace_seconds="2") as running:
+    policies = root / "policies.yaml"
+    policies.write_text(json.dumps(test_policies.RULES))
+    with replicated_registry(
+        storage, root, gc_grace_seconds="2", policies_file=str(policies)
+    ) as running:
         yield running
 
 
@@ -1161,3 +1167,26 @@ def test_soak(registry: ReplicatedRegistry) -> None:
     assert re.search(r"deleted 0 .*moved 0,", reconciled), reconciled
     exited = [process.name for process, popen in registry.processes if popen.poll() is not None]
     assert exited == [], f"processes that exited during the run: {exited}"
+
+
+def test_two_replicas_pushing_at_once_never_take_a_repository_past_its_quota(
+    registry: ReplicatedRegistry, replicas: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """``tests/test_policies.py``'s quota race, the pushes sent half to each gateway replica
+    (and so to both manifest service replicas behind the balancer): exactly three fit."""
+    name = f"burst/replicas-{registry.backend}"
+    pushes = test_policies.PUSHES
+    manifests = [
+        test_policies.other_manifest(registry, name, bytes([i]) * 1000) for i in range(pushes)
+    ]
+
+    def put(item: tuple[int, bytes]) -> int:
+        client = replicas[item[0] % 2]
+        headers = {"Content-Type": OCI_MANIFEST}
+        return client.put(
+            f"/v2/{name}/manifests/m{item[0]}", content=item[1], headers=headers
+        ).status_code
+
+    with ThreadPoolExecutor(pushes) as pool:
+        answers = list(pool.map(put, enumerate(manifests)))
+    assert sorted(answers) == [201] * 3 + [403] * (pushes - 3), answers
