@@ -13,8 +13,7 @@ import os
 import socket
 import uuid
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, insert, select, update
 
 from shared import db
 from shared.models import JobLease, utcnow
@@ -31,6 +30,9 @@ def name_for(kind: str, *parts: str) -> str:
 
 
 def acquire(name: str, ttl: dt.timedelta, owner: str = OWNER) -> bool:
+    """Take (or renew) the lease ``name`` for ``owner``: whether it is the owner's now. Two
+    statements at most: the update of an expired or own lease, else the insert of a new one
+    (which fails, changing nothing, when someone else holds it)."""
     now = utcnow()
     with db.transaction() as session:
         taken = session.execute(
@@ -40,14 +42,11 @@ def acquire(name: str, ttl: dt.timedelta, owner: str = OWNER) -> bool:
         )
         if taken.rowcount == 1:  # type: ignore[attr-defined]
             return True
-        if session.get(JobLease, name) is not None:
-            return False
-        try:
-            with session.begin_nested():
-                session.add(JobLease(name=name, owner=owner, expires_at=now + ttl))
-        except IntegrityError:
-            return False
-        return True
+        row = {"name": name, "owner": owner, "expires_at": now + ttl}
+        return db.insert_new(session.connection(), _INSERT, row) is not None
+
+
+_INSERT = insert(JobLease)
 
 
 def release(name: str, owner: str = OWNER) -> None:

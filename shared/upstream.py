@@ -159,7 +159,7 @@ class Upstream:
                 total=None, connect=CONNECT_SECONDS, sock_read=READ_SECONDS
             )
             self._session = aiohttp.ClientSession(
-                timeout=timeout, trust_env=False, auto_decompress=False
+                timeout=timeout, trust_env=False, auto_decompress=False, read_bufsize=CHUNK
             )
         return self._session
 

@@ -54,8 +54,15 @@ CLIENT_WAIT_SECONDS = 2.0
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# Fetches whose client went away, kept referenced until they end.
-_background: set[asyncio.Task[uploads.CommittedBlob]] = set()
+# Fetches whose client went away, and releases of fetch leases, kept referenced until they end.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(work: Awaitable[T]) -> asyncio.Task[T]:
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
 
 
 @dataclass
@@ -162,7 +169,9 @@ async def serve(
 
 
 async def _holding(lease: str, owner: str, ttl: dt.timedelta, fetch: Awaitable[T]) -> T:
-    """``fetch``, the lease renewed meanwhile and released after."""
+    """``fetch``, the lease renewed meanwhile and released after: the fetch ends, and the
+    requests waiting for it go on, without waiting for the release (the blob is stored by
+    then, or it failed: a request waiting for it looks for the blob before the lease)."""
 
     async def renew() -> None:
         while True:
@@ -175,10 +184,14 @@ async def _holding(lease: str, owner: str, ttl: dt.timedelta, fetch: Awaitable[T
         return await fetch
     finally:
         renewer.cancel()
-        try:
-            await db.write(leases.release, lease, owner)
-        except Exception:  # it expires by itself
-            log.warning("could not release the lease %s", lease, exc_info=True)
+        _in_background(_release(lease, owner))
+
+
+async def _release(lease: str, owner: str) -> None:
+    try:
+        await db.write(leases.release, lease, owner)
+    except Exception:  # it expires by itself
+        log.warning("could not release the lease %s", lease, exc_info=True)
 
 
 async def _fetch(
@@ -198,14 +211,15 @@ async def _fetch(
                 tee.length.set_result(answer.length)
             async for chunk in answer.chunks:
                 yield chunk
+                # Chunks come one after the other while the upstream sends faster than they
+                # are stored: other tasks (the client's answer first) get a turn at each.
+                await asyncio.sleep(0)
 
     tee = _Tee(source, stream)
     fetch = uploads.monolithic(
         storage, repository, digest, tee.chunks(), request_id, announce=False
     )
-    task = asyncio.create_task(_holding(*held, _guarded(fetch, mirror, name, digest)))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    task = _in_background(_holding(*held, _guarded(fetch, mirror, name, digest)))
     if stream:
         # The answer starts once the upstream has answered (or the fetch has failed).
         started: set[asyncio.Future[Any]] = {task, tee.length}

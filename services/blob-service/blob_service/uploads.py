@@ -41,8 +41,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from cachetools import LRUCache
-from sqlalchemy import Connection, Row, bindparam, delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import db, events, notifications
@@ -312,16 +311,33 @@ async def _writing(
         yield state, lease
 
 
+# Chunks at least this large are hashed in a worker thread while the next one is read and
+# this one written (hashlib lets go of the GIL): a mirror's fetch, in chunks of 1 MiB, spent
+# 0.6 ms a MiB hashing on the event loop. A client's upload comes in smaller chunks, hashed
+# here: a thread hop would cost more than their hashing.
+THREAD_HASH = 512 * 1024
+
+
 async def _fenced(
     chunks: AsyncIterable[bytes], lease: _Lease, hasher: hashlib._Hash | None
 ) -> AsyncIterator[bytes]:
-    """The chunks, each written only while the lease is sure to be held."""
+    """The chunks, each written only while the lease is sure to be held, and hashed in
+    order."""
+    hashing: asyncio.Future[None] | None = None  # the previous chunk's, when in a thread
     async for chunk in chunks:
         if chunk:
             lease.check()
             if hasher is not None:
-                hasher.update(chunk)
+                if hashing is not None:
+                    await hashing
+                    hashing = None
+                if len(chunk) < THREAD_HASH:
+                    hasher.update(chunk)
+                else:
+                    hashing = asyncio.get_running_loop().run_in_executor(None, hasher.update, chunk)
             yield chunk
+    if hashing is not None:
+        await hashing
 
 
 # --- sessions ------------------------------------------------------------------------------
@@ -391,9 +407,11 @@ async def _write(
     content_range: tuple[int, int] | None,
     *,
     free: bool,
+    record: bool = True,
 ) -> UploadState:
-    """Write one chunk at the end of the upload and record it. With ``content_range`` the
-    chunk must be exactly as long as the range says (else 416, nothing kept)."""
+    """Write one chunk at the end of the upload and record it (not with ``record``: an upload
+    that ends in this request). With ``content_range`` the chunk must be exactly as long as
+    the range says (else 416, nothing kept)."""
     hasher = _hasher_at(state.uuid, state.size)
     new_size = await storage.append(state.storage_key, state.size, _fenced(chunks, lease, hasher))
     if (
@@ -409,6 +427,10 @@ async def _write(
         )
     if new_size == state.size and not free:
         return state
+    if not record:
+        if hasher is not None:
+            _hashers[state.uuid] = (new_size, hasher)
+        return UploadState(state.uuid, state.repository, new_size, state.storage_key)
     # When recording fails, the bytes past the recorded size stay: they are not part of the
     # upload, and the next chunk overwrites them (the record may have been made after all,
     # when only its answer was lost: undoing would then lose acknowledged bytes).
@@ -465,8 +487,11 @@ async def _complete(
     final_chunk: AsyncIterable[bytes],
     request_id: str | None,
     announce: bool = True,
+    single: bool = False,
 ) -> CommittedBlob:
-    state = await _write(storage, state, lease, final_chunk, None, free=False)
+    """``single``: the upload was made for this request, and ends with it (its size is not
+    recorded first: the transaction that makes it a blob ends it)."""
+    state = await _write(storage, state, lease, final_chunk, None, free=False, record=not single)
     stored = await storage.size(state.storage_key)
     if stored is None or stored < state.size:
         await _confirm_held(lease)
@@ -490,6 +515,9 @@ async def _complete(
     return CommittedBlob(str(digest), state.size)
 
 
+_INSERT_BLOB = insert(Blob)
+
+
 def _record_blob(
     state: UploadState, lease: _Lease, digest: Digest, request_id: str | None, announce: bool
 ) -> None:
@@ -505,12 +533,8 @@ def _record_blob(
         # Insert first: on MySQL a locking read of a missing row takes a gap lock, and two
         # uploads doing that before inserting deadlock each other.
         blob = None
-        try:
-            with session.begin_nested():
-                session.add(
-                    Blob(digest=str(digest), size=state.size, storage_key=state.storage_key)
-                )
-        except IntegrityError:
+        row = {"digest": str(digest), "size": state.size, "storage_key": state.storage_key}
+        if db.insert_new(session.connection(), _INSERT_BLOB, row) is None:
             # Known already. Locked, so that garbage collection (which locks the same row)
             # cannot delete it between this check and the link below.
             blob = session.get(Blob, str(digest), with_for_update=True, populate_existing=True)
@@ -617,7 +641,9 @@ async def monolithic(
     state = await start(repository, token)
     async with _holding(_new_lease(state, token, taken_at)) as lease:
         try:
-            return await _complete(storage, state, lease, digest, body, request_id, announce)
+            return await _complete(
+                storage, state, lease, digest, body, request_id, announce, single=True
+            )
         except BaseException:
             if lease.held and not lease.gone:
                 with contextlib.suppress(Exception):
