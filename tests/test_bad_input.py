@@ -152,6 +152,31 @@ def test_a_malformed_request_gets_400_in_the_spec_format(registry: RegistryUnder
     assert_spec_error(answer, 400, "UNSUPPORTED")
 
 
+@pytest.mark.parametrize(
+    ("length", "body"),
+    [
+        ("\u00b2".encode(), b"x"),  # a digit to str.isdigit(), not to int()
+        (b"1e3", b"x"),
+        (b"-1", b"x"),
+        (b"9" * 40, b"x"),
+        (b"17000", b"a=" + b"b" * 16998),  # a form over 16 KiB
+    ],
+)
+def test_form_posts_with_bad_or_large_lengths_are_refused(
+    registry: RegistryUnderTest, length: bytes, body: bytes
+) -> None:
+    """The web interface's forms are read by the gateway itself: a Content-Length it cannot
+    use is refused (by the HTTP parser or by the form's reader), never a 500."""
+    answer = raw_request(
+        registry,
+        b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\nContent-Length: " + length + b"\r\nConnection: close\r\n\r\n" + body,
+    )
+    status, _, text = parse(answer)
+    assert status in (400, 403), answer[:300]
+    assert b"Traceback" not in text
+
+
 def test_body_larger_than_declared_is_cut_at_the_declared_length(
     registry: RegistryUnderTest, repo: str
 ) -> None:

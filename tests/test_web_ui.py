@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from pydantic import ByteSize
 from sqlalchemy import create_engine, text
 
 from shared import users
@@ -101,12 +102,7 @@ def _rows(page: Page, table: str) -> list[list[str]]:
 
 
 def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    return ByteSize(size).human_readable()
 
 
 def _image_size(manifest: dict[str, Any], manifest_size: int) -> int:

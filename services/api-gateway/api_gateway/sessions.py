@@ -16,18 +16,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from urllib.parse import parse_qs
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api_gateway.forms import FormInvalid, read_form
 from shared.settings import Settings
 from shared.users import User, UserStore
 from shared.web import UI_CSRF_COOKIE, UI_CSRF_FIELD
 
 SESSION_COOKIE = "registry_session"
-MAX_FORM_BYTES = 16 * 1024
 
 
 def session_key(settings: Settings) -> str | None:
@@ -105,17 +104,13 @@ class FormRefused(Exception):
 
 async def checked_form(request: Request) -> dict[str, str]:
     """The fields of a form post (first value of each), once its CSRF token is checked. The
-    body stays readable for forwarding (Starlette keeps it)."""
-    length = request.headers.get("content-length")
-    if length is None or not length.isdigit() or int(length) > MAX_FORM_BYTES:
-        raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    body stays readable for forwarding (Starlette keeps it), so it needs a Content-Length."""
+    if request.headers.get("content-length") is None:
         raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
     try:
-        fields = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
-    except UnicodeDecodeError:
-        raise FormRefused("the form is not UTF-8") from None
+        fields = await read_form(request)
+    except FormInvalid as exc:
+        raise FormRefused(str(exc)) from None
     cookie = request.cookies.get(UI_CSRF_COOKIE, "")
     sent = fields.get(UI_CSRF_FIELD, "")
     if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):

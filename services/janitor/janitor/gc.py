@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 from typing import TypeVar
 
 from sqlalchemy import Select, delete, exists, select
@@ -183,29 +184,43 @@ def is_referenced(session: Session, manifest: Manifest) -> bool:
     """Whether a tag, an index of its repository or its living subject refers to
     ``manifest`` (the rows that say so held until the transaction ends, so that none appears
     while it is deleted)."""
-    tagged = session.scalars(
-        select(Tag.name).where(Tag.manifest_id == manifest.id).limit(1).with_for_update(read=True)
-    ).first()
-    parent = session.scalars(
-        select(ManifestReference.manifest_id)
+    return bool(referenced(session, manifest.repository_id, [manifest]))
+
+
+def referenced(session: Session, repository_id: int, manifests: Sequence[Manifest]) -> set[int]:
+    """The ids of those of ``manifests`` (all of the repository ``repository_id``) that a tag,
+    an index of the repository or a living subject refers to: three statements whatever their
+    number, the rows that say so held until the transaction ends."""
+    by_digest = {manifest.digest: manifest.id for manifest in manifests}
+    found = set(
+        session.scalars(
+            select(Tag.manifest_id)
+            .where(Tag.manifest_id.in_(list(by_digest.values())))
+            .with_for_update(read=True)
+        )
+    )
+    parents = session.scalars(
+        select(ManifestReference.digest)
         .join(Manifest, Manifest.id == ManifestReference.manifest_id)
         .where(
-            ManifestReference.digest == manifest.digest,
+            ManifestReference.digest.in_(list(by_digest)),
             ManifestReference.is_manifest,
-            Manifest.repository_id == manifest.repository_id,
+            Manifest.repository_id == repository_id,
         )
-        .limit(1)
         .with_for_update(read=True)
-    ).first()
-    subject = None
-    if manifest.subject_digest is not None:
-        subject = session.scalars(
-            select(Manifest.id).where(
-                Manifest.repository_id == manifest.repository_id,
-                Manifest.digest == manifest.subject_digest,
+    )
+    found.update(by_digest[digest] for digest in parents)
+    subjects = {m.subject_digest for m in manifests if m.subject_digest is not None}
+    if subjects:
+        living = set(
+            session.scalars(
+                select(Manifest.digest).where(
+                    Manifest.repository_id == repository_id, Manifest.digest.in_(list(subjects))
+                )
             )
-        ).first()
-    return tagged is not None or parent is not None or subject is not None
+        )
+        found.update(m.id for m in manifests if m.subject_digest in living)
+    return found
 
 
 def _review_next_manifest(grace: dt.timedelta, due_by: dt.datetime) -> tuple[str, str] | None:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, aliased
 
-from janitor.gc import is_referenced
+from janitor.gc import referenced
 from janitor.report import Progress, Report
 from shared import db, notifications, policies, read_cache
 from shared.models import Manifest, ManifestReference, Repository, Tag, utcnow
@@ -194,10 +194,12 @@ def _untagged(
         if not ids:
             return gone
         deleted = 0
-        held = select(Manifest).where(Manifest.id.in_(ids)).with_for_update()
-        for manifest in session.scalars(held).all():
+        held = session.scalars(select(Manifest).where(Manifest.id.in_(ids)).with_for_update())
+        manifests = held.all()
+        still_referenced = referenced(session, repository_id, manifests)
+        for manifest in manifests:
             report.tick(progress)
-            if is_referenced(session, manifest):
+            if manifest.id in still_referenced:
                 continue
             gone.append(f"{name}@{manifest.digest}")
             notifications.record(

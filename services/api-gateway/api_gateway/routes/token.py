@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from api_gateway.auth import REFUSALS, BadCredentials, TokenIssuer, client_address, log
+from api_gateway.forms import FormInvalid, FormTooLarge, read_form
 from api_gateway.logins import LoginThrottled
 from api_gateway.tokens import InvalidToken
 from shared.errors import ErrorCode, RegistryError, error_body
 from shared.users import User
 from shared.web import Endpoint
 
-MAX_FORM_BYTES = 16 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -111,17 +110,12 @@ def build_routes(issuer: TokenIssuer) -> list[BaseRoute]:
                 "invalid_request",
                 "the token endpoint takes an application/x-www-form-urlencoded form",
             )
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                return _oauth_error(
-                    400, ErrorCode.SIZE_INVALID, "invalid_request", "the form is too large"
-                )
         try:
-            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-        except (UnicodeDecodeError, ValueError):
-            return _oauth_error(400, ErrorCode.UNSUPPORTED, "invalid_request", "malformed form")
+            form = await read_form(request)
+        except FormTooLarge as exc:
+            return _oauth_error(400, ErrorCode.SIZE_INVALID, "invalid_request", str(exc))
+        except FormInvalid as exc:
+            return _oauth_error(400, ErrorCode.UNSUPPORTED, "invalid_request", str(exc))
         check_service(form.get("service"))
         scopes = [s for s in form.get("scope", "").split(" ") if s]
         grant_type = form.get("grant_type")

@@ -424,24 +424,35 @@ def overview(runs: int = 20) -> Overview:
     """The registry as a whole, and the janitors' latest sweeps."""
     with db.reading() as connection:
 
-        def one(query: Any) -> Any:
-            return connection.execute(query).one()
+        def figure(column: Any, table: Any, *where: Any) -> Any:
+            return select(column).select_from(table).where(*where).scalar_subquery()
 
-        (repositories,) = one(select(func.count()).select_from(Repository))
-        (manifests,) = one(select(func.count()).select_from(Manifest))
-        (tags,) = one(select(func.count()).select_from(Tag))
-        blobs, stored = one(
-            select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(
-                Blob.state == BLOB_PRESENT
-            )
-        )
-        uploads, uploading, oldest = one(
+        present = Blob.state == BLOB_PRESENT
+        (
+            repositories,
+            manifests,
+            tags,
+            blobs,
+            stored,
+            uploads,
+            uploading,
+            oldest,
+            blob_reviews,
+            manifest_reviews,
+        ) = connection.execute(  # one statement, one round trip
             select(
-                func.count(), func.coalesce(func.sum(Upload.size), 0), func.min(Upload.started_at)
+                figure(func.count(), Repository),
+                figure(func.count(), Manifest),
+                figure(func.count(), Tag),
+                figure(func.count(), Blob, present),
+                figure(func.coalesce(func.sum(Blob.size), 0), Blob, present),
+                figure(func.count(), Upload),
+                figure(func.coalesce(func.sum(Upload.size), 0), Upload),
+                figure(func.min(Upload.started_at), Upload),
+                figure(func.count(), BlobReview),
+                figure(func.count(), ManifestReview),
             )
-        )
-        (blob_reviews,) = one(select(func.count()).select_from(BlobReview))
-        (manifest_reviews,) = one(select(func.count()).select_from(ManifestReview))
+        ).one()
         latest = [
             Run(
                 r.job,

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from pydantic import ByteSize
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -66,14 +67,7 @@ def kind(media_type: str, artifact_type: str | None) -> str:
 
 
 def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+    return "-" if size is None else ByteSize(size).human_readable()
 
 
 def ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
