@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +98,10 @@ def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Eng
         # committed or rolled back, and a Connection (or Session) closed with one still open
         # rolls it back itself before the pool sees it.
         kwargs["pool_reset_on_return"] = None
-    if make_url(url).get_backend_name() in ("mysql", "mariadb"):
+    parsed = make_url(url)
+    if parsed.get_driver_name() == "pymysql":
+        load_pymysql()
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
         # A page of tags (10,000 names at most) is read as one joined string: longer than
         # GROUP_CONCAT's default limit of 1 KiB.
         kwargs["connect_args"] = {
@@ -105,6 +109,52 @@ def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Eng
             "SESSION group_concat_max_len = 4194304"
         }
     return create_engine(url, **kwargs)
+
+
+# What PyMySQL imports for its RSA password exchange, and a lock for the time it is held back.
+_PYMYSQL_RSA = (
+    "cryptography.hazmat.backends",
+    "cryptography.hazmat.primitives",
+    "cryptography.hazmat.primitives.asymmetric",
+)
+_loading = threading.Lock()
+
+
+def load_pymysql() -> None:
+    """Import PyMySQL without the ``cryptography`` package, which it imports with itself
+    (7.5 MiB resident in each process) for one use only: encrypting the password with the
+    server's RSA key, under MySQL's sha256_password or caching_sha2_password authentication on
+    a connection without TLS. That function imports it at its first call instead."""
+    with _loading:
+        if "pymysql" in sys.modules:
+            return
+        # Absent from sys.modules, a module imports; None there, its import fails.
+        blocked = [name for name in _PYMYSQL_RSA if name not in sys.modules]
+        sys.modules.update(dict.fromkeys(blocked))  # type: ignore[arg-type]
+        try:
+            from pymysql import _auth
+        finally:
+            for name in blocked:
+                if sys.modules.get(name) is None:
+                    del sys.modules[name]
+        eager: Callable[[bytes, bytes, bytes], bytes] = _auth.sha2_rsa_encrypt
+        if getattr(_auth, "_have_cryptography", True):
+            return  # imported already, by another package
+
+        def sha2_rsa_encrypt(password: bytes, salt: bytes, public_key: bytes) -> bytes:
+            try:
+                from cryptography.hazmat.backends import default_backend
+                from cryptography.hazmat.primitives import hashes, serialization
+                from cryptography.hazmat.primitives.asymmetric import padding
+            except ImportError:
+                return eager(password, salt, public_key)  # PyMySQL's own error
+            _auth.default_backend, _auth.hashes = default_backend, hashes
+            _auth.serialization, _auth.padding = serialization, padding
+            _auth._have_cryptography = True
+            _auth.sha2_rsa_encrypt = eager
+            return eager(password, salt, public_key)
+
+        _auth.sha2_rsa_encrypt = sha2_rsa_encrypt
 
 
 @lru_cache
