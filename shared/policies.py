@@ -275,9 +275,16 @@ def denied(session: Any, refusal: PolicyDenied) -> None:
     )
 
 
+_REFUSED = {
+    "move": "it cannot be moved to another manifest; push a new tag",
+    "delete": "it cannot be deleted; push a new tag",
+    "delete a manifest of": "the manifests its index refers to cannot be deleted",
+}
+
+
 def refuse_immutable(repository: str, tag: str, doing: str) -> None:
     """``DENIED`` when ``tag`` of ``repository`` is immutable; ``doing`` says what was refused
-    ("move", "delete")."""
+    ("move", "delete", "delete a manifest of")."""
     rule = configured().immutable(repository, tag)
     if rule is None:
         return
@@ -286,8 +293,8 @@ def refuse_immutable(repository: str, tag: str, doing: str) -> None:
     )
     raise PolicyDenied(
         repository,
-        f"tag {tag} of {repository} is immutable (policy: {rule.describe()}): it cannot be "
-        f"{'moved to another manifest' if doing == 'move' else 'deleted'}; push a new tag",
+        f"tag {tag} of {repository} is immutable (policy: {rule.describe()}): "
+        + _REFUSED[doing],
         tag=tag,
     )
 

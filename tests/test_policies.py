@@ -18,6 +18,7 @@ from tests.conftest import running_registry
 from tests.images import single_image
 from tests.registry import (
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
     RegistryUnderTest,
@@ -102,6 +103,41 @@ def test_an_immutable_tag_and_its_manifest_are_never_deleted(
     assert registry.http.delete(f"/v2/{name}/manifests/also").status_code == 202
     assert registry.http.get(f"/v2/{name}/tags/list").json()["tags"] == ["v2"]
     assert registry.http.head(f"/v2/{name}/manifests/{digest}").status_code == 200
+
+
+def test_a_manifest_of_an_index_an_immutable_tag_names_is_never_deleted(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    name = f"prod/{repo}"
+    amd, amd_digest = registry.push_image(name, "amd64-build", layers=[b"amd64"])
+    arm, arm_digest = registry.push_image(name, "arm64-build", layers=[b"arm64"])
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body), "platform": platform}
+            for body, digest, platform in (
+                (amd, amd_digest, {"architecture": "amd64", "os": "linux"}),
+                (arm, arm_digest, {"architecture": "arm64", "os": "linux"}),
+            )
+        ],
+    }
+    assert registry.push_manifest(name, "v4", index, OCI_INDEX).status_code == 201
+    refused = registry.http.delete(f"/v2/{name}/manifests/{arm_digest}")
+    assert refused.status_code == 403
+    assert error_codes(refused) == ["DENIED"]
+    assert "v4" in refused.json()["errors"][0]["detail"]
+    assert registry.http.head(f"/v2/{name}/manifests/{arm_digest}").status_code == 200
+    # An index no immutable tag names lets its manifests go.
+    assert registry.push_manifest(name, "latest", index, OCI_INDEX).status_code == 201
+    other = f"{repo}-mutable"
+    _, mutable_digest = registry.push_image(other, "x", layers=[b"mutable"])
+    loose = {**index, "manifests": [{**index["manifests"][0], "digest": mutable_digest}]}
+    loose["manifests"][0]["size"] = len(
+        registry.http.get(f"/v2/{other}/manifests/x", headers={"Accept": "*/*"}).content
+    )
+    assert registry.push_manifest(other, "multi", loose, OCI_INDEX).status_code == 201
+    assert registry.http.delete(f"/v2/{other}/manifests/{mutable_digest}").status_code == 202
 
 
 def test_skopeo_cannot_overwrite_an_immutable_tag(

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from manifest_service import media_types
 from shared import db, notifications, policies, read_cache
 from shared.errors import ErrorCode, RegistryError
-from shared.models import Base, Manifest, Repository, Tag, utcnow
+from shared.models import Base, Manifest, ManifestReference, Repository, Tag, utcnow
 from shared.reference import TAG_RE, is_digest, parse_digest, validate_tag
 from shared.repositories import (
     delete_manifest,
@@ -367,6 +367,21 @@ def _delete_reference(repository: str, reference: str) -> None:
             held = select(Tag.name).where(Tag.manifest_id == manifest.id).with_for_update()
             for name in session.scalars(held):
                 policies.refuse_immutable(repository, name, "delete")
+            if policies.configured().immutable_tags:
+                # Nor a manifest an index refers to, when an immutable tag names the index:
+                # the tag would keep its digest and lose a platform.
+                indexes = (
+                    select(Tag.name)
+                    .join(ManifestReference, ManifestReference.manifest_id == Tag.manifest_id)
+                    .where(
+                        Tag.repository_id == repo,
+                        ManifestReference.digest == reference,
+                        ManifestReference.is_manifest,
+                    )
+                    .with_for_update()
+                )
+                for name in session.scalars(indexes):
+                    policies.refuse_immutable(repository, name, "delete a manifest of")
             notifications.record(
                 session, "delete", repository, digest=reference, media_type=manifest.media_type
             )
