@@ -293,8 +293,7 @@ def refuse_immutable(repository: str, tag: str, doing: str) -> None:
     )
     raise PolicyDenied(
         repository,
-        f"tag {tag} of {repository} is immutable (policy: {rule.describe()}): "
-        + _REFUSED[doing],
+        f"tag {tag} of {repository} is immutable (policy: {rule.describe()}): " + _REFUSED[doing],
         tag=tag,
     )
 
