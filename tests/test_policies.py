@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,7 +112,7 @@ def test_a_manifest_of_an_index_an_immutable_tag_names_is_never_deleted(
     name = f"prod/{repo}"
     amd, amd_digest = registry.push_image(name, "amd64-build", layers=[b"amd64"])
     arm, arm_digest = registry.push_image(name, "arm64-build", layers=[b"arm64"])
-    index = {
+    index: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
         "manifests": [
