@@ -78,9 +78,10 @@ class Blob(Base):
     # object to its content-addressed key.
     storage_key: Mapped[str] = mapped_column(String(512), index=True)
     # "present", or "deleting" while garbage collection removes the object: a deleting blob is
-    # absent to every reader, and an upload of the same content brings it back.
+    # absent to every reader, and an upload of the same content brings it back. Indexed:
+    # reconcile looks for the few deleting ones.
     state: Mapped[str] = mapped_column(
-        String(16), default=BLOB_PRESENT, server_default=BLOB_PRESENT
+        String(16), default=BLOB_PRESENT, server_default=BLOB_PRESENT, index=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # The janitor task moving or deleting the blob's objects, and until when its claim holds
@@ -229,6 +230,18 @@ class JanitorRun(Base):
     bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
     moved: Mapped[int] = mapped_column(BigInteger, default=0)
     dry_run: Mapped[bool] = mapped_column(default=False)
+
+
+class JanitorCursor(Base):
+    """Where a long walk of a housekeeping job stopped (the last key it finished), kept while
+    it is unfinished: a run interrupted by a restart is taken up there by the next one."""
+
+    __tablename__ = "janitor_cursors"
+    __table_args__ = (TABLE_ARGS,)
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[str] = mapped_column(String(512))
+    updated_at: Mapped[dt.datetime] = mapped_column(PreciseDateTime, default=utcnow)
 
 
 class OutboxEvent(Base):

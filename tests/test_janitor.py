@@ -123,6 +123,33 @@ def test_gc_deletes_what_no_manifest_references_and_keeps_the_rest(
     settle(registry)
 
 
+def test_gc_reads_the_reviews_and_a_full_mark_finds_a_lost_one_resuming_where_it_stopped(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    """A run takes the reviews changes recorded; a blob whose review was lost waits for
+    ``gc --full``, whose walk of the blobs table goes on from where an interrupted one
+    stopped."""
+    first, second = sorted(registry.push_blob(repo, os.urandom(1200)) for _ in range(2))
+    settle(registry)
+    registry.execute("DELETE FROM gc_blob_reviews WHERE digest IN (:a, :b)", a=first, b=second)
+    admin_ok(registry, "gc", "--grace", "0s")
+    assert {first, second} <= set(blob_keys(registry))  # no review, not looked at
+    # A full mark interrupted after the first digest: the next one goes on after it.
+    registry.execute(
+        "INSERT INTO janitor_cursors (name, position, updated_at) VALUES ('gc_mark', :at, :now)",
+        at=first,
+        now=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    )
+    report = admin_ok(registry, "gc", "--full", "--grace", "0s")
+    assert "deleted" in report
+    stored = set(blob_keys(registry))
+    assert second not in stored and first in stored
+    assert registry.query("SELECT name FROM janitor_cursors") == []  # the walk finished
+    admin_ok(registry, "gc", "--full", "--grace", "0s")  # a new walk from the start
+    assert first not in set(blob_keys(registry))
+    assert registry.storage_matches_database()
+
+
 def test_a_manifest_put_after_gc_took_its_blob_fails_cleanly_and_a_repush_works(
     registry: RegistryUnderTest, repo: str
 ) -> None:

@@ -44,12 +44,7 @@ def registry(
 
 def age(registry: RegistryUnderTest, statement: str, **values: object) -> None:
     """Move rows' times back: ``statement`` is an UPDATE with bind parameters."""
-    engine = create_engine(registry.settings.database_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text(statement), values)
-    finally:
-        engine.dispose()
+    registry.execute(statement, **values)
 
 
 def days_ago(days: float) -> dt.datetime:

@@ -290,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         " REGISTRY_GC_UNTAGGED_MANIFESTS)",
     )
     gc_cmd.add_argument("--limit", type=int, default=1_000_000, help="most reviews to take")
+    gc_cmd.add_argument(
+        "--full",
+        action="store_true",
+        help="first give every unreferenced blob without a review one (a walk of the whole"
+        " blobs table, resumed where an interrupted one stopped); without it, only the reviews"
+        " that changes recorded are read",
+    )
     user = commands.add_parser("user", help="add, remove or list the users of the users file")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for command, text in (
@@ -368,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             dry_run=args.dry_run,
             limit=args.limit,
             progress=tick,
+            full=args.full,
         )
         return _run("collect_garbage", work, bar)
     if args.command == "purge-uploads":

@@ -1,10 +1,12 @@
 """Online garbage collection: blobs no manifest references, and (by policy) manifests no tag,
 index or living subject refers to. The registry stays writable throughout.
 
-Mark: every blob that is unreferenced and older than the grace period gets a due review (most
-already have one: every change that can unreference a blob records one, see
-``shared.reviews``). Sweep: due reviews are taken one at a time with ``FOR UPDATE SKIP
-LOCKED``; for each, under the blob row's lock:
+Reviews: every change that can leave a blob unreferenced records a review of it, in its own
+transaction (``shared.reviews``), so a run reads the review queue only: its cost follows what
+changed, not the size of the registry. A full mark (``registry-admin gc --full``) walks the
+whole blobs table and gives every unreferenced blob older than the grace period a due review,
+for a review lost; it is resumable. Sweep: due reviews are taken one at a time with
+``FOR UPDATE SKIP LOCKED``; for each, under the blob row's lock:
 
 1. the blob's repository links are deleted first: a manifest PUT that is checking them holds
    them share-locked, so this waits for it to commit;
@@ -41,6 +43,7 @@ from shared.models import (
     BLOB_PRESENT,
     Blob,
     BlobReview,
+    JanitorCursor,
     Manifest,
     ManifestReference,
     ManifestReview,
@@ -68,16 +71,30 @@ def _unreferenced_blobs(cutoff: dt.datetime) -> Select[str, int]:
     )
 
 
-def _unreferenced(cutoff: dt.datetime) -> list[tuple[str, int]]:
+def _unreferenced(cutoff: dt.datetime, due_by: dt.datetime | None) -> list[tuple[str, int]]:
+    """What a sweep would delete: of the blobs with a review due by ``due_by``, or of all
+    (None: after a full mark)."""
+    query = _unreferenced_blobs(cutoff)
+    if due_by is not None:
+        query = query.join(BlobReview, BlobReview.digest == Blob.digest).where(
+            BlobReview.review_after <= due_by
+        )
     with db.reading() as connection:
-        return list(connection.execute(_unreferenced_blobs(cutoff)).tuples())
+        return list(connection.execute(query).tuples())
+
+
+MARK_CURSOR = "gc_mark"
 
 
 def mark(cutoff: dt.datetime, batch: int = 1000) -> int:
     """Give every unreferenced blob older than ``cutoff`` that has no review a review due now
-    (a review already recorded keeps its time: a later one is there for a reason)."""
+    (a review already recorded keeps its time: a later one is there for a reason). A walk of
+    the whole blobs table, in batches by digest; where a run stopped is kept with each batch
+    (``janitor_cursors``), and the next run goes on from there."""
     marked = 0
-    last = ""
+    with db.transaction() as session:
+        cursor = session.get(JanitorCursor, MARK_CURSOR)
+        last = cursor.position if cursor is not None else ""
     while True:
         with db.transaction() as session:
             digests = list(
@@ -90,8 +107,12 @@ def mark(cutoff: dt.datetime, batch: int = 1000) -> int:
                 )
             )
             if not digests:
+                session.execute(delete(JanitorCursor).where(JanitorCursor.name == MARK_CURSOR))
                 return marked
             review_blobs(session, digests, "unreferenced", delay=NOW)
+            session.merge(
+                JanitorCursor(name=MARK_CURSOR, position=digests[-1], updated_at=utcnow())
+            )
         marked += len(digests)
         last = digests[-1]
 
@@ -252,9 +273,13 @@ async def collect_garbage(
     dry_run: bool = False,
     limit: int | None = None,
     progress: Progress = None,
+    full: bool = False,
 ) -> Report:
-    """Mark, then sweep at most ``limit`` due reviews. ``dry_run`` only reports what a run
-    would delete and how many bytes it would free. What is not given is as configured."""
+    """Sweep at most ``limit`` due reviews: work in proportion to what changed, since every
+    change that can leave something unreferenced records a review. ``full`` marks first (a walk
+    of the whole blobs table: for a review lost, by hand or to a bug). ``dry_run`` only reports
+    what a run would delete and how many bytes it would free. What is not given is as
+    configured."""
     settings = get_settings()
     grace = dt.timedelta(seconds=settings.gc_grace_seconds) if grace is None else grace
     if untagged_manifests is None:
@@ -263,7 +288,7 @@ async def collect_garbage(
     report = Report("collect_garbage", dry_run=dry_run)
     cutoff = utcnow() - grace
     if dry_run:
-        unreferenced = await db.read(_unreferenced, cutoff)
+        unreferenced = await db.read(_unreferenced, cutoff, None if full else _due_by(grace))
         for digest, size in unreferenced:
             report.tick(progress)
             report.deleted += 1
@@ -281,7 +306,8 @@ async def collect_garbage(
             report.tick(progress)
             if decided[0] == "delete":
                 log.info("gc manifest deleted digest=%s", decided[1])
-    await db.write(mark, cutoff)
+    if full:
+        await db.write(mark, cutoff)
     due_by = _due_by(grace)
     busy: set[str] = set()
     for _ in range(limit):

@@ -6,7 +6,9 @@ undone, and delete what no row knows.
 3. Upload objects that no upload session and no blob uses (a cancelled upload whose event was
    lost, a purge interrupted between row and object) are deleted.
 4. Blob objects that no blob row knows (a crash between storage and database) are deleted.
-5. Every unreferenced blob gets a garbage-collection review (the mark phase).
+
+(Garbage collection's full mark, which gives a review to every unreferenced blob that has
+none, is ``registry-admin gc --full``: the changes themselves record reviews.)
 
 Objects younger than the grace period are never called orphans: their rows may be about to be
 written. An orphan blob object is deleted under a claim on a row recorded as being deleted
@@ -22,7 +24,7 @@ import logging
 from sqlalchemy import select
 
 from janitor.claims import BlobBusy
-from janitor.gc import finish_deletion, mark
+from janitor.gc import finish_deletion
 from janitor.promotion import discard, promote
 from janitor.report import Progress, Report
 from shared import db
@@ -67,7 +69,6 @@ async def reconcile(
     settings = get_settings()
     grace = dt.timedelta(seconds=settings.reconcile_grace_seconds) if grace is None else grace
     promote_after = dt.timedelta(seconds=settings.promote_delay_seconds)
-    gc_grace = dt.timedelta(seconds=settings.gc_grace_seconds)
     report = Report("reconcile")
     now = utcnow()
 
@@ -118,5 +119,4 @@ async def reconcile(
         else:
             report.kept += 1
 
-    await db.write(mark, now - gc_grace)
     return report

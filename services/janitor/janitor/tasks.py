@@ -107,8 +107,12 @@ def purge_stale_uploads(older_than_seconds: int | None = None) -> dict[str, Any]
 
 
 @_sweep_task("collect_garbage")
-def collect_garbage(grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
-    work = gc.collect_garbage(get_storage(), grace=_seconds(grace_seconds), dry_run=dry_run)
+def collect_garbage(
+    grace_seconds: int | None = None, dry_run: bool = False, full: bool = False
+) -> dict[str, Any]:
+    work = gc.collect_garbage(
+        get_storage(), grace=_seconds(grace_seconds), dry_run=dry_run, full=full
+    )
     return _sweep("collect_garbage", work)
 
 
