@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     mirror_expiry_interval_seconds: int = 3600  # how often mirrored content is expired
     retention_interval_seconds: int = 3600  # how often the policies' retention rules run
     reconcile_grace_seconds: int = 3600  # objects younger than this are never called orphans
+    # The walk of storage for objects no row knows (janitor.storage_sweep): how often one
+    # starts, the objects a second it lists at most (0: no limit), and the time slice of one
+    # task (the next goes on where it stopped).
+    storage_sweep_interval_seconds: int = 7 * 24 * 3600
+    storage_sweep_rate: float = 1000.0
+    storage_sweep_segment_seconds: int = 600
     promote_delay_seconds: int = 60
     # Beat as a thread of the (one) janitor worker, whose tasks run in a thread of its own: one
     # process for the whole janitor, as `make run` wants. Off where the worker has replicas

@@ -232,6 +232,34 @@ def test_reconcile_finds_orphaned_objects(registry: RegistryUnderTest) -> None:
     young.parent.rmdir()
 
 
+def test_the_storage_walk_goes_on_where_it_stopped_and_the_hourly_reconcile_does_not_walk(
+    registry: RegistryUnderTest,
+) -> None:
+    stale = time.time() - 7200
+    first, second = (f"blobs/sha256/ab/ab{'0' * 61}{n}/data" for n in (1, 2))
+    for key in (first, second):
+        path = registry.storage_root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"nobody knows me")
+        os.utime(path, (stale, stale))
+    admin_ok(registry, "reconcile", "--database-only")  # the database alone: no walk
+    assert (registry.storage_root / first).exists() and (registry.storage_root / second).exists()
+    # A walk that stopped after the first: the next goes on from there.
+    registry.execute(
+        "INSERT INTO janitor_cursors (name, position, updated_at) "
+        "VALUES ('storage_sweep', :at, :now)",
+        at=first,
+        now=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    )
+    summary = admin_ok(registry, "reconcile")
+    assert f"going on after {first}" in summary
+    assert (registry.storage_root / first).exists()
+    assert not (registry.storage_root / second).exists()
+    assert registry.query("SELECT name FROM janitor_cursors") == []  # the walk is done
+    admin_ok(registry, "reconcile")  # a new walk, from the start
+    assert not (registry.storage_root / first).exists()
+
+
 def test_a_lease_lets_one_janitor_run_a_sweep(registry: RegistryUnderTest) -> None:
     with registry.configured():
         ttl = dt.timedelta(seconds=2)

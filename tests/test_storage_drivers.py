@@ -401,6 +401,33 @@ def test_list(storage: Storage) -> None:
     run(scenario())
 
 
+def test_a_listing_is_in_key_order_and_goes_on_after_a_key(storage: Storage) -> None:
+    """A walk stopped at a key goes on from it: keys in string order ('-' sorts before '/':
+    ``a-b/…`` before ``a/…``), from after any key, stored or not, also one whose object is
+    in segments."""
+
+    async def scenario() -> None:
+        for i in range(9):  # more than a page of the test driver's listings
+            await storage.driver.append(f"blobs/sha256/{i:02x}/data", 0, chunks(b"b"))
+        for key in ("uploads/a/data", "uploads/a-b/data", "uploads/ab/data"):
+            await storage.driver.append(key, 0, chunks(b"x"))
+        offset = await storage.driver.append("uploads/one/data", 0, chunks(b"12345"))
+        await storage.driver.append("uploads/one/data", offset, chunks(b"678"))  # segments
+        await storage.driver.append("uploads/one/data2", 0, chunks(b"z"))
+        everything = [info.key async for info in storage.driver.list("")]
+        assert everything == sorted(everything) and len(everything) == 14
+        assert everything.index("uploads/a-b/data") < everything.index("uploads/a/data")
+        for at, key in enumerate(everything):
+            rest = [info.key async for info in storage.driver.list("", key)]
+            assert rest == everything[at + 1 :], key
+        uploads = [info.key async for info in storage.driver.list("uploads/", "uploads/b")]
+        assert uploads == ["uploads/one/data", "uploads/one/data2"]
+        blobs = [info.key async for info in storage.driver.list("blobs/", "blobs/sha256/03/")]
+        assert blobs == [f"blobs/sha256/{i:02x}/data" for i in range(3, 9)]
+
+    run(scenario())
+
+
 def test_only_the_filesystem_is_local(storage: Storage) -> None:
     assert storage.driver.local == (storage.kind == "filesystem")
 

@@ -73,8 +73,10 @@ class StorageDriver(Protocol):
         """Delete an object and what is under it; deleting what does not exist is no error."""
         ...
 
-    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix`` (a folder, ending with ``/``)."""
+    def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a folder, ending with ``/``) and
+        sorts after ``start_after``, in the order of their keys (as strings), a page at a time:
+        a walk stopped at a key goes on from it."""
         ...
 
     def open_file(self, key: str) -> BinaryIO:

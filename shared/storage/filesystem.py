@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +23,7 @@ import anyio
 from shared.storage import ObjectInfo, ObjectNotFound, StorageError
 
 READ_CHUNK = 1024 * 1024
+LIST_PAGE = 1000  # objects a listing reads at a time, in a worker thread
 # Reads from the page cache run on the event loop: after this many chunks in a row (8 MiB,
 # a few milliseconds) other requests get a turn, whatever the reader does with the bytes.
 YIELD_EVERY = 8
@@ -173,26 +175,40 @@ class FilesystemDriver:
         finally:
             os.close(fd)
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
         top = self._path(prefix) if prefix.strip("/") else self.root
+        walk = self._walk(top, start_after)
+        while page := await anyio.to_thread.run_sync(lambda: list(islice(walk, LIST_PAGE))):
+            for info in page:
+                yield info
 
-        def walk() -> list[ObjectInfo]:
-            found = []
-            for folder, _, files in os.walk(top):
-                for name in files:
-                    path = Path(folder, name)
-                    try:
-                        stat = path.stat()
-                    except FileNotFoundError:
-                        continue  # deleted while listing
-                    modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)
-                    found.append(
-                        ObjectInfo(str(path.relative_to(self.root)), stat.st_size, modified)
-                    )
-            return found
-
-        for info in await anyio.to_thread.run_sync(walk):
-            yield info
+    def _walk(self, folder: Path, start_after: str) -> Iterator[ObjectInfo]:
+        """The files under ``folder``, their keys in string order (a folder's entries sorted
+        with a ``/`` after each folder's name: its keys all start so), after ``start_after``:
+        subtrees that end before it are not read."""
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return
+        named = sorted(
+            (
+                str(Path(entry.path).relative_to(self.root)) + ("/" if entry.is_dir() else ""),
+                entry,
+            )
+            for entry in entries
+        )
+        for key, entry in named:
+            if key.endswith("/"):
+                if key < start_after and not start_after.startswith(key):
+                    continue  # every key under it sorts before start_after
+                yield from self._walk(Path(entry.path), start_after)
+            elif key > start_after:
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).replace(tzinfo=None)
+                yield ObjectInfo(key, stat.st_size, modified)
 
     async def size(self, key: str) -> int | None:
         try:

@@ -481,8 +481,9 @@ class OssDriver:
                 layout.children.append(item.key)
         return layout
 
-    async def _listed(self, key: str, full: str) -> AsyncIterator[Any]:
-        """Every object whose name starts with ``full``, page after page."""
+    async def _listed(self, key: str, full: str, start_after: str = "") -> AsyncIterator[Any]:
+        """Every object whose name starts with ``full`` (and sorts after ``start_after``), page
+        after page."""
         token = ""
         while True:
             page = await self._call(
@@ -492,6 +493,7 @@ class OssDriver:
                     self.bucket.list_objects_v2,
                     prefix=full,
                     continuation_token=token,
+                    start_after="" if token else start_after,
                     max_keys=self.page_size,
                 ),
             )
@@ -761,14 +763,19 @@ class OssDriver:
                 "DeleteObject", key, partial(self.bucket.delete_object, layout.base.key)
             )
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
         full = self._full(prefix)
+        after = self._full(start_after) if start_after else ""
         collapser = _Collapser()
-        async for item in self._listed(prefix, full):
+        # The segments of the key listing stopped at sort after it: collapsed into that key
+        # again, which is left out, as every key up to it.
+        async for item in self._listed(prefix, full, after):
             for key, layout in collapser.add(item.key, item.size, item.last_modified):
-                yield self._info(key, layout)
+                if key > after:
+                    yield self._info(key, layout)
         for key, layout in collapser.finish():
-            yield self._info(key, layout)
+            if key > after:
+                yield self._info(key, layout)
 
     def _info(self, full: str, layout: _Layout) -> ObjectInfo:
         # Segments left without their key's object (an interrupted delete) are listed as that

@@ -2,7 +2,7 @@
 
     registry-admin gc [--dry-run] [--grace 24h]
     registry-admin purge-uploads [--older-than 7d]
-    registry-admin reconcile [--grace 1h]
+    registry-admin reconcile [--grace 1h] [--database-only] [--rate 1000] [--restart]
     registry-admin user add NAME [--password-stdin] [--catalog] [--grant 'team-a/*=pull,push']
     registry-admin user remove NAME
     registry-admin user list
@@ -47,7 +47,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from janitor import gc, mirrors, notifications, reconcile, retention, runs, uploads
+from janitor import (
+    gc,
+    mirrors,
+    notifications,
+    reconcile,
+    retention,
+    runs,
+    storage_sweep,
+    uploads,
+)
 from janitor.report import Report
 from shared import db, policies, users
 from shared.models import utcnow
@@ -274,6 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     purge = commands.add_parser("purge-uploads", help="delete uploads nobody finished")
     rec = commands.add_parser("reconcile", help="finish interrupted work, delete orphaned objects")
+    rec.add_argument(
+        "--database-only",
+        action="store_true",
+        help="only what the database knows (overdue moves, deletions begun), as the hourly"
+        " reconcile does: no walk of storage",
+    )
+    rec.add_argument(
+        "--rate",
+        type=float,
+        help="objects a second the walk of storage lists at most (default:"
+        " REGISTRY_STORAGE_SWEEP_RATE; 0: no limit)",
+    )
+    rec.add_argument(
+        "--restart", action="store_true", help="walk storage from the start, not on from a walk"
+    )
     for sweep, option, text, setting in (
         (gc_cmd, "--grace", "never collect what is younger than this", "GC_GRACE_SECONDS"),
         (purge, "--older-than", "uploads idle longer go", "UPLOAD_PURGE_AGE_SECONDS"),
@@ -384,8 +408,21 @@ def main(argv: list[str] | None = None) -> int:
             uploads.purge_stale_uploads(storage, older_than=args.older_than, progress=tick),
             bar,
         )
-    work = reconcile.reconcile(storage, grace=args.grace, progress=tick)
-    return _run("reconcile", work, bar)
+    work = reconcile.reconcile(storage, progress=tick)
+    done = _run("reconcile", work, bar)
+    if done or args.database_only:
+        return done
+    # Then the storage sweep, as the janitor runs it, but to the end: on from where the walk in
+    # progress stopped, unless told to start again.
+    if args.restart:
+        db.retrying(storage_sweep.forget)
+    elif (where := storage_sweep.position()) is not None:
+        print(f"sweep_storage: going on after {where[0]} (walked until {where[1]:%Y-%m-%d %H:%M})")
+    bar = tqdm(desc="sweep_storage", unit=" objects", file=sys.stderr)
+    walk = storage_sweep.sweep(
+        storage, grace=args.grace, rate=args.rate, progress=lambda: bar.update(1)
+    )
+    return _run("sweep_storage", walk, bar)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ GC_BYTES = Counter(
 )
 GC_BLOBS = Counter("registry_gc_blobs_deleted_total", "Blobs deleted by garbage collection")
 ORPHANS = Counter(
-    "registry_reconcile_objects_deleted_total", "Orphaned objects deleted by reconcile"
+    "registry_reconcile_objects_deleted_total",
+    "Objects no row knew (orphans), deleted by the storage sweep",
 )
 
 NOTIFICATIONS = Counter(

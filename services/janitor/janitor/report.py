@@ -21,6 +21,7 @@ class Report:
     dry_run: bool = False
     skipped: str | None = None  # why the job did not run (another replica holds its lease)
     would_delete: list[str] = field(default_factory=list)
+    resume_after: str | None = None  # a walk stopped there, to go on from there
 
     def tick(self, progress: Progress) -> None:
         self.examined += 1
@@ -34,7 +35,8 @@ class Report:
         if self.skipped:
             return f"{self.job}: skipped ({self.skipped})"
         verb = "would delete" if self.dry_run else "deleted"
+        unfinished = f", goes on after {self.resume_after}" if self.resume_after else ""
         return (
             f"{self.job}: examined {self.examined}, {verb} {self.deleted} "
-            f"({self.bytes_freed} bytes), moved {self.moved}, kept {self.kept}"
+            f"({self.bytes_freed} bytes), moved {self.moved}, kept {self.kept}{unfinished}"
         )

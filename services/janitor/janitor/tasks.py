@@ -25,6 +25,7 @@ from janitor import (
     reconcile,
     retention,
     runs,
+    storage_sweep,
     uploads,
 )
 from janitor.claims import BlobBusy, ClaimLost
@@ -34,6 +35,7 @@ from shared import leases as shared_leases
 from shared.events import EVENT_TASK, Event
 from shared.notifications import configured as configured_endpoints
 from shared.observability import request_id_var
+from shared.settings import get_settings
 from shared.storage import StorageError, get_storage
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def _sweep(name: str, work: Any) -> dict[str, Any]:
     if name == "collect_garbage":
         metrics.GC_BYTES.inc(report.bytes_freed)
         metrics.GC_BLOBS.inc(report.deleted)
-    elif name == "reconcile":
+    elif name == "sweep_storage":
         metrics.ORPHANS.inc(report.deleted)
     log.info("%s", report.summary())
     return report.as_dict()
@@ -117,8 +119,20 @@ def collect_garbage(
 
 
 @_sweep_task("reconcile")
-def reconcile_storage(grace_seconds: int | None = None) -> dict[str, Any]:
-    return _sweep("reconcile", reconcile.reconcile(get_storage(), grace=_seconds(grace_seconds)))
+def reconcile_storage() -> dict[str, Any]:
+    return _sweep("reconcile", reconcile.reconcile(get_storage()))
+
+
+@_sweep_task("sweep_storage")
+def sweep_storage() -> dict[str, Any]:
+    """A time slice of the walk of storage (``janitor.storage_sweep``); one that did not reach
+    the end queues the next, which goes on where it stopped."""
+    settings = get_settings()
+    work = storage_sweep.sweep(get_storage(), seconds=settings.storage_sweep_segment_seconds)
+    done = _sweep("sweep_storage", work)
+    if done.get("resume_after"):
+        sweep_storage.apply_async(countdown=1)
+    return done
 
 
 @_sweep_task("expire_mirrors")

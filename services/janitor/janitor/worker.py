@@ -53,6 +53,10 @@ app.conf.update(
             "schedule": settings.upload_purge_interval_seconds,
         },
         "reconcile": {"task": "janitor.reconcile", "schedule": settings.reconcile_interval_seconds},
+        "sweep_storage": {
+            "task": "janitor.sweep_storage",
+            "schedule": settings.storage_sweep_interval_seconds,
+        },
         "expire-mirrors": {
             "task": "janitor.expire_mirrors",
             "schedule": settings.mirror_expiry_interval_seconds,
