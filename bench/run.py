@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, servers
+from bench import growth, report, servers
 from bench.client import DataFile, Failure, MiB
 from bench.scenarios import (
     MIRROR_NAMESPACE,
@@ -43,6 +43,7 @@ from bench.scenarios import (
 )
 
 RESULTS = Path(__file__).parent / "results"
+GROWTH = "growth"  # not a scenario against the reference: bench.growth
 
 
 def machine_facts() -> dict[str, Any]:
@@ -89,7 +90,7 @@ def git_revision() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    names = [scenario.name for scenario in all_scenarios(Sizes.full())]
+    names = [scenario.name for scenario in all_scenarios(Sizes.full())] + [GROWTH]
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
         description="Benchmark this registry against the reference registry (Distribution 2.8).",
@@ -103,8 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(names),
-        help=f"comma-separated, from: {','.join(names)} (default: all)",
+        default=None,
+        help=f"comma-separated, from: {','.join(names)} (default: all; {GROWTH}, which fills "
+        "MariaDB with registries of 10,000 to 1,000,000 blobs, with --backend mariadb only)",
     )
     parser.add_argument(
         "--backend",
@@ -121,6 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and PNG go")
     args = parser.parse_args(argv)
+    if args.scenarios is None:
+        args.scenarios = ",".join(n for n in names if n != GROWTH or args.backend == "mariadb")
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(names))
     if unknown or not chosen:
@@ -147,6 +151,21 @@ def largest_blob(sizes: Sizes, chosen: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    grown = 0
+    if GROWTH in args.chosen:
+        args.chosen.remove(GROWTH)
+        root = Path(tempfile.mkdtemp(prefix="registry-growth-", dir=args.workdir))
+        try:
+            grown = growth.run(
+                root,
+                args.results,
+                growth.QUICK_SIZES if args.quick else growth.SIZES,
+                50 if args.quick else 200,
+            )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        if not args.chosen:
+            return grown
     sizes = Sizes.quick() if args.quick else Sizes.full()
     scenarios = [s for s in all_scenarios(sizes) if s.name in args.chosen]
     facts = machine_facts()
@@ -311,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"\n{len(failures)} failure(s): a request failed or returned wrong data")
         return 1
-    return 0
+    return grown
 
 
 def run_scenario(

@@ -287,10 +287,12 @@ def start_ours(
     mirrors_file: Path | None = None,
     notifications_file: Path | None = None,
     redis_database: int = 2,
+    database_url: str | None = None,
 ) -> Registry:
     """This registry; with ``mirrors_file`` and ``notifications_file``, those settings. On
     MariaDB, its Redis database is ``redis_database`` (emptied first): a second instance
-    running beside the first needs its own, or the two would share their broker queues."""
+    running beside the first needs its own, or the two would share their broker queues; and
+    its database a fresh one, or ``database_url`` (left as it is when the registry stops)."""
     from shared import migrate
     from shared.runner import start_all, stop_all
     from shared.settings import Settings
@@ -304,11 +306,13 @@ def start_ours(
         import redis
 
         redis_url = f"{REDIS_SERVER}/{redis_database}"
-        database_name, database_url = _mariadb_database()
+        if database_url is None:
+            database_name, database_url = _mariadb_database()
         try:
             redis.Redis.from_url(redis_url).flushdb()
         except redis.RedisError as exc:
-            _drop_mariadb_database(database_name)
+            if database_name:
+                _drop_mariadb_database(database_name)
             raise RuntimeError(
                 f"no Redis at {redis_url} ({exc}); `make services` starts one"
             ) from None
