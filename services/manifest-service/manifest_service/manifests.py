@@ -158,7 +158,14 @@ def _put(
         if check_references:
             _check_references(connection, repository_id, repository, parsed)
         key = {"repository_id": repository_id, "digest": digest}
-        manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
+        tag_target: int | None = None
+        if tag is None:
+            manifest_id = connection.execute(_MANIFEST_ID, key).scalar()
+        else:
+            # Both plain reads in one round trip.
+            manifest_id, tag_target = connection.execute(
+                _MANIFEST_AND_TAG, {**key, "name": tag}
+            ).one()
         if manifest_id is not None:
             # Held against a concurrent delete (a client's, or garbage collection's) until
             # this transaction ends; gone meanwhile, it is stored again. (Read plainly
@@ -176,6 +183,7 @@ def _put(
                 repository_id,
                 tag,
                 manifest_id,
+                tag_target,
                 enforce=check_references,  # a mirror's pull-through follows its upstream
             )
         if quota is not None:
@@ -213,6 +221,10 @@ _TAG_TARGET = select(Tag.manifest_id).where(
     Tag.repository_id == bindparam("repository_id"), Tag.name == bindparam("name")
 )
 _TAG_HELD = _TAG_TARGET.with_for_update()
+_MANIFEST_AND_TAG = select(
+    _MANIFEST_ID.scalar_subquery().label("manifest_id"),
+    _TAG_TARGET.scalar_subquery().label("tag_target"),
+)
 
 
 def _check_references(
@@ -290,17 +302,18 @@ def _set_tag(
     repository_id: int,
     name: str,
     manifest_id: int,
+    current: int | None,
     *,
     enforce: bool = True,
 ) -> None:
-    """Point tag ``name`` at ``manifest_id``. With ``enforce`` (the policies), an immutable
-    tag that points elsewhere is not moved (``DENIED``, the transaction undone)."""
+    """Point tag ``name`` at ``manifest_id``; ``current`` is where a plain read of the tag, in
+    this transaction, found it pointing. With ``enforce`` (the policies), an immutable tag
+    that points elsewhere is not moved (``DENIED``, the transaction undone)."""
     key = {"repository_id": repository_id, "name": name}
     # Read plainly first: on MySQL a locking read of a tag that does not exist locks the gap
     # where it would go, and two pushes of new tags into one gap then deadlock on their
     # INSERTs (0.5% of the PUTs of new tags over 4 connections did). A tag that exists is
     # then held (an exclusive lock on its row) until this transaction ends.
-    current = connection.execute(_TAG_TARGET, key).scalar()
     if current is not None:
         current = connection.execute(_TAG_HELD, key).scalar()
     if current is None:
