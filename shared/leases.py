@@ -7,16 +7,23 @@ expires.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select, update
 
 from shared import db
 from shared.models import JobLease, utcnow
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 NAME_LENGTH = 64  # job_leases.name
@@ -71,3 +78,60 @@ def held(name: str) -> bool:
     with db.reading() as connection:
         expires = connection.scalar(select(JobLease.expires_at).where(JobLease.name == name))
     return expires is not None and expires >= utcnow()
+
+
+async def take_or_wait(
+    name: str,
+    owner: str,
+    ttl: dt.timedelta,
+    done: Callable[[], Awaitable[T | None]],
+    pause_seconds: float,
+) -> tuple[T | None, bool]:
+    """One request at a time, on any replica, does a piece of work that concurrent requests
+    would otherwise all do (fetching one blob or manifest from a mirror's upstream); the
+    others wait for what it leaves behind. ``done()`` reads that, or None while it is not
+    there; it is read again every ``pause_seconds`` while the lease ``name`` is held.
+
+    Returns ``(result, waited)``: a result found by ``done()`` (``waited``: once another
+    request had done the work), or None when this request now holds the lease for ``owner``
+    (``done()`` read once more after taking it): the caller does the work and then releases
+    the lease. The holder that fails lets the next waiter take the lease and try in turn; one
+    that dies leaves a lease that expires after ``ttl``."""
+    waited = False
+    while True:
+        result = await done()
+        if result is not None:
+            return result, waited
+        if not await db.read(held, name) and await db.write(acquire, name, ttl, owner):
+            break
+        waited = True
+        await asyncio.sleep(pause_seconds)
+    try:
+        result = await done()  # done between the last look and the lease
+    except BaseException:
+        await db.write(release, name, owner)
+        raise
+    if result is not None:
+        await db.write(release, name, owner)
+        return result, True
+    return None, waited
+
+
+# Releases made in the background, kept referenced until they end.
+_releasing: set[asyncio.Task[Any]] = set()
+
+
+def release_soon(name: str, owner: str) -> None:
+    """Release the lease in the background: the caller answers without waiting for it (what
+    waits for the work looks for its result before the lease); a release that fails leaves a
+    lease that expires by itself."""
+
+    async def releasing() -> None:
+        try:
+            await db.write(release, name, owner)
+        except Exception:
+            log.warning("could not release the lease %s", name, exc_info=True)
+
+    task = asyncio.ensure_future(releasing())
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)

@@ -322,6 +322,36 @@ def test_sixteen_concurrent_pulls_of_one_uncached_blob_fetch_it_once(
     assert statuses.count("registry; fwd=miss; stored") == 1, statuses
 
 
+def test_sixteen_concurrent_pulls_of_one_uncached_manifest_ask_the_upstream_once(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    name = f"{_name('crowd')}/app"
+    tagged = upstreams.push(upstreams.open, single_image(tmp_path / "one", 1), f"{name}:v1")
+    other = upstreams.push(upstreams.open, single_image(tmp_path / "two", 1), f"{name}:v2")
+
+    def pull(reference: str) -> tuple[str, str]:
+        with httpx.Client(base_url=registry.url, timeout=60) as client:
+            answer = client.get(f"/v2/hub/{name}/manifests/{reference}", headers=ACCEPT)
+        assert answer.status_code == 200, answer.text
+        return answer.headers["docker-content-digest"], answer.headers["cache-status"]
+
+    for reference, digest in (("v1", tagged), (other, other)):
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(pull, [reference] * 16))
+        assert {served for served, _ in answers} == {digest}
+        # One request asked the upstream (a GET: with nothing stored, no HEAD first); the
+        # others waited for what it stored, or came after.
+        assert upstreams.open.requests("GET", f"/{name}/manifests/{reference}") == 1
+        assert upstreams.open.requests("HEAD", f"/{name}/manifests/{reference}") == 0
+        statuses = [status for _, status in answers]
+        assert statuses.count("registry; fwd=miss; stored") == 1, statuses
+        assert set(statuses) <= {
+            "registry; fwd=miss; stored",
+            "registry; fwd=miss; collapsed",
+            "registry; hit",
+        }, statuses
+
+
 def test_a_client_that_stops_reading_holds_no_one_up(
     registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
 ) -> None:

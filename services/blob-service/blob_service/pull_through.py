@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,9 +51,8 @@ WAIT_SECONDS = 0.1
 QUEUE_CHUNKS = 8
 CLIENT_WAIT_SECONDS = 2.0
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
-# Fetches whose client went away, and releases of fetch leases, kept referenced until they end.
+# Fetches whose client went away, kept referenced until they end.
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -143,27 +141,12 @@ async def serve(
     lease = leases.name_for("fetch", repository, str(digest))
     owner = uuid.uuid4().hex
     ttl = dt.timedelta(seconds=get_settings().upload_lease_seconds)
-    waited = False
-    while True:
-        info = await _stored(repository, digest)
-        if info is not None:
-            MIRROR_REQUESTS.labels("blob", "miss" if waited else "hit").inc()
-            return Served(COLLAPSED if waited else HIT, info)
-        if not await db.read(leases.held, lease) and await db.write(
-            leases.acquire, lease, ttl, owner
-        ):
-            break
-        waited = True  # another request fetches it: wait for the blob
-        await asyncio.sleep(WAIT_SECONDS)
-    try:
-        info = await _stored(repository, digest)
-    except BaseException:
-        await db.write(leases.release, lease, owner)
-        raise
-    if info is not None:  # stored between the look above and the lease: nothing to fetch
-        await db.write(leases.release, lease, owner)
-        MIRROR_REQUESTS.labels("blob", "miss").inc()
-        return Served(COLLAPSED, info)
+    info, waited = await leases.take_or_wait(
+        lease, owner, ttl, lambda: _stored(repository, digest), WAIT_SECONDS
+    )
+    if info is not None:
+        MIRROR_REQUESTS.labels("blob", "miss" if waited else "hit").inc()
+        return Served(COLLAPSED if waited else HIT, info)
     held = (lease, owner, ttl)
     return await _fetch(storage, mirror, repository, digest, request_id, stream, held)
 
@@ -184,14 +167,7 @@ async def _holding(lease: str, owner: str, ttl: dt.timedelta, fetch: Awaitable[T
         return await fetch
     finally:
         renewer.cancel()
-        _in_background(_release(lease, owner))
-
-
-async def _release(lease: str, owner: str) -> None:
-    try:
-        await db.write(leases.release, lease, owner)
-    except Exception:  # it expires by itself
-        log.warning("could not release the lease %s", lease, exc_info=True)
+        leases.release_soon(lease, owner)
 
 
 async def _fetch(

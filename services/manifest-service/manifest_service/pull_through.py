@@ -5,9 +5,10 @@ verified against the digest, stored, served. By tag: served from this registry w
 was checked against the upstream less than the mirror's ``tag_check_seconds`` ago (the tag's
 ``updated_at`` is when it was last checked: any replica's check counts); else the upstream is
 asked with a HEAD (which Docker Hub does not count against its rate limit), and the manifest
-fetched only when the tag now names another one. When the upstream fails (unreachable, 429,
-5xx) the stored copy is served, and said so in ``Cache-Status``; with no stored copy the
-answer is 503 ``UNAVAILABLE``.
+fetched only when the tag now names another one (or none is stored). Concurrent requests for
+one reference, on any replica, make one request of the upstream (``leases.take_or_wait``).
+When the upstream fails (unreachable, 429, 5xx) the stored copy is served, and said so in
+``Cache-Status``; with no stored copy the answer is 503 ``UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select, update
 
 from manifest_service import manifests
 from manifest_service.manifests import StoredManifest
-from shared import db
+from shared import db, leases
 from shared.errors import ErrorCode, RegistryError
 from shared.mirrors import Mirror
 from shared.models import Base, Manifest, Repository, Tag, utcnow
 from shared.observability import MIRROR_REQUESTS, MIRROR_UPSTREAM_ERRORS
 from shared.reference import is_digest, parse_digest
 from shared.repositories import find_repository_id
+from shared.settings import get_settings
 from shared.upstream import (
     UpstreamNotFound,
     UpstreamRefused,
@@ -49,6 +52,9 @@ class Served:
 _HIT = "registry; hit"
 _MISS = "registry; fwd=miss; stored"
 _STALE = 'registry; hit; detail="upstream unavailable"'
+_COLLAPSED = "registry; fwd=miss; collapsed"  # fetched by a concurrent request
+# How often a request waiting for another's fetch looks for the manifest.
+WAIT_SECONDS = 0.05
 
 
 def _tagged(repository: str, tag: str) -> tuple[StoredManifest, dt.datetime] | None:
@@ -127,38 +133,81 @@ async def get(mirror: Mirror, repository: str, reference: str) -> Served:
         raise unavailable(mirror, "manifest", f"manifest {reference!r}", exc) from None
 
 
+async def _stored(repository: str, digest: str) -> StoredManifest | None:
+    try:
+        return await manifests.get(repository, digest)
+    except RegistryError as exc:
+        if exc.code is not ErrorCode.MANIFEST_UNKNOWN:
+            raise
+        return None
+
+
 async def _get(mirror: Mirror, repository: str, reference: str) -> Served:
+    # Concurrent requests for one reference, on any replica, ask the upstream once: the one
+    # that takes the lease asks, the others wait for what it stores.
+    lease = leases.name_for("mirror-manifest", repository, reference)
+    owner = uuid.uuid4().hex
+    ttl = dt.timedelta(seconds=get_settings().upload_lease_seconds)
     if is_digest(reference):
         parse_digest(reference)
+        found, waited = await leases.take_or_wait(
+            lease, owner, ttl, lambda: _stored(repository, reference), WAIT_SECONDS
+        )
+        if found is not None:
+            MIRROR_REQUESTS.labels("manifest", "miss" if waited else "hit").inc()
+            return Served(found, _COLLAPSED if waited else _HIT)
         try:
-            stored = await manifests.get(repository, reference)
-        except RegistryError as exc:
-            if exc.code is not ErrorCode.MANIFEST_UNKNOWN:
-                raise
-        else:
-            MIRROR_REQUESTS.labels("manifest", "hit").inc()
-            return Served(stored, _HIT)
-        stored = await _fetch(mirror, repository, reference)
+            stored = await _fetch(mirror, repository, reference)
+        finally:
+            leases.release_soon(lease, owner)
         MIRROR_REQUESTS.labels("manifest", "miss").inc()
         return Served(stored, _MISS)
 
     manifests.check_reference(reference)
-    local = await db.read(_tagged, repository, reference)
-    if local is not None:
+    arrived = utcnow()
+    local: tuple[StoredManifest, dt.datetime] | None = None
+
+    async def current() -> StoredManifest | None:
+        """The stored manifest when the tag was checked upstream within the interval, or by
+        another request since this one arrived."""
+        nonlocal local
+        local = await db.read(_tagged, repository, reference)
+        if local is None:
+            return None
         stored, checked_at = local
         age = (utcnow() - checked_at).total_seconds()
-        if age < mirror.tag_check_seconds:
-            MIRROR_REQUESTS.labels("manifest", "hit").inc()
-            return Served(stored, _HIT)
+        return stored if age < mirror.tag_check_seconds or checked_at >= arrived else None
+
+    found, waited = await leases.take_or_wait(lease, owner, ttl, current, WAIT_SECONDS)
+    if found is not None:
+        MIRROR_REQUESTS.labels("manifest", "miss" if waited else "hit").inc()
+        return Served(found, _COLLAPSED if waited else _HIT)
     try:
-        head = await upstream(mirror).manifest(
-            mirror.upstream_name(repository), reference, method="HEAD"
-        )
-        if local is not None and head.digest == local[0].digest:
-            await db.write(_checked, repository, reference)
-            MIRROR_REQUESTS.labels("manifest", "hit").inc()
-            return Served(local[0], _HIT)
-        stored = await _fetch(mirror, repository, reference)
+        return await _check(mirror, repository, reference, local)
+    finally:
+        leases.release_soon(lease, owner)
+
+
+async def _check(
+    mirror: Mirror,
+    repository: str,
+    reference: str,
+    local: tuple[StoredManifest, dt.datetime] | None,
+) -> Served:
+    """The tag asked of the upstream (a HEAD when a copy is stored: the manifest is fetched
+    only when the tag names another one now), or the stored copy when the upstream fails."""
+    try:
+        if local is None:
+            stored = await _fetch(mirror, repository, reference)
+        else:
+            head = await upstream(mirror).manifest(
+                mirror.upstream_name(repository), reference, method="HEAD"
+            )
+            if head.digest == local[0].digest:
+                await db.write(_checked, repository, reference)
+                MIRROR_REQUESTS.labels("manifest", "hit").inc()
+                return Served(local[0], _HIT)
+            stored = await _fetch(mirror, repository, reference)
     except (UpstreamUnavailable, UpstreamRefused) as exc:
         if local is None:
             raise
