@@ -64,6 +64,13 @@ class Mirror:
             return f"library/{name}"
         return name
 
+    def stored_name(self, repository: str) -> str:
+        """The repository ``repository`` (under this namespace) is kept as here: the name under
+        this namespace of its upstream name, so that with Hub's rule hub/alpine and
+        hub/library/alpine share one copy."""
+        stored = f"{self.namespace}/{self.upstream_name(repository)}"
+        return stored if len(stored) <= MAX_NAME_LENGTH else repository
+
 
 @dataclass(frozen=True, slots=True)
 class Mirrors:
@@ -73,6 +80,12 @@ class Mirrors:
         """The mirror ``repository`` belongs to, if any (a name under its namespace)."""
         namespace, slash, _ = repository.partition("/")
         return self.by_namespace.get(namespace) if slash else None
+
+    def stored_name(self, repository: str) -> str:
+        """The repository ``repository`` is kept as: under a mirror, see
+        :meth:`Mirror.stored_name`; any other name as it is."""
+        mirror = self.find(repository)
+        return repository if mirror is None else mirror.stored_name(repository)
 
     @property
     def default(self) -> Mirror | None:

@@ -274,6 +274,31 @@ def test_containerd_ns_parameter_names_the_upstream(
     assert error_codes(unknown) == ["NAME_UNKNOWN"]
 
 
+def test_hubs_short_and_library_names_share_one_copy(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=1)
+    name = _name("short")
+    pushed = upstreams.push(upstreams.open, image, f"library/{name}:v1")
+    _, (layer,) = image_digests(image.path, pushed)
+    short = _manifest(registry, f"hub/{name}", "v1")
+    assert short.status_code == 200, short.text
+    assert short.headers["docker-content-digest"] == pushed
+    assert registry.http.get(f"/v2/hub/{name}/blobs/{layer}").status_code == 200
+    # hub/<name> is library/<name> upstream, and kept as hub/library/<name>: one copy.
+    for path in (f"hub/{name}", f"hub/library/{name}"):
+        assert _manifest(registry, path, "v1").headers["cache-status"] == "registry; hit"
+        blob = registry.http.get(f"/v2/{path}/blobs/{layer}")
+        assert blob.headers["cache-status"] == "registry; hit"
+        listed = registry.http.get(f"/v2/{path}/tags/list")
+        assert listed.json() == {"name": path, "tags": ["v1"]}
+    assert upstreams.open.requests("GET", f"/library/{name}/manifests/v1") == 1
+    assert upstreams.open.requests("GET", f"/library/{name}/blobs/{layer}") == 1
+    assert registry.query(
+        "SELECT name FROM repositories WHERE name LIKE :pattern", pattern=f"hub/%{name}"
+    ) == [(f"hub/library/{name}",)]
+
+
 def test_pushes_and_deletes_in_a_mirrored_namespace_are_denied(
     registry: RegistryUnderTest,
 ) -> None:

@@ -138,6 +138,7 @@ async def serve(
 ) -> Served:
     """The blob as the repository holds it, fetched first when it does not. With ``stream``
     (a whole GET), a fetch this request makes is streamed to it as it comes."""
+    repository = mirror.stored_name(repository)
     lease = leases.name_for("fetch", repository, str(digest))
     owner = uuid.uuid4().hex
     ttl = dt.timedelta(seconds=get_settings().upload_lease_seconds)

@@ -120,6 +120,7 @@ async def _fetch(mirror: Mirror, repository: str, reference: str) -> StoredManif
 
 
 async def get(mirror: Mirror, repository: str, reference: str) -> Served:
+    repository = mirror.stored_name(repository)
     try:
         return await _get(mirror, repository, reference)
     except UpstreamNotFound:

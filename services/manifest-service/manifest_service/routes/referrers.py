@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse
 
 from manifest_service import referrers
 from manifest_service.media_types import OCI_INDEX
+from shared import mirrors
 from shared.reference import parse_digest
 from shared.web import Endpoint, repository_name
 
@@ -16,7 +17,8 @@ async def list_referrers(request: Request) -> JSONResponse:
     digest: str = request.path_params["digest"]
     parse_digest(digest)
     artifact_type = request.query_params.get("artifactType")
-    index = await referrers.referrers(name, digest, artifact_type)
+    stored = mirrors.configured().stored_name(name)
+    index = await referrers.referrers(stored, digest, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
     return JSONResponse(index, media_type=OCI_INDEX, headers=headers)
 

@@ -7,13 +7,15 @@ from starlette.responses import JSONResponse
 
 from manifest_service import tags
 from manifest_service.pagination import next_link, page_size
+from shared import mirrors
 from shared.web import Endpoint, repository_name
 
 
 async def list_tags(request: Request) -> JSONResponse:
     name = repository_name(request)
     size = page_size(request.query_params.get("n"))
-    names, more = await tags.list_tags(name, size, request.query_params.get("last"))
+    stored = mirrors.configured().stored_name(name)
+    names, more = await tags.list_tags(stored, size, request.query_params.get("last"))
     headers = {}
     if more and names:
         headers["Link"] = next_link(f"/v2/{name}/tags/list", size, names[-1])
