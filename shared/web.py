@@ -38,6 +38,14 @@ INTERNAL_PREFIX = "x-registry-internal-"
 SERVE_LOCALLY_HEADER = INTERNAL_PREFIX + "serve-locally"
 STORAGE_KEY_HEADER = INTERNAL_PREFIX + "storage-key"
 BYTE_RANGE_HEADER = INTERNAL_PREFIX + "byte-range"
+# A blob a mirror fetches while a client waits for it: a gateway that can send files itself
+# says so (FOLLOW_UPLOAD_HEADER), and the blob service then answers with the upload's key
+# (UPLOAD_KEY_HEADER) and the blob's length (UPLOAD_LENGTH_HEADER), its body lines telling
+# how far the fetch has gone (``blob_service.pull_through.progress``): the gateway sends the
+# bytes from the file as it is written, the last one once the blob is verified and stored.
+FOLLOW_UPLOAD_HEADER = INTERNAL_PREFIX + "follow-upload"
+UPLOAD_KEY_HEADER = INTERNAL_PREFIX + "upload-key"
+UPLOAD_LENGTH_HEADER = INTERNAL_PREFIX + "upload-length"
 # Who made the request, as the gateway authenticated them (absent: anonymous).
 ACTOR_HEADER = INTERNAL_PREFIX + "actor"
 # The web interface's forms: the cookie a page with a form sets, and the field each form sends

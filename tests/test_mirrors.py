@@ -35,6 +35,7 @@ from tests.images import Layout, multi_arch_image, single_image
 from tests.podman import private_podman
 from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, eventually, sha256
 from tests.test_auth import make_skopeo
+from tests.test_blob_pulls import sendfile_bytes
 from tests.test_client_containerd import Containerd, containerd  # noqa: F401 (a fixture)
 from tests.test_client_skopeo import (
     Skopeo,
@@ -375,6 +376,25 @@ def test_sixteen_concurrent_pulls_of_one_uncached_manifest_ask_the_upstream_once
             "registry; fwd=miss; collapsed",
             "registry; hit",
         }, statuses
+
+
+def test_a_blob_fetched_while_it_is_pulled_is_sent_from_its_file_as_it_is_written(
+    registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    image = single_image(tmp_path / "image", layer_count=1, layer_size=8 * 1024 * 1024)
+    name = _name("followed")
+    pushed = upstreams.push(upstreams.open, image, f"{name}/app:v1")
+    _, (layer,) = image_digests(image.path, pushed)
+    before = sendfile_bytes(registry)
+    answer = registry.http.get(f"/v2/hub/{name}/app/blobs/{layer}", timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-status"] == "registry; fwd=miss; stored"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    assert sha256(answer.content) == layer
+    # On files the gateway can read, its kernel sent the bytes from the upload's file; on
+    # OSS they were relayed from the blob service.
+    sent = sendfile_bytes(registry) - before
+    assert sent == (0 if registry.oss is not None else len(answer.content))
 
 
 def test_a_client_that_stops_reading_holds_no_one_up(

@@ -12,6 +12,8 @@ service).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO
 
@@ -19,20 +21,23 @@ import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from api_gateway import zerocopy
 from shared.blobs import TransferAborted, open_blob, open_blob_file
 from shared.errors import ErrorCode, RegistryError
 from shared.numbers import NumberInvalid, parse_decimal
 from shared.settings import get_settings
-from shared.storage import StorageDriver
+from shared.storage import ObjectNotFound, StorageDriver
 from shared.web import (
     BYTE_RANGE_HEADER,
+    FOLLOW_UPLOAD_HEADER,
     INTERNAL_PREFIX,
     REQUEST_ID_HEADER,
     SERVE_LOCALLY_HEADER,
     STORAGE_KEY_HEADER,
+    UPLOAD_KEY_HEADER,
+    UPLOAD_LENGTH_HEADER,
 )
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1), those the gateway sets itself, and the client's
@@ -112,6 +117,8 @@ async def forward(
     headers.append((REQUEST_ID_HEADER.lower(), request_id))
     if local_storage is not None:
         headers.append((SERVE_LOCALLY_HEADER, "1"))
+        if zerocopy.EXTENSION in request.scope.get("extensions", {}):
+            headers.append((FOLLOW_UPLOAD_HEADER, "1"))
     if request.client is not None:
         headers.append(("x-forwarded-for", request.client.host))
     host = request.headers.get("host")
@@ -149,6 +156,8 @@ async def forward(
         ) from None
     if local_storage is not None and STORAGE_KEY_HEADER in upstream.headers:
         return await _serve_locally(upstream, local_storage, request)
+    if local_storage is not None and UPLOAD_KEY_HEADER in upstream.headers:
+        return _FollowedUpload(upstream, local_storage)
     if request.method == "HEAD" or (not blob_bytes and _is_small(upstream)):
         return await _pass_on(upstream)
     return _relay(upstream)
@@ -202,15 +211,83 @@ class _FileRange(Response):
                     "headers": self.raw_headers,
                 }
             )
+            await send(_file_message(self.file, self.offset, self.count, more_body=False))
+
+
+class _FollowedUpload(Response):
+    """A blob a mirror fetches as this answer is sent: its bytes sent from the upload's file
+    as the blob service writes it, as far as its progress lines say and the file holds, all
+    but the last byte; that one once the blob service says the blob is verified and stored
+    (``blob_service.pull_through.progress``). When it never says so (the upstream failed, or
+    sent other bytes) the transfer is cut short: the client never has the whole blob."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse, storage: StorageDriver) -> None:
+        self.upstream, self.storage = upstream, storage
+        self.key = upstream.headers[UPLOAD_KEY_HEADER]
+        self.digest = upstream.headers["Docker-Content-Digest"]
+        self.length = parse_decimal(upstream.headers[UPLOAD_LENGTH_HEADER])
+        self.status_code = upstream.status
+        self.raw_headers = [
+            *_answer_headers(upstream, _DROP_SERVED),
+            (b"content-length", str(self.length).encode()),
+        ]
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        file: BinaryIO | None = None
+        try:
             await send(
                 {
-                    "type": zerocopy.EXTENSION,
-                    "file": self.file,
-                    "offset": self.offset,
-                    "count": self.count,
-                    "more_body": False,
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
                 }
             )
+            sent, done = 0, False
+            async for line in _lines(self.upstream):
+                if line == b"done\n":
+                    done = True
+                    break
+                if file is None:
+                    with contextlib.suppress(ObjectNotFound):  # no byte written yet
+                        file = self.storage.open_file(self.key)
+                if file is None:
+                    continue
+                ready = min(parse_decimal(line.strip().decode()), os.fstat(file.fileno()).st_size)
+                ready = min(ready, self.length - 1)
+                if ready > sent:
+                    await send(_file_message(file, sent, ready - sent, more_body=True))
+                    sent = ready
+            if not done:
+                raise TransferAborted("the blob service's fetch of the blob failed")
+            if self.length == 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            if file is None:  # the whole blob came before this looked (and may be moved)
+                file = open_blob_file(self.storage, self.key, self.digest, self.length - 1)
+            await send(_file_message(file, sent, self.length - sent, more_body=False))
+        finally:
+            if file is not None:
+                file.close()
+            self.upstream.release()
+
+
+def _file_message(file: BinaryIO, offset: int, count: int, more_body: bool) -> Message:
+    return {
+        "type": zerocopy.EXTENSION,
+        "file": file,
+        "offset": offset,
+        "count": count,
+        "more_body": more_body,
+    }
+
+
+async def _lines(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        while line := await upstream.content.readline():
+            yield line
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TransferAborted(f"the service's answer broke off ({exc})") from exc
 
 
 async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -72,6 +72,7 @@ class Served:
     info: blobs.BlobInfo | None = None
     stream: AsyncIterator[bytes] | None = None
     size: int | None = None
+    upload_key: str | None = None  # where a streamed fetch writes the bytes
 
 
 _END = b""  # the last chunk has been queued (chunks are never empty)
@@ -90,6 +91,7 @@ class _Tee:
     )
     queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(QUEUE_CHUNKS))
     left: bool = False
+    upload_key: str | None = None  # the upload's, once it has started
 
     async def _hand(self, item: object) -> None:
         if not self.streaming or self.left:
@@ -193,8 +195,18 @@ async def _fetch(
                 await asyncio.sleep(0)
 
     tee = _Tee(source, stream)
+
+    def upload_started(state: uploads.UploadState) -> None:
+        tee.upload_key = state.storage_key
+
     fetch = uploads.monolithic(
-        storage, repository, digest, tee.chunks(), request_id, announce=False
+        storage,
+        repository,
+        digest,
+        tee.chunks(),
+        request_id,
+        announce=False,
+        started=upload_started,
     )
     task = _in_background(_holding(*held, _guarded(fetch, mirror, name, digest)))
     if stream:
@@ -205,7 +217,12 @@ async def _fetch(
             tee.leave()  # failed, or no length said: answered from storage once stored
         else:
             MIRROR_REQUESTS.labels("blob", "miss").inc()
-            return Served(MISS, stream=_streamed(tee, task), size=tee.length.result())
+            return Served(
+                MISS,
+                stream=_streamed(tee, task),
+                size=tee.length.result(),
+                upload_key=tee.upload_key,
+            )
     await task
     MIRROR_REQUESTS.labels("blob", "miss").inc()
     return Served(MISS, await blobs.stat(repository, digest))
@@ -262,3 +279,16 @@ async def _streamed(tee: _Tee, task: asyncio.Task[uploads.CommittedBlob]) -> Asy
     finally:
         if not tee.left:
             tee.leave()
+
+
+async def progress(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A streamed fetch told as lines, for a gateway that sends the bytes from the upload's
+    file itself (``shared.web.FOLLOW_UPLOAD_HEADER``): after each chunk handed to storage,
+    how many bytes have been (``<n>\\n``; the file holds them once it is that long); then
+    ``done\\n`` once the blob is verified and stored. When the fetch fails the lines are cut
+    short, as the bytes would be, and ``done`` never comes."""
+    handed = 0
+    async for chunk in chunks:
+        handed += len(chunk)
+        yield b"%d\n" % handed
+    yield b"done\n"

@@ -36,7 +36,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -631,14 +631,18 @@ async def monolithic(
     request_id: str | None = None,
     *,
     announce: bool = True,
+    started: Callable[[UploadState], None] | None = None,
 ) -> CommittedBlob:
     """A whole blob in one request (POST with ``?digest=``). The session exists only for this
     request: if the request fails (the client goes away mid-body, say), it ends with it.
     ``announce``: whether the notification endpoints hear of it as a push (not when a mirror
-    stores what it pulled through)."""
+    stores what it pulled through). ``started`` is told the session before ``body`` is
+    read."""
     token = str(uuid.uuid4())
     taken_at = time.monotonic()
     state = await start(repository, token)
+    if started is not None:
+        started(state)
     async with _holding(_new_lease(state, token, taken_at)) as lease:
         try:
             return await _complete(

@@ -14,8 +14,11 @@ from shared.reference import Digest, parse_digest
 from shared.storage import get_storage, keys
 from shared.web import (
     BYTE_RANGE_HEADER,
+    FOLLOW_UPLOAD_HEADER,
     SERVE_LOCALLY_HEADER,
     STORAGE_KEY_HEADER,
+    UPLOAD_KEY_HEADER,
+    UPLOAD_LENGTH_HEADER,
     Endpoint,
     repository_name,
     request_id,
@@ -65,6 +68,11 @@ async def get_blob(request: Request) -> Response:
         if served.stream is not None:
             await _pulled(name, str(digest), served.size)
             headers = {**_headers(str(digest)), "Cache-Status": cache_status}
+            if request.headers.get(FOLLOW_UPLOAD_HEADER) == "1" and served.upload_key:
+                # The gateway sends the bytes from the upload's file as it is written.
+                headers[UPLOAD_KEY_HEADER] = served.upload_key
+                headers[UPLOAD_LENGTH_HEADER] = str(served.size)
+                return StreamingResponse(pull_through.progress(served.stream), headers=headers)
             headers["Content-Length"] = str(served.size)
             return StreamingResponse(served.stream, headers=headers)
         assert served.info is not None
