@@ -200,13 +200,42 @@ class _Relay:
                 if time.monotonic() >= self._next_poll:
                     self._next_poll = time.monotonic() + POLL_SECONDS
                     events.extend(_take_left_behind())
-                sent = [event.id for event in events if publish(event)]
+                sent = _publish_batch(events)
                 if sent:
                     db.retrying(_delete, sent)
             except Exception:  # the rows stay; the next poll takes them
                 log.warning("event relay failed", exc_info=True)
             if stopping:
                 return
+
+
+# Events that only wake the janitor for what the database holds (it reads the work from
+# there): of a batch, one per repository is sent, and the others go with it.
+_WAKE_UPS = frozenset({"notifications:recorded"})
+
+
+def _publish_batch(events: list[Event]) -> list[str]:
+    """Publish ``events`` in order; the ids of those the broker took, or that a wake-up sent
+    for the same repository in this batch stands for (every row of the batch was committed
+    before it was sent)."""
+    standing_for: dict[str, list[str]] = {}
+    first_of: dict[tuple[str, str | None], str] = {}
+    to_send: list[Event] = []
+    for event in events:
+        if event.action in _WAKE_UPS:
+            key = (event.action, event.target.repository)
+            if key in first_of:
+                standing_for[first_of[key]].append(event.id)
+                continue
+            first_of[key] = event.id
+            standing_for[event.id] = []
+        to_send.append(event)
+    sent: list[str] = []
+    for event in to_send:
+        if publish(event):
+            sent.append(event.id)
+            sent.extend(standing_for.get(event.id, ()))
+    return sent
 
 
 def _take_left_behind() -> list[Event]:

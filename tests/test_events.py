@@ -5,8 +5,15 @@ janitor nothing to do record none."""
 
 from __future__ import annotations
 
+import ast
+import json
 import time
+from pathlib import Path
 
+import pytest
+
+from shared import events
+from shared.settings import get_settings
 from tests.registry import RegistryUnderTest, eventually, sha256
 
 
@@ -63,3 +70,42 @@ def test_a_cancelled_upload_is_announced(registry: RegistryUnderTest, repo: str)
     location = registry.http.post(f"/v2/{repo}/blobs/uploads/").headers["Location"]
     assert registry.http.delete(location).status_code == 204
     wait_for_log(registry, "janitor", f"event action=blob:upload:cancelled repository={repo} ")
+
+
+def test_a_relayed_batch_sends_one_notification_wake_up_per_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``notifications:recorded`` only wakes the janitor to deliver what the database holds:
+    of the events a relay sends at once, one per repository goes to the broker (a real
+    filesystem queue here), the others are done with it; other events all go."""
+    monkeypatch.setenv("REGISTRY_BROKER_URL", f"filesystem://{tmp_path / 'broker'}")
+    get_settings.cache_clear()
+    events._publisher.close()
+    try:
+
+        def event(action: events.Action, repository: str) -> events.Event:
+            return events.Event(action=action, target=events.Target(repository=repository))
+
+        batch = [
+            event("notifications:recorded", "a"),
+            event("blob:upload:committed", "a"),
+            event("notifications:recorded", "a"),
+            event("notifications:recorded", "b"),
+            event("notifications:recorded", "a"),
+        ]
+        done = events._publish_batch(batch)
+        assert sorted(done) == sorted(e.id for e in batch)
+        messages = [json.loads(path.read_text()) for path in tmp_path.rglob("*.msg")]
+        sent = sorted(
+            (args["action"], args["target"]["repository"])
+            for m in messages
+            for args in ast.literal_eval(m["headers"]["argsrepr"])
+        )
+        assert sent == [
+            ("blob:upload:committed", "a"),
+            ("notifications:recorded", "a"),
+            ("notifications:recorded", "b"),
+        ]
+    finally:
+        events._publisher.close()
+        get_settings.cache_clear()
