@@ -13,6 +13,8 @@ import gc
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import cache
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,9 +45,24 @@ BYTE_RANGE_HEADER = INTERNAL_PREFIX + "byte-range"
 # (UPLOAD_KEY_HEADER) and the blob's length (UPLOAD_LENGTH_HEADER), its body lines telling
 # how far the fetch has gone (``blob_service.pull_through.progress``): the gateway sends the
 # bytes from the file as it is written, the last one once the blob is verified and stored.
+# The gateway's value is its kernel's boot id (``kernel_id``): a file being written is read
+# coherently only through the kernel that writes it (on a shared network filesystem another
+# machine may see a grown file before its bytes), so the blob service follows an upload only for
+# a gateway on its own machine (or pod), and sends the bytes otherwise.
 FOLLOW_UPLOAD_HEADER = INTERNAL_PREFIX + "follow-upload"
 UPLOAD_KEY_HEADER = INTERNAL_PREFIX + "upload-key"
 UPLOAD_LENGTH_HEADER = INTERNAL_PREFIX + "upload-length"
+
+
+@cache
+def kernel_id() -> str:
+    """This machine's kernel, as long as it runs (Linux's boot id; empty elsewhere)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 # Who made the request, as the gateway authenticated them (absent: anonymous).
 ACTOR_HEADER = INTERNAL_PREFIX + "actor"
 # The web interface's forms: the cookie a page with a form sets, and the field each form sends

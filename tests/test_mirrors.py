@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from shared import users
+from shared.web import FOLLOW_UPLOAD_HEADER, SERVE_LOCALLY_HEADER, UPLOAD_KEY_HEADER
 from tests.conftest import BACKENDS, running_registry
 from tests.docker_engine import DockerEngine
 from tests.images import Layout, multi_arch_image, single_image
@@ -381,10 +382,10 @@ def test_sixteen_concurrent_pulls_of_one_uncached_manifest_ask_the_upstream_once
 def test_a_blob_fetched_while_it_is_pulled_is_sent_from_its_file_as_it_is_written(
     registry: RegistryUnderTest, upstreams: Upstreams, tmp_path: Path
 ) -> None:
-    image = single_image(tmp_path / "image", layer_count=1, layer_size=8 * 1024 * 1024)
+    image = single_image(tmp_path / "image", layer_count=2, layer_size=8 * 1024 * 1024)
     name = _name("followed")
     pushed = upstreams.push(upstreams.open, image, f"{name}/app:v1")
-    _, (layer,) = image_digests(image.path, pushed)
+    _, (layer, other) = image_digests(image.path, pushed)
     before = sendfile_bytes(registry)
     answer = registry.http.get(f"/v2/hub/{name}/app/blobs/{layer}", timeout=60)
     assert answer.status_code == 200, answer.text
@@ -395,6 +396,17 @@ def test_a_blob_fetched_while_it_is_pulled_is_sent_from_its_file_as_it_is_writte
     # OSS they were relayed from the blob service.
     sent = sendfile_bytes(registry) - before
     assert sent == (0 if registry.oss is not None else len(answer.content))
+    # A gateway on another machine (another kernel) is sent the bytes, never the file's key:
+    # it could see the file grown before its bytes.
+    direct = httpx.get(
+        f"{service_urls(registry)['blob-service']}/v2/hub/{name}/app/blobs/{other}",
+        headers={SERVE_LOCALLY_HEADER: "1", FOLLOW_UPLOAD_HEADER: "another-machine"},
+        timeout=60,
+    )
+    assert direct.status_code == 200, direct.text
+    assert direct.headers["cache-status"] == "registry; fwd=miss; stored"
+    assert UPLOAD_KEY_HEADER not in direct.headers
+    assert sha256(direct.content) == other
 
 
 def test_a_client_that_stops_reading_holds_no_one_up(

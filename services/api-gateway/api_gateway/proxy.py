@@ -38,6 +38,7 @@ from shared.web import (
     STORAGE_KEY_HEADER,
     UPLOAD_KEY_HEADER,
     UPLOAD_LENGTH_HEADER,
+    kernel_id,
 )
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1), those the gateway sets itself, and the client's
@@ -118,7 +119,7 @@ async def forward(
     if local_storage is not None:
         headers.append((SERVE_LOCALLY_HEADER, "1"))
         if zerocopy.EXTENSION in request.scope.get("extensions", {}):
-            headers.append((FOLLOW_UPLOAD_HEADER, "1"))
+            headers.append((FOLLOW_UPLOAD_HEADER, kernel_id()))
     if request.client is not None:
         headers.append(("x-forwarded-for", request.client.host))
     host = request.headers.get("host")

@@ -20,6 +20,7 @@ from shared.web import (
     UPLOAD_KEY_HEADER,
     UPLOAD_LENGTH_HEADER,
     Endpoint,
+    kernel_id,
     repository_name,
     request_id,
 )
@@ -68,8 +69,10 @@ async def get_blob(request: Request) -> Response:
         if served.stream is not None:
             await _pulled(name, str(digest), served.size)
             headers = {**_headers(str(digest)), "Cache-Status": cache_status}
-            if request.headers.get(FOLLOW_UPLOAD_HEADER) == "1" and served.upload_key:
-                # The gateway sends the bytes from the upload's file as it is written.
+            gateway_kernel = request.headers.get(FOLLOW_UPLOAD_HEADER)
+            if served.upload_key and gateway_kernel and gateway_kernel == kernel_id():
+                # The gateway, on this machine, sends the bytes from the upload's file as it
+                # is written.
                 headers[UPLOAD_KEY_HEADER] = served.upload_key
                 headers[UPLOAD_LENGTH_HEADER] = str(served.size)
                 return StreamingResponse(pull_through.progress(served.stream), headers=headers)
