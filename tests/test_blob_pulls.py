@@ -218,11 +218,14 @@ def test_a_client_gone_midway_leaves_no_file_open(
     gateway = registry.process("api-gateway").pid
 
     def open_blob_files() -> int:
-        return sum(
-            os.readlink(f"/proc/{gateway}/fd/{fd}").startswith(str(registry.storage_root))
-            for fd in os.listdir(f"/proc/{gateway}/fd")
-            if os.path.exists(f"/proc/{gateway}/fd/{fd}")
-        )
+        opened = 0
+        for fd in os.listdir(f"/proc/{gateway}/fd"):
+            try:
+                target = os.readlink(f"/proc/{gateway}/fd/{fd}")
+            except FileNotFoundError:  # closed since the listing
+                continue
+            opened += target.startswith(str(registry.storage_root))
+        return opened
 
     connection = raw_get(registry, f"/v2/{repo}/blobs/{digest}", receive_buffer=65536)
     with connection:
