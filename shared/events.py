@@ -219,7 +219,7 @@ def _publish_batch(events: list[Event]) -> list[str]:
     for the same repository in this batch stands for (every row of the batch was committed
     before it was sent)."""
     standing_for: dict[str, list[str]] = {}
-    first_of: dict[tuple[str, str | None], str] = {}
+    first_of: dict[tuple[str, str], str] = {}
     to_send: list[Event] = []
     for event in events:
         if event.action in _WAKE_UPS:

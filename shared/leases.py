@@ -112,7 +112,7 @@ async def take_or_wait(
         await db.write(release, name, owner)
         raise
     if result is not None:
-        await db.write(release, name, owner)
+        release_soon(name, owner)
         return result, True
     return None, waited
 
