@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 from time import monotonic
 from typing import Any
@@ -47,5 +48,33 @@ class Channel(filesystem.Channel):
                 )
 
 
+# How often a timed wait for a message looks whether its worker was asked to stop. Celery's
+# worker looks at that request only between two waits, each of two seconds, and so would stop
+# up to that much later.
+STOP_CHECK_SECONDS = 0.2
+
+
+def _worker_stopping() -> bool:
+    state = sys.modules.get("celery.worker.state")  # imported by a worker only
+    if state is None:
+        return False
+    return any(
+        flag is not None and flag is not False
+        for flag in (state.should_stop, state.should_terminate)
+    )
+
+
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:  # type: ignore[override]
+        if timeout is None:
+            return super().drain_events(connection)  # type: ignore[no-untyped-call]
+        deadline = monotonic() + timeout
+        while True:
+            wait = max(0.0, min(STOP_CHECK_SECONDS, deadline - monotonic()))
+            try:
+                return super().drain_events(connection, timeout=wait)  # type: ignore[no-untyped-call]
+            except TimeoutError:  # socket.timeout
+                if monotonic() >= deadline or _worker_stopping():
+                    raise

@@ -42,6 +42,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_send_sent_event=True,
     worker_send_task_events=True,  # what Flower shows
+    # The longest the worker's timer thread sleeps: the worker stops only once it has woken.
+    worker_timer_precision=0.25,
     task_routes={"janitor.notifications.*": {"queue": settings.notifications_queue}},
     beat_schedule={
         "collect-garbage": {
@@ -98,9 +100,10 @@ class _Beat(threading.Thread):
     def __init__(self, celery: Celery) -> None:
         super().__init__(name="Beat", daemon=True)
         self.celery = celery
-        # A short longest sleep, so that the thread stops soon when the worker does.
+        # A short longest sleep, so that the thread stops soon when the worker does (beat
+        # looks for a stop between two sleeps; a tick reads a handful of entries).
         self.service = Service(
-            celery, max_interval=1, schedule_filename=celery.conf.beat_schedule_filename
+            celery, max_interval=0.25, schedule_filename=celery.conf.beat_schedule_filename
         )
 
     def run(self) -> None:
