@@ -13,7 +13,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
 )
 from sqlalchemy.exc import IntegrityError
@@ -139,12 +138,22 @@ def delete_manifest(
         )
     ).all()
     children = [digest for digest, is_manifest in references if is_manifest]
-    related = [Manifest.subject_digest == manifest.digest]
-    if children:
-        related.append(Manifest.digest.in_(children))
-    related_ids = session.scalars(
-        select(Manifest.id).where(Manifest.repository_id == manifest.repository_id, or_(*related))
-    ).all()
+    in_repository = Manifest.repository_id == manifest.repository_id
+    # Its referrers by a locking read (a range of the (repository, subject) index): one pushed
+    # and committed since this transaction began is seen, and one being pushed waits for this
+    # deletion and is then a referrer of a missing subject, as if pushed after it. (A plain
+    # read would miss the first, and it would outlive its subject with no review.)
+    related_ids = list(
+        session.scalars(
+            select(Manifest.id)
+            .where(in_repository, Manifest.subject_digest == manifest.digest)
+            .with_for_update(read=True)
+        )
+    )
+    if children:  # they were here before it, and cannot become its children now
+        related_ids += session.scalars(
+            select(Manifest.id).where(in_repository, Manifest.digest.in_(children))
+        )
     session.execute(delete(Tag).where(Tag.manifest_id == manifest.id))
     if repository is None and read_cache.redis_url() is not None:
         # (Garbage collection's caller knows the id only; read only when a token is kept.)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from shared.db import make_engine
 from tests.registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -19,6 +22,7 @@ from tests.registry import (
     OCI_MANIFEST,
     RegistryUnderTest,
     error_codes,
+    eventually,
     sha256,
 )
 
@@ -295,6 +299,61 @@ def test_delete_by_tag_removes_only_the_tag(registry: RegistryUnderTest, repo: s
     assert registry.http.get(f"/v2/{repo}/manifests/v1").status_code == 404
     assert registry.http.get(f"/v2/{repo}/manifests/v2").status_code == 200
     assert registry.http.get(f"/v2/{repo}/manifests/{digest}").status_code == 200
+
+
+def test_a_tag_deleted_while_a_push_moves_it_is_reviewed_where_it_pointed_last(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    """Garbage collection learns of a manifest a deleted tag leaves untagged by a review of
+    it: when a push moves the tag while the DELETE runs, the review is of the manifest the tag
+    pointed at when it went, not of the one it pointed at when the DELETE began."""
+    registry.push_image(repo, "moving", layers=[b"first"])
+    _, second = registry.push_image(repo, "stays", layers=[b"second"])
+    ids = dict(
+        registry.query(
+            "SELECT m.digest, m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id"
+            " WHERE r.name = :repo",
+            repo=repo,
+        )
+    )
+    reviewed = "SELECT manifest_id FROM gc_manifest_reviews WHERE manifest_id = :id"
+    assert not registry.query(reviewed, id=ids[second])
+    engine = make_engine(registry.settings.database_url)
+    try:
+        with engine.connect() as push, ThreadPoolExecutor(1) as pool:
+            moving = push.begin()  # a push moving the tag, not yet committed
+            push.execute(
+                text(
+                    "UPDATE tags SET manifest_id = :to WHERE name = 'moving' AND repository_id ="
+                    " (SELECT id FROM repositories WHERE name = :repo)"
+                ),
+                {"to": ids[second], "repo": repo},
+            )
+            deleting = pool.submit(registry.http.delete, f"/v2/{repo}/manifests/moving")
+            waiting_for_the_push(registry, deleting)
+            moving.commit()
+            assert deleting.result(timeout=30).status_code == 202
+    finally:
+        engine.dispose()
+    assert registry.http.get(f"/v2/{repo}/manifests/moving").status_code == 404
+    assert registry.query(reviewed, id=ids[second])
+
+
+def waiting_for_the_push(registry: RegistryUnderTest, request: Future[httpx.Response]) -> None:
+    """Until ``request`` waits for a lock held by another transaction (on SQLite, the one
+    writer's, which it waits for from its first statement: a moment is enough)."""
+    if registry.backend != "mariadb":
+        time.sleep(0.5)
+    else:
+        eventually(
+            lambda: bool(
+                registry.query(
+                    "SELECT 1 FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+                )
+            ),
+            what="the DELETE waiting for the push's lock",
+        )
+    assert not request.done(), request.result()
 
 
 def test_delete_by_digest_removes_the_manifest_and_its_tags(

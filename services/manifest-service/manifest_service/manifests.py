@@ -400,7 +400,10 @@ def _delete_reference(repository: str, reference: str) -> None:
             )
             delete_manifest(session, manifest, "manifest deleted", repository=repository)
         else:
-            tag = session.get(Tag, (repo, reference))
+            # A locking read: the manifest the tag points at when it goes, even when a push
+            # moves it meanwhile (a plain read would name the one it left, and the one it then
+            # pointed at would lose its tag with no review).
+            tag = session.get(Tag, (repo, reference), with_for_update=True, populate_existing=True)
             if tag is None:
                 raise _unknown(repository, reference)
             policies.refuse_immutable(repository, reference, "delete")
