@@ -23,6 +23,7 @@ is held while a client uploads or downloads, and no storage work is done inside 
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
 import os
 import sys
 import threading
@@ -111,13 +112,24 @@ def make_engine(url: str, lock_timeout: int = 30, *, reads: bool = False) -> Eng
     return create_engine(url, **kwargs)
 
 
-# What PyMySQL imports for its RSA password exchange, and a lock for the time it is held back.
-_PYMYSQL_RSA = (
-    "cryptography.hazmat.backends",
-    "cryptography.hazmat.primitives",
-    "cryptography.hazmat.primitives.asymmetric",
-)
+# What PyMySQL imports first for its RSA password exchange, and a lock for the time it is held
+# back.
+_PYMYSQL_RSA = "cryptography.hazmat.backends"
 _loading = threading.Lock()
+
+
+class _HeldBack(importlib.abc.MetaPathFinder):
+    """Refuses the module ``name`` to the thread ``thread`` only: the others import it as
+    usual meanwhile (a library that imports it, oss2's or PyJWT's, must never find it
+    missing)."""
+
+    def __init__(self, name: str, thread: int) -> None:
+        self.name, self.thread = name, thread
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == self.name and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"{fullname} is held back from PyMySQL", name=fullname)
+        return None
 
 
 def load_pymysql() -> None:
@@ -128,15 +140,12 @@ def load_pymysql() -> None:
     with _loading:
         if "pymysql" in sys.modules:
             return
-        # Absent from sys.modules, a module imports; None there, its import fails.
-        blocked = [name for name in _PYMYSQL_RSA if name not in sys.modules]
-        sys.modules.update(dict.fromkeys(blocked))  # type: ignore[arg-type]
+        held_back = _HeldBack(_PYMYSQL_RSA, threading.get_ident())
+        sys.meta_path.insert(0, held_back)
         try:
             from pymysql import _auth
         finally:
-            for name in blocked:
-                if sys.modules.get(name) is None:
-                    del sys.modules[name]
+            sys.meta_path.remove(held_back)
         eager: Callable[[bytes, bytes, bytes], bytes] = _auth.sha2_rsa_encrypt
         if getattr(_auth, "_have_cryptography", True):
             return  # imported already, by another package
