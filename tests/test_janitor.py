@@ -8,10 +8,13 @@ import datetime as dt
 import json
 import os
 import time
+from typing import Any
 
 import pytest
+from celery import Celery
 
 from shared import leases
+from shared.events import broker_options
 from tests.conftest import registry_fixture, running_registry
 from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
 
@@ -258,6 +261,54 @@ def test_the_storage_walk_goes_on_where_it_stopped_and_the_hourly_reconcile_does
     assert registry.query("SELECT name FROM janitor_cursors") == []  # the walk is done
     admin_ok(registry, "reconcile")  # a new walk, from the start
     assert not (registry.storage_root / first).exists()
+
+
+def test_the_weekly_walk_of_storage_is_due_by_its_last_run_not_by_beats_uptime(
+    registry: RegistryUnderTest,
+) -> None:
+    """Beat keeps its schedule in a temporary file and counts an interval from its own start,
+    so a beat restarted more often than weekly would never begin the weekly walk: it asks every
+    hour instead, and the walk begins when the last one began a week ago."""
+    orphan = registry.storage_root / f"blobs/sha256/cd/cd{'0' * 62}/data"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"nobody knows me")
+    stale = time.time() - 7200
+    os.utime(orphan, (stale, stale))
+    week = dt.timedelta(seconds=registry.settings.storage_sweep_interval_seconds)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    registry.execute("DELETE FROM janitor_cursors WHERE name = 'storage_sweep'")
+    registry.execute("DELETE FROM janitor_runs WHERE job = 'sweep_storage'")
+    registry.execute(
+        "INSERT INTO janitor_runs"
+        " (job, started_at, finished_at, examined, deleted, bytes_freed, moved, dry_run)"
+        " VALUES ('sweep_storage', :at, :at, 0, 0, 0, 0, :dry)",
+        at=now - week / 2,
+        dry=False,
+    )
+    send_as_beat(registry, "janitor.sweep_storage", when_due=True)
+    eventually(
+        lambda: "sweep_storage: not due" in registry.log("janitor"), what="a walk found not due"
+    )
+    assert orphan.exists()
+    registry.execute(
+        "UPDATE janitor_runs SET started_at = :at, finished_at = :at WHERE job = 'sweep_storage'",
+        at=now - week,
+    )
+    send_as_beat(registry, "janitor.sweep_storage", when_due=True)
+    eventually(lambda: not orphan.exists(), what="the walk, due, deleting the orphan")
+
+
+def send_as_beat(registry: RegistryUnderTest, task: str, **kwargs: Any) -> None:
+    """Queue janitor task ``task`` with ``kwargs`` as beat does on its schedule."""
+    client = Celery("janitor-tests")
+    client.conf.update(
+        task_serializer="json",
+        **broker_options(registry.settings.broker_url, registry.settings.broker_queue),
+    )
+    try:
+        client.send_task(task, kwargs=kwargs)
+    finally:
+        client.close()
 
 
 def test_a_lease_lets_one_janitor_run_a_sweep(registry: RegistryUnderTest) -> None:

@@ -9,14 +9,30 @@ import datetime as dt
 from collections.abc import Coroutine
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, func, insert, select
 
 from janitor import leases
 from janitor.report import Report
 from shared import db
 from shared.models import JanitorRun, utcnow
 
-KEPT = dt.timedelta(days=14)
+KEPT = dt.timedelta(days=14)  # (the last run of each job stays, however old)
+
+
+def due(name: str, interval: dt.timedelta) -> bool:
+    """Whether sweep ``name`` is due: it never ran, or its last run (not a dry run) began about
+    ``interval`` ago (5% early counts: a run that beat asks for on time begins a moment after
+    the last one did, plus the queue's delay). Beat counts an interval from its own start (its
+    schedule file is temporary in a container), so a sweep due once a week would never run
+    under a beat restarted more often: beat asks hourly (``janitor.worker.DUE_CHECK_SECONDS``)
+    and this answers."""
+    with db.reading() as connection:
+        last = connection.scalar(
+            select(func.max(JanitorRun.started_at)).where(
+                JanitorRun.job == name, JanitorRun.dry_run.is_(False)
+            )
+        )
+    return last is None or last <= utcnow() - interval * 0.95
 
 
 def run(name: str, work: Coroutine[Any, Any, Report]) -> Report | None:

@@ -102,8 +102,22 @@ def _seconds(given: int | None) -> dt.timedelta | None:
     return None if given is None else dt.timedelta(seconds=given)
 
 
+def _not_due(name: str, interval_seconds: int) -> dict[str, Any] | None:
+    """For beat's calls (``when_due``): a skipped report when sweep ``name`` ran within its
+    interval (``runs.due``), else None."""
+    if runs.due(name, dt.timedelta(seconds=interval_seconds)):
+        return None
+    log.info("%s: not due (its last run ended less than %d s ago)", name, interval_seconds)
+    return Report(name, skipped="ran within its interval").as_dict()
+
+
 @_sweep_task("purge_stale_uploads")
-def purge_stale_uploads(older_than_seconds: int | None = None) -> dict[str, Any]:
+def purge_stale_uploads(
+    older_than_seconds: int | None = None, when_due: bool = False
+) -> dict[str, Any]:
+    interval = get_settings().upload_purge_interval_seconds
+    if when_due and (skipped := _not_due("purge_stale_uploads", interval)):
+        return skipped
     work = uploads.purge_stale_uploads(get_storage(), older_than=_seconds(older_than_seconds))
     return _sweep("purge_stale_uploads", work)
 
@@ -124,10 +138,18 @@ def reconcile_storage() -> dict[str, Any]:
 
 
 @_sweep_task("sweep_storage")
-def sweep_storage() -> dict[str, Any]:
+def sweep_storage(when_due: bool = False) -> dict[str, Any]:
     """A time slice of the walk of storage (``janitor.storage_sweep``); one that did not reach
-    the end queues the next, which goes on where it stopped."""
+    the end queues the next, which goes on where it stopped. With ``when_due`` (beat's
+    calls), a walk begins only once the last one ended an interval ago; one in progress goes
+    on."""
     settings = get_settings()
+    if (
+        when_due
+        and storage_sweep.position() is None
+        and (skipped := _not_due("sweep_storage", settings.storage_sweep_interval_seconds))
+    ):
+        return skipped
     work = storage_sweep.sweep(get_storage(), seconds=settings.storage_sweep_segment_seconds)
     done = _sweep("sweep_storage", work)
     if done.get("resume_after"):

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # The longest a sweep may run (seconds): the tasks' time limit.
 SWEEP_LIMIT = 3000
 
+# How often beat asks the sweeps of a longer interval (a day, a week) whether they are due.
+DUE_CHECK_SECONDS = 3600
+
 # Whether this worker takes the notification deliveries' queue (``python -m janitor worker``
 # says): it then serves their backlog gauges.
 takes_notifications = False
@@ -50,14 +53,18 @@ app.conf.update(
             "task": "janitor.collect_garbage",
             "schedule": settings.gc_interval_seconds,
         },
+        # A day's and a week's sweeps: beat asks hourly and each runs when due by its last
+        # run (``janitor.runs.due``), not by beat's uptime.
         "purge-stale-uploads": {
             "task": "janitor.purge_stale_uploads",
-            "schedule": settings.upload_purge_interval_seconds,
+            "schedule": min(settings.upload_purge_interval_seconds, DUE_CHECK_SECONDS),
+            "kwargs": {"when_due": True},
         },
         "reconcile": {"task": "janitor.reconcile", "schedule": settings.reconcile_interval_seconds},
         "sweep_storage": {
             "task": "janitor.sweep_storage",
-            "schedule": settings.storage_sweep_interval_seconds,
+            "schedule": min(settings.storage_sweep_interval_seconds, DUE_CHECK_SECONDS),
+            "kwargs": {"when_due": True},
         },
         "expire-mirrors": {
             "task": "janitor.expire_mirrors",
