@@ -263,6 +263,27 @@ def test_the_storage_walk_goes_on_where_it_stopped_and_the_hourly_reconcile_does
     assert not (registry.storage_root / first).exists()
 
 
+def test_a_restarted_walk_of_storage_begins_again_at_the_first_key(
+    registry: RegistryUnderTest,
+) -> None:
+    orphan = registry.storage_root / f"blobs/sha256/ce/ce{'0' * 62}/data"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"nobody knows me")
+    stale = time.time() - 7200
+    os.utime(orphan, (stale, stale))
+    # A walk in progress that has passed the orphan's key.
+    registry.execute(
+        "INSERT INTO janitor_cursors (name, position, updated_at) "
+        "VALUES ('storage_sweep', :at, :now)",
+        at="uploads/~",
+        now=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    )
+    summary = admin_ok(registry, "reconcile", "--restart")
+    assert "going on after" not in summary
+    assert not orphan.exists()
+    assert registry.query("SELECT name FROM janitor_cursors") == []
+
+
 def test_the_weekly_walk_of_storage_is_due_by_its_last_run_not_by_beats_uptime(
     registry: RegistryUnderTest,
 ) -> None:

@@ -414,13 +414,15 @@ def main(argv: list[str] | None = None) -> int:
         return done
     # Then the storage sweep, as the janitor runs it, but to the end: on from where the walk in
     # progress stopped, unless told to start again.
-    if args.restart:
-        db.retrying(storage_sweep.forget)
-    elif (where := storage_sweep.position()) is not None:
+    if not args.restart and (where := storage_sweep.position()) is not None:
         print(f"sweep_storage: going on after {where[0]} (walked until {where[1]:%Y-%m-%d %H:%M})")
     bar = tqdm(desc="sweep_storage", unit=" objects", file=sys.stderr)
     walk = storage_sweep.sweep(
-        storage, grace=args.grace, rate=args.rate, progress=lambda: bar.update(1)
+        storage,
+        grace=args.grace,
+        rate=args.rate,
+        progress=lambda: bar.update(1),
+        restart=args.restart,
     )
     return _run("sweep_storage", walk, bar)
 

@@ -56,11 +56,6 @@ def position() -> tuple[str, dt.datetime] | None:
     return None if row is None else (row[0], row[1])
 
 
-def forget() -> None:
-    """Drop the walk in progress: the next one starts from the beginning."""
-    _save(None)
-
-
 def _save(key: str | None) -> None:
     with db.transaction() as session:
         if key is None:
@@ -103,16 +98,21 @@ async def sweep(
     seconds: float | None = None,
     rate: float | None = None,
     progress: Progress = None,
+    restart: bool = False,
 ) -> Report:
-    """Walk on from where the walk in progress stopped (or from the start), for at most
-    ``seconds`` (None: to the end) at ``rate`` objects a second (default: as configured). The
-    report's ``resume_after`` is where it stopped, None when the walk is done."""
+    """Walk on from where the walk in progress stopped (or from the start; with ``restart``,
+    that walk is dropped, under the sweep's lease like the walk itself, so never under a
+    walker's feet), for at most ``seconds`` (None: to the end) at ``rate`` objects a second
+    (default: as configured). The report's ``resume_after`` is where it stopped, None when the
+    walk is done."""
     settings = get_settings()
     grace = dt.timedelta(seconds=settings.reconcile_grace_seconds) if grace is None else grace
     pace = _Pace(settings.storage_sweep_rate if rate is None else rate)
     deadline = None if seconds is None else time.monotonic() + seconds
     report = Report("sweep_storage")
     now = utcnow()
+    if restart:
+        await db.write(_save, None)
     where = await db.read(position)
     after = where[0] if where else ""
     for prefix in PREFIXES:
