@@ -16,7 +16,14 @@ from celery import Celery
 from shared import leases
 from shared.events import broker_options
 from tests.conftest import registry_fixture, running_registry
-from tests.registry import OCI_INDEX, OCI_MANIFEST, RegistryUnderTest, eventually, sha256
+from tests.registry import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    RegistryUnderTest,
+    eventually,
+    sha256,
+)
+from tests.test_policies import other_manifest
 
 # A registry of this module's own, so that its garbage collections touch no other test's data;
 # reconcile may move blobs at once.
@@ -233,6 +240,32 @@ def test_reconcile_finds_orphaned_objects(registry: RegistryUnderTest) -> None:
     assert young.exists()
     young.unlink()
     young.parent.rmdir()
+
+
+def push_by_digest_alone(registry: RegistryUnderTest, repo: str, layer: bytes) -> str:
+    """A manifest pushed by its digest, never tagged; its digest."""
+    manifest = other_manifest(registry, repo, layer)
+    digest = sha256(manifest)
+    assert registry.push_manifest(repo, digest, manifest).status_code == 201
+    return digest
+
+
+def test_a_manifest_pushed_by_digest_alone_is_collected_by_policy_and_a_full_run_finds_it(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    alone = push_by_digest_alone(registry, repo, b"pushed by digest alone")
+    lost = push_by_digest_alone(registry, repo, b"its review lost")
+    registry.execute(
+        "DELETE FROM gc_manifest_reviews WHERE manifest_id IN"
+        " (SELECT id FROM manifests WHERE digest = :digest)",
+        digest=lost,
+    )
+    admin_ok(registry, "gc", "--grace", "0s", "--untagged")
+    assert registry.http.head(f"/v2/{repo}/manifests/{alone}").status_code == 404
+    assert registry.http.head(f"/v2/{repo}/manifests/{lost}").status_code == 200  # unseen
+    admin_ok(registry, "gc", "--grace", "0s", "--untagged", "--full")
+    assert registry.http.head(f"/v2/{repo}/manifests/{lost}").status_code == 404
+    assert sha256(b"its review lost") not in blob_keys(registry)
 
 
 def test_the_storage_walk_goes_on_where_it_stopped_and_the_hourly_reconcile_does_not_walk(

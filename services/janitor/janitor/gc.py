@@ -53,7 +53,7 @@ from shared.models import (
 )
 from shared.reference import parse_digest
 from shared.repositories import delete_manifest
-from shared.reviews import review_blobs
+from shared.reviews import review_blobs, review_manifests
 from shared.settings import get_settings
 from shared.storage import StorageDriver, keys
 
@@ -115,6 +115,34 @@ def mark(cutoff: dt.datetime, batch: int = 1000) -> int:
             )
         marked += len(digests)
         last = digests[-1]
+
+
+def mark_manifests(cutoff: dt.datetime, batch: int = 1000) -> int:
+    """Give every untagged manifest older than ``cutoff`` that has no review a review due now
+    (for garbage collection of untagged manifests: an index or a living subject may still
+    hold it, which its review looks at). A walk of the manifests in batches by id; one
+    stopped starts again from the first, and skips what it reviewed already."""
+    marked, last = 0, 0
+    while True:
+        with db.transaction() as session:
+            ids = list(
+                session.scalars(
+                    select(Manifest.id)
+                    .where(
+                        Manifest.id > last,
+                        Manifest.created_at < cutoff,
+                        ~exists().where(Tag.manifest_id == Manifest.id),
+                        ~exists().where(ManifestReview.manifest_id == Manifest.id),
+                    )
+                    .order_by(Manifest.id)
+                    .limit(batch)
+                )
+            )
+            if not ids:
+                return marked
+            review_manifests(session, ids, "untagged", delay=NOW)
+        marked += len(ids)
+        last = ids[-1]
 
 
 def _due_by(grace: dt.timedelta) -> dt.datetime:
@@ -277,8 +305,9 @@ async def collect_garbage(
 ) -> Report:
     """Sweep at most ``limit`` due reviews: work in proportion to what changed, since every
     change that can leave something unreferenced records a review. ``full`` marks first (a walk
-    of the whole blobs table: for a review lost, by hand or to a bug). ``dry_run`` only reports
-    what a run would delete and how many bytes it would free. What is not given is as
+    of the whole blobs table, and with ``untagged_manifests`` of the untagged manifests: for a
+    review lost, by hand or to a bug, or never recorded by an older version). ``dry_run`` only
+    reports what a run would delete and how many bytes it would free. What is not given is as
     configured."""
     settings = get_settings()
     grace = dt.timedelta(seconds=settings.gc_grace_seconds) if grace is None else grace
@@ -298,6 +327,8 @@ async def collect_garbage(
     # Each loop takes the reviews due when it starts: those that fall due meanwhile (pushes
     # go on) are the next sweep's, so that a sweep ends under any load and its lease passes on.
     if untagged_manifests:
+        if full:
+            await db.write(mark_manifests, cutoff)
         due_by = _due_by(grace)
         for _ in range(limit):
             decided = await db.write(_review_next_manifest, grace, due_by)

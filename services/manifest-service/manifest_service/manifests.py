@@ -175,6 +175,11 @@ def _put(
             manifest_id = connection.execute(_MANIFEST_HELD, key).scalar()
         if manifest_id is None:
             manifest_id = _insert(connection, repository_id, digest, body, parsed)
+            if tag is None and check_references:
+                # Untagged from the start: garbage collection of untagged manifests looks at
+                # it after the grace period (an index or a living subject may refer to it by
+                # then; a tag pushed meanwhile keeps it too).
+                review_manifests(session, [manifest_id], "pushed untagged")
         if tag is not None:
             _set_tag(
                 session,
