@@ -26,7 +26,7 @@ from shared.db import forget_engine, make_engine
 from shared.notifications import forget_file as forget_notifications_file
 from shared.policies import forget_file as forget_policies_file
 from shared.processes import Process
-from shared.runner import wait_until_up
+from shared.runner import start, wait_until_up
 from shared.settings import Settings, get_settings
 from shared.storage import get_storage
 from shared.storage.oss import logical_key
@@ -233,10 +233,9 @@ class RegistryUnderTest:
 
 
 def start_process(process: Process, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
-    """Start ``process`` with ``env``, its output appended to ``<log_dir>/<name>.log``."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{process.name}.log", "ab") as output:
-        return subprocess.Popen(process.argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+    """Start ``process`` with ``env`` as the runner does, its output appended to
+    ``<log_dir>/<name>.log``."""
+    return start(process, env, log_dir)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def _not_due(name: str, interval_seconds: int) -> dict[str, Any] | None:
     interval (``runs.due``), else None."""
     if runs.due(name, dt.timedelta(seconds=interval_seconds)):
         return None
-    log.info("%s: not due (its last run ended less than %d s ago)", name, interval_seconds)
+    log.info("%s: not due (its last run began less than %d s ago)", name, interval_seconds)
     return Report(name, skipped="ran within its interval").as_dict()
 
 
@@ -141,7 +141,7 @@ def reconcile_storage() -> dict[str, Any]:
 def sweep_storage(when_due: bool = False) -> dict[str, Any]:
     """A time slice of the walk of storage (``janitor.storage_sweep``); one that did not reach
     the end queues the next, which goes on where it stopped. With ``when_due`` (beat's
-    calls), a walk begins only once the last one ended an interval ago; one in progress goes
+    calls), a walk begins only once the last one began an interval ago; one in progress goes
     on."""
     settings = get_settings()
     if (
