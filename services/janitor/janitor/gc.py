@@ -5,7 +5,8 @@ Reviews: every change that can leave a blob unreferenced records a review of it,
 transaction (``shared.reviews``), so a run reads the review queue only: its cost follows what
 changed, not the size of the registry. A full mark (``registry-admin gc --full``) walks the
 whole blobs table and gives every unreferenced blob older than the grace period a due review,
-for a review lost; it is resumable. Sweep: due reviews are taken one at a time with
+for a review lost; it is resumable (a walk taken up goes on to the last digest, then from
+the first to where it began). Sweep: due reviews are taken one at a time with
 ``FOR UPDATE SKIP LOCKED``; for each, under the blob row's lock:
 
 1. the blob's repository links are deleted first: a manifest PUT that is checking them holds
@@ -90,22 +91,27 @@ def mark(cutoff: dt.datetime, batch: int = 1000) -> int:
     """Give every unreferenced blob older than ``cutoff`` that has no review a review due now
     (a review already recorded keeps its time: a later one is there for a reason). A walk of
     the whole blobs table, in batches by digest; where a run stopped is kept with each batch
-    (``janitor_cursors``), and the next run goes on from there."""
+    (``janitor_cursors``), and the next run goes on from there to the last digest, then from
+    the first up to where it began: every run looks at every blob, however long ago the walk it
+    took up stopped."""
     marked = 0
     with db.transaction() as session:
         cursor = session.get(JanitorCursor, MARK_CURSOR)
-        last = cursor.position if cursor is not None else ""
+        began = cursor.position if cursor is not None else ""
+    last, until = began, None  # until: the wrapped-around part ends at the digest it began at
     while True:
         with db.transaction() as session:
-            digests = list(
-                session.scalars(
-                    _unreferenced_blobs(cutoff)
-                    .with_only_columns(Blob.digest)
-                    .where(Blob.digest > last, ~exists().where(BlobReview.digest == Blob.digest))
-                    .order_by(Blob.digest)
-                    .limit(batch)
-                )
+            query = (
+                _unreferenced_blobs(cutoff)
+                .with_only_columns(Blob.digest)
+                .where(Blob.digest > last, ~exists().where(BlobReview.digest == Blob.digest))
             )
+            if until is not None:
+                query = query.where(Blob.digest <= until)
+            digests = list(session.scalars(query.order_by(Blob.digest).limit(batch)))
+            if not digests and until is None and began:
+                last, until = "", began  # on from the first digest
+                continue
             if not digests:
                 session.execute(delete(JanitorCursor).where(JanitorCursor.name == MARK_CURSOR))
                 return marked
