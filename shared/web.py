@@ -65,10 +65,12 @@ def kernel_id() -> str:
 
 # Who made the request, as the gateway authenticated them (absent: anonymous).
 ACTOR_HEADER = INTERNAL_PREFIX + "actor"
-# The web interface's forms: the cookie a page with a form sets, and the field each form sends
-# back with the same value (the gateway compares them before forwarding a post).
+# The web interface's forms: the field each form sends back, checked by the gateway before it
+# forwards a post. Signed in, it must be the session's own token, which the gateway hands the
+# page in UI_CSRF_HEADER; signed out (the sign-in form), equal to the cookie the page set.
 UI_CSRF_COOKIE = "registry_csrf"
 UI_CSRF_FIELD = "csrf"
+UI_CSRF_HEADER = INTERNAL_PREFIX + "form-token"
 
 
 def freeze_startup_heap() -> None:

@@ -494,7 +494,14 @@ def test_a_new_password_ends_the_sessions_of_the_old_one(
         visit.close()
 
 
-def test_deletes_need_the_grant_and_the_form_token(
+def form_token(html: str) -> str:
+    """The CSRF token a page's forms send back (every signed-in page has the sign-out form)."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None, "no form on the page"
+    return found.group(1)
+
+
+def test_deletes_need_the_grant_and_the_sessions_own_form_token(
     guarded: RegistryUnderTest, browser: Browser
 ) -> None:
     guarded.push_image("team/kept", "v1")
@@ -506,29 +513,37 @@ def test_deletes_need_the_grant_and_the_form_token(
         assert httpx.get(f"{guarded.url}/ui/overview", cookies=bobs).status_code == 404
         page = visit.go("/ui/repositories/team/kept")
         assert page.locator("a.delete").count() == 0
-        cookies = bobs
-        assert {"registry_session", "registry_csrf"} <= set(cookies)
+        bobs_token = form_token(page.content())
         target = f"{guarded.url}/ui/repositories/team/kept/-/tags/v1/delete"
         # bob's own session and token, but no delete grant: refused.
-        refused = httpx.post(target, cookies=cookies, data={"csrf": cookies["registry_csrf"]})
+        refused = httpx.post(target, cookies=bobs, data={"csrf": bobs_token})
         assert refused.status_code == 403
         assert "You may not delete from team/kept" in refused.text  # the grant, not the token
-        # alice's session without the form's token (or with another): refused before the
-        # registry looks at it.
+        # alice's session without her session's token: refused before the registry looks at
+        # it. Not with none, another, bob's, nor the value of a registry_csrf cookie, her own
+        # or one a page of a sibling host set for the registry's (the field matching it).
         alice = Visit(browser, guarded.url, "alice-csrf")
         try:
             sign_in(alice, "alice")
-            alice.go("/ui/")
+            alices_token = form_token(alice.go("/ui/").content())
             theirs = {c["name"]: c["value"] for c in alice.context.cookies()}
         finally:
             alice.close()
-        for data in ({}, {"csrf": "x" * 43}, {"csrf": cookies["registry_csrf"]}):
-            answer = httpx.post(target, cookies=theirs, data=data)
+        assert alices_token != bobs_token
+        tossed = "t" * 43
+        for cookies, data in (
+            (theirs, {}),
+            (theirs, {"csrf": "x" * 43}),
+            (theirs, {"csrf": bobs_token}),
+            (theirs, {"csrf": theirs["registry_csrf"]}),
+            ({**theirs, "registry_csrf": tossed}, {"csrf": tossed}),
+        ):
+            answer = httpx.post(target, cookies=cookies, data=data)
             assert answer.status_code == 403, data
             assert "CSRF token is missing or wrong" in answer.text, data
         assert guarded.http.get("/v2/team/kept/tags/list").json()["tags"] == ["v1"]
-        # With both, the same post deletes.
-        done = httpx.post(target, cookies=theirs, data={"csrf": theirs["registry_csrf"]})
+        # With her session's token, the same post deletes.
+        done = httpx.post(target, cookies=theirs, data={"csrf": alices_token})
         assert done.status_code == 303
         assert guarded.http.get("/v2/team/kept/tags/list").json()["tags"] == []
     finally:
@@ -575,8 +590,10 @@ def test_a_session_begun_at_one_gateway_replica_works_at_the_other(
             two.cookies.update(one.cookies)
             page = two.get("/ui/repositories/team/shared")
             assert page.status_code == 200 and '<span id="user">alice</span>' in page.text
+            assert form_token(one.get("/ui/").text) == form_token(page.text)
             deleted = two.post(
-                "/ui/repositories/team/shared/-/tags/v1/delete", data={"csrf": token}
+                "/ui/repositories/team/shared/-/tags/v1/delete",
+                data={"csrf": form_token(page.text)},
             )
             assert deleted.status_code == 303, deleted.text
         assert running.http.get("/v2/team/shared/manifests/v1").status_code == 404

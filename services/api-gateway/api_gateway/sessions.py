@@ -6,9 +6,11 @@ the user's name and a seal of their password hash, signed with ``REGISTRY_UI_SES
 reads it, none keeps it in memory. A session of a user no longer in the users file, or whose
 password changed since, counts as nobody's.
 
-Every form post under ``/ui/`` must carry the ``csrf`` field equal to the ``registry_csrf``
-cookie (which the page with the form set): a page of another site can neither read that cookie
-nor, SameSite=Strict, send the session with its post.
+Every form post under ``/ui/`` must carry the ``csrf`` field. Signed in, it must be the
+session's form token, a MAC of the session cookie that the gateway hands each page it forwards
+(``UI_CSRF_HEADER``): a page of another site can read neither, and one that can set cookies for
+the registry's host (a sibling subdomain) cannot make one for a session it does not have.
+Signed out (the sign-in form) it must equal the ``registry_csrf`` cookie the page set.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ class Sessions:
             return None
         return found.name if hmac.compare_digest(seal, self._seal(found)) else None
 
+    def form_token(self, request: Request) -> str:
+        """The CSRF token of the request's session: a MAC of its cookie (call once ``user``
+        has found the session valid)."""
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        mac = hmac.new(self.key, b"form token\0" + cookie.encode(), hashlib.sha256)
+        return mac.hexdigest()[:43]
+
     def start(self, response: Response, user: User) -> None:
         response.set_cookie(
             SESSION_COOKIE,
@@ -102,8 +111,9 @@ class FormRefused(Exception):
     """A form post that may not go on: too large, or without the right CSRF token."""
 
 
-async def checked_form(request: Request) -> dict[str, str]:
-    """The fields of a form post (first value of each), once its CSRF token is checked. The
+async def checked_form(request: Request, session_token: str | None) -> dict[str, str]:
+    """The fields of a form post (first value of each), once its CSRF token is checked: the
+    session's (``session_token``, signed in), else the ``registry_csrf`` cookie's value. The
     body stays readable for forwarding (Starlette keeps it), so it needs a Content-Length."""
     if request.headers.get("content-length") is None:
         raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
@@ -111,8 +121,8 @@ async def checked_form(request: Request) -> dict[str, str]:
         fields = await read_form(request)
     except FormInvalid as exc:
         raise FormRefused(str(exc)) from None
-    cookie = request.cookies.get(UI_CSRF_COOKIE, "")
+    expected = request.cookies.get(UI_CSRF_COOKIE, "") if session_token is None else session_token
     sent = fields.get(UI_CSRF_FIELD, "")
-    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
+    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         raise FormRefused("the form's CSRF token is missing or wrong: reload the page and retry")
     return fields

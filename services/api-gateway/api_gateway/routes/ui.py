@@ -21,7 +21,7 @@ from api_gateway.routing import refuse_traversal
 from api_gateway.sessions import FormRefused, Sessions, checked_form, make_sessions
 from shared.errors import ErrorCode, RegistryError
 from shared.settings import get_settings
-from shared.web import ACTOR_HEADER, Endpoint, request_id
+from shared.web import ACTOR_HEADER, UI_CSRF_HEADER, Endpoint, request_id
 
 log = logging.getLogger("registry.ui")
 # A next page that could leave /ui/ once resolved, or name another host.
@@ -35,10 +35,10 @@ def _safe_next(value: str | None) -> str:
     return "/ui/"
 
 
-async def _form(request: Request) -> dict[str, str] | Response:
+async def _form(request: Request, session_token: str | None) -> dict[str, str] | Response:
     """The post's fields once its CSRF token is checked, or the 403 that refuses it."""
     try:
-        return await checked_form(request)
+        return await checked_form(request, session_token)
     except FormRefused as exc:
         REFUSALS.labels("form_refused").inc()
         return PlainTextResponse(str(exc), status_code=403)
@@ -65,11 +65,19 @@ def build_routes(
             return None
         return sessions.user(request, setup.users.get())
 
+    def form_token(request: Request) -> str | None:
+        """The session's CSRF token, when the request is signed in."""
+        if sessions is None or signed_in(request) is None:
+            return None
+        return sessions.form_token(request)
+
     async def to_interface(request: Request) -> Response:
         user = signed_in(request)
         headers = list(extra_headers)
         if user is not None:
+            assert sessions is not None
             headers.append((ACTOR_HEADER, user))
+            headers.append((UI_CSRF_HEADER, sessions.form_token(request)))
         path = (request.scope.get("raw_path", b"").decode("latin-1") or request.url.path).split(
             "?", 1
         )[0]
@@ -93,13 +101,13 @@ def build_routes(
         return _see("/ui/")
 
     async def post(request: Request) -> Response:
-        fields = await _form(request)
+        fields = await _form(request, form_token(request))
         if isinstance(fields, Response):
             return fields
         return await to_interface(request)
 
     async def login(request: Request) -> Response:
-        fields = await _form(request)
+        fields = await _form(request, form_token(request))
         if isinstance(fields, Response):
             return fields
         next_page = _safe_next(fields.get("next"))
@@ -123,7 +131,7 @@ def build_routes(
         return response
 
     async def logout(request: Request) -> Response:
-        fields = await _form(request)
+        fields = await _form(request, form_token(request))
         if isinstance(fields, Response):
             return fields
         response = _see("/ui/")

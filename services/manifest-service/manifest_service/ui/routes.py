@@ -30,7 +30,7 @@ from shared import internal_auth
 from shared.errors import RegistryError
 from shared.reference import DIGEST_RE, NAME_RE, TAG_RE
 from shared.settings import get_settings
-from shared.web import UI_CSRF_COOKIE
+from shared.web import UI_CSRF_COOKIE, UI_CSRF_HEADER
 
 HERE = Path(__file__).parent
 CONFIG_LIMIT = 1 << 20  # an image config larger than this is not shown
@@ -97,10 +97,12 @@ templates.env.globals.update(kinds=KINDS, kind=kind)
 
 
 def _render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
-    """A page. Every page carries the CSRF token its forms send back (the cookie's value; a new
-    one, and the cookie, when the browser has none)."""
-    token = request.cookies.get(UI_CSRF_COOKIE) or ""
-    fresh = not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", token)
+    """A page. Every page carries the CSRF token its forms send back: signed in, the session's,
+    which the gateway hands on; else the cookie's value (a new one, and the cookie, when the
+    browser has none)."""
+    session_token = request.headers.get(UI_CSRF_HEADER)
+    token = session_token or request.cookies.get(UI_CSRF_COOKIE) or ""
+    fresh = session_token is None and not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", token)
     if fresh:
         token = secrets.token_urlsafe(32)
     context.setdefault("viewer", viewer(request))
