@@ -244,6 +244,17 @@ class JanitorCursor(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(PreciseDateTime, default=utcnow)
 
 
+class EndedWebSession(Base):
+    """A web interface session signed out before it expires: a copy of its cookie signs
+    nobody in. Kept until the session would have expired."""
+
+    __tablename__ = "ui_ended_sessions"
+    __table_args__ = (TABLE_ARGS,)
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
 class OutboxEvent(Base):
     """An event for the janitor, written in the transaction that made the change it announces
     and deleted once the broker has it (``shared.events``): a crash between the commit and the

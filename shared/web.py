@@ -71,6 +71,9 @@ ACTOR_HEADER = INTERNAL_PREFIX + "actor"
 UI_CSRF_COOKIE = "registry_csrf"
 UI_CSRF_FIELD = "csrf"
 UI_CSRF_HEADER = INTERNAL_PREFIX + "form-token"
+# The signed-in session's id, with ACTOR_HEADER: the manifest service shows nothing of the user's
+# to a session signed out since (``ui_ended_sessions``).
+UI_SESSION_HEADER = INTERNAL_PREFIX + "session"
 
 
 def freeze_startup_heap() -> None:

@@ -494,6 +494,52 @@ def test_a_new_password_ends_the_sessions_of_the_old_one(
         visit.close()
 
 
+def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
+    guarded: RegistryUnderTest, browser: Browser
+) -> None:
+    guarded.push_image("team/copied", "v1")
+    visit = Visit(browser, guarded.url, "alice-signs-out")
+    try:
+        sign_in(visit, "alice")
+        page = visit.go("/ui/repositories/team/copied")
+        token = form_token(page.content())
+        copied = {c["name"]: c["value"] for c in visit.context.cookies()}
+        assert httpx.get(f"{guarded.url}/ui/repositories/team/copied", cookies=copied).is_success
+        page.click("header form button[type=submit]")
+        page.wait_for_load_state()
+        assert page.locator("#sign-in").is_visible()
+    finally:
+        visit.close()
+    # The copy made before signing out signs nobody in: its pages are anonymous ones, and its
+    # post, with the form token it had, deletes nothing.
+    home = httpx.get(f"{guarded.url}/ui/", cookies=copied)
+    assert home.status_code == 200
+    assert 'id="user"' not in home.text and 'id="sign-in"' in home.text
+    assert (
+        httpx.get(f"{guarded.url}/ui/repositories/team/copied", cookies=copied).status_code == 404
+    )
+    target = f"{guarded.url}/ui/repositories/team/copied/-/tags/v1/delete"
+    refused = httpx.post(target, cookies=copied, data={"csrf": token})
+    assert refused.status_code == 404  # to anonymous, team/copied does not exist
+    assert guarded.http.get("/v2/team/copied/tags/list").json()["tags"] == ["v1"]
+    # A browser that still sends the ended session's cookie signs in again (the new cookie
+    # replaces it, as the same name, host and path).
+    with httpx.Client(base_url=guarded.url) as again:
+        for name, value in copied.items():
+            again.cookies.set(name, value, domain=httpx.URL(guarded.url).host, path="/ui")
+        login = again.get("/ui/login")
+        signed = again.post(
+            "/ui/login",
+            data={
+                "csrf": form_token(login.text),
+                "username": "alice",
+                "password": PASSWORDS["alice"],
+            },
+        )
+        assert signed.status_code == 303, signed.text
+        assert '<span id="user">alice</span>' in again.get("/ui/").text
+
+
 def form_token(html: str) -> str:
     """The CSRF token a page's forms send back (every signed-in page has the sign-out form)."""
     found = re.search(r'name="csrf" value="([^"]+)"', html)
@@ -596,4 +642,11 @@ def test_a_session_begun_at_one_gateway_replica_works_at_the_other(
                 data={"csrf": form_token(page.text)},
             )
             assert deleted.status_code == 303, deleted.text
+            # Signed out at gateway 1: a copy of the cookie signs nobody in at gateway 2.
+            copied = {name: value for name, value in two.cookies.items()}
+            signed_out = one.post("/ui/logout", data={"csrf": form_token(page.text)})
+            assert signed_out.status_code == 303, signed_out.text
+            two.cookies.clear()
+            two.cookies.update(copied)
+            assert '<span id="user">' not in two.get("/ui/").text
         assert running.http.get("/v2/team/shared/manifests/v1").status_code == 404

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -43,15 +44,26 @@ def session_key(settings: Settings) -> str | None:
 
 
 @dataclass(frozen=True)
+class Session:
+    """A valid session: its user, its id (which signing out records as ended) and the CSRF
+    token of its forms."""
+
+    user: str
+    id: str
+    form_token: str
+
+
+@dataclass(frozen=True)
 class Sessions:
     serializer: URLSafeTimedSerializer
     key: bytes
     max_age: int
     secure: bool  # cookies only over HTTPS (the public URL is https)
 
-    def user(self, request: Request, users: UserStore) -> str | None:
-        """The signed-in user the request's cookie names, or None: also when the user is no
-        longer in ``users`` or their password changed since they signed in."""
+    def session(self, request: Request, users: UserStore) -> Session | None:
+        """The session the request's cookie holds, or None: also when its user is no longer
+        in ``users`` or their password changed since they signed in. (Whether it was signed
+        out is in the database, which the manifest service reads: ``manifest_service.ui``.)"""
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             return None
@@ -61,23 +73,22 @@ class Sessions:
             return None
         if not isinstance(value, dict):
             return None
-        name, seal = value.get("user"), value.get("seal")
+        name, seal, session_id = value.get("user"), value.get("seal"), value.get("id")
         found = users.users.get(name) if isinstance(name, str) else None
-        if found is None or not isinstance(seal, str):
+        if found is None or not isinstance(seal, str) or not isinstance(session_id, str):
             return None
-        return found.name if hmac.compare_digest(seal, self._seal(found)) else None
-
-    def form_token(self, request: Request) -> str:
-        """The CSRF token of the request's session: a MAC of its cookie (call once ``user``
-        has found the session valid)."""
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if not hmac.compare_digest(seal, self._seal(found)):
+            return None
+        # The form token: a MAC of the cookie, which only the registry can compute.
         mac = hmac.new(self.key, b"form token\0" + cookie.encode(), hashlib.sha256)
-        return mac.hexdigest()[:43]
+        return Session(found.name, session_id, mac.hexdigest()[:43])
 
     def start(self, response: Response, user: User) -> None:
         response.set_cookie(
             SESSION_COOKIE,
-            self.serializer.dumps({"user": user.name, "seal": self._seal(user)}),
+            self.serializer.dumps(
+                {"user": user.name, "seal": self._seal(user), "id": secrets.token_urlsafe(24)}
+            ),
             max_age=self.max_age,
             path="/ui",
             secure=self.secure,
@@ -111,18 +122,29 @@ class FormRefused(Exception):
     """A form post that may not go on: too large, or without the right CSRF token."""
 
 
-async def checked_form(request: Request, session_token: str | None) -> dict[str, str]:
-    """The fields of a form post (first value of each), once its CSRF token is checked: the
-    session's (``session_token``, signed in), else the ``registry_csrf`` cookie's value. The
-    body stays readable for forwarding (Starlette keeps it), so it needs a Content-Length."""
+def accepted_tokens(
+    request: Request, session: Session | None, *, sign_in: bool = False
+) -> list[str]:
+    """The CSRF tokens a form post may carry: signed in, the session's; signed out, the
+    ``registry_csrf`` cookie's value. The sign-in form may carry either: a page rendered for a
+    session the manifest service found signed out carries the cookie's."""
+    cookie = request.cookies.get(UI_CSRF_COOKIE, "")
+    if session is None:
+        return [cookie]
+    return [session.form_token, cookie] if sign_in else [session.form_token]
+
+
+async def checked_form(request: Request, accepted: list[str]) -> dict[str, str]:
+    """The fields of a form post (first value of each), once its CSRF token is checked: one of
+    ``accepted``. The body stays readable for forwarding (Starlette keeps it), so it needs a
+    Content-Length."""
     if request.headers.get("content-length") is None:
         raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
     try:
         fields = await read_form(request)
     except FormInvalid as exc:
         raise FormRefused(str(exc)) from None
-    expected = request.cookies.get(UI_CSRF_COOKIE, "") if session_token is None else session_token
-    sent = fields.get(UI_CSRF_FIELD, "")
-    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
+    sent = fields.get(UI_CSRF_FIELD, "").encode()
+    if not sent or not any(t and hmac.compare_digest(t.encode(), sent) for t in accepted):
         raise FormRefused("the form's CSRF token is missing or wrong: reload the page and retry")
     return fields

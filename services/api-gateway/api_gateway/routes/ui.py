@@ -18,10 +18,17 @@ from api_gateway.auth import REFUSALS, AuthSetup, BadCredentials, client_address
 from api_gateway.logins import LoginThrottled
 from api_gateway.proxy import forward
 from api_gateway.routing import refuse_traversal
-from api_gateway.sessions import FormRefused, Sessions, checked_form, make_sessions
+from api_gateway.sessions import (
+    FormRefused,
+    Session,
+    Sessions,
+    accepted_tokens,
+    checked_form,
+    make_sessions,
+)
 from shared.errors import ErrorCode, RegistryError
 from shared.settings import get_settings
-from shared.web import ACTOR_HEADER, UI_CSRF_HEADER, Endpoint, request_id
+from shared.web import ACTOR_HEADER, UI_CSRF_HEADER, UI_SESSION_HEADER, Endpoint, request_id
 
 log = logging.getLogger("registry.ui")
 # A next page that could leave /ui/ once resolved, or name another host.
@@ -35,10 +42,10 @@ def _safe_next(value: str | None) -> str:
     return "/ui/"
 
 
-async def _form(request: Request, session_token: str | None) -> dict[str, str] | Response:
+async def _form(request: Request, accepted: list[str]) -> dict[str, str] | Response:
     """The post's fields once its CSRF token is checked, or the 403 that refuses it."""
     try:
-        return await checked_form(request, session_token)
+        return await checked_form(request, accepted)
     except FormRefused as exc:
         REFUSALS.labels("form_refused").inc()
         return PlainTextResponse(str(exc), status_code=403)
@@ -60,24 +67,19 @@ def build_routes(
             "REGISTRY_INTERNAL_SECRET), the same on every gateway replica"
         )
 
-    def signed_in(request: Request) -> str | None:
+    def signed_in(request: Request) -> Session | None:
         if sessions is None or setup.users is None:
             return None
-        return sessions.user(request, setup.users.get())
-
-    def form_token(request: Request) -> str | None:
-        """The session's CSRF token, when the request is signed in."""
-        if sessions is None or signed_in(request) is None:
-            return None
-        return sessions.form_token(request)
+        return sessions.session(request, setup.users.get())
 
     async def to_interface(request: Request) -> Response:
-        user = signed_in(request)
+        session = signed_in(request)
         headers = list(extra_headers)
-        if user is not None:
-            assert sessions is not None
-            headers.append((ACTOR_HEADER, user))
-            headers.append((UI_CSRF_HEADER, sessions.form_token(request)))
+        if session is not None:
+            # The manifest service looks up whether the session was signed out.
+            headers.append((ACTOR_HEADER, session.user))
+            headers.append((UI_SESSION_HEADER, session.id))
+            headers.append((UI_CSRF_HEADER, session.form_token))
         path = (request.scope.get("raw_path", b"").decode("latin-1") or request.url.path).split(
             "?", 1
         )[0]
@@ -101,13 +103,13 @@ def build_routes(
         return _see("/ui/")
 
     async def post(request: Request) -> Response:
-        fields = await _form(request, form_token(request))
+        fields = await _form(request, accepted_tokens(request, signed_in(request)))
         if isinstance(fields, Response):
             return fields
         return await to_interface(request)
 
     async def login(request: Request) -> Response:
-        fields = await _form(request, form_token(request))
+        fields = await _form(request, accepted_tokens(request, signed_in(request), sign_in=True))
         if isinstance(fields, Response):
             return fields
         next_page = _safe_next(fields.get("next"))
@@ -131,9 +133,17 @@ def build_routes(
         return response
 
     async def logout(request: Request) -> Response:
-        fields = await _form(request, form_token(request))
+        session = signed_in(request)
+        fields = await _form(request, accepted_tokens(request, session))
         if isinstance(fields, Response):
             return fields
+        if session is not None:
+            # Recorded as ended in the database (by the manifest service), where every replica
+            # looks: a copy of the cookie signs nobody in either.
+            ended = await to_interface(request)
+            if ended.status_code != 204:
+                return ended
+            log.info("web sign-out user=%s client=%s", session.user, client_address(request))
         response = _see("/ui/")
         if sessions is not None:
             sessions.end(response)

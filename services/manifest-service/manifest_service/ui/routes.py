@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import ByteSize
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -24,7 +25,7 @@ from starlette.templating import Jinja2Templates
 
 from manifest_service import manifests
 from manifest_service.media_types import IMAGE_MANIFESTS, INDEXES
-from manifest_service.ui import pages
+from manifest_service.ui import pages, sessions
 from manifest_service.ui.access import Viewer, viewer
 from shared import internal_auth
 from shared.errors import RegistryError
@@ -379,9 +380,11 @@ def build_app() -> Starlette:
         routes=[
             Route("/", catalog, methods=["GET"]),
             Route("/login", login_page, methods=["GET"]),
+            Route("/logout", sessions.sign_out, methods=["POST"]),
             Route("/overview", overview, methods=["GET"]),
             Route("/repositories/{rest:path}", repository_or_manifest, methods=["GET"]),
             Route("/repositories/{rest:path}", delete, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
-        ]
+        ],
+        middleware=[Middleware(sessions.SignedOutSessions)],
     )
