@@ -66,14 +66,15 @@ def kernel_id() -> str:
 # Who made the request, as the gateway authenticated them (absent: anonymous).
 ACTOR_HEADER = INTERNAL_PREFIX + "actor"
 # The web interface's forms: the field each form sends back, checked by the gateway before it
-# forwards a post. Signed in, it must be the session's own token, which the gateway hands the
-# page in UI_CSRF_HEADER; signed out (the sign-in form), equal to the cookie the page set.
+# forwards a post. With a session, it must be the session's own token, which the gateway hands
+# the page in UI_CSRF_HEADER; without one (the sign-in form), equal to the cookie the page set.
 UI_CSRF_COOKIE = "registry_csrf"
 UI_CSRF_FIELD = "csrf"
 UI_CSRF_HEADER = INTERNAL_PREFIX + "form-token"
 # The signed-in session's id, with ACTOR_HEADER: the manifest service shows nothing of the user's
 # to a session signed out since (``ui_ended_sessions``).
 UI_SESSION_HEADER = INTERNAL_PREFIX + "session"
+UI_SESSION_EXPIRES_HEADER = INTERNAL_PREFIX + "session-expires"  # seconds since the epoch
 
 
 def freeze_startup_heap() -> None:

@@ -8,6 +8,7 @@ type. Each page is screenshotted into the test output, and no page may log a bro
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -498,6 +499,11 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
     guarded: RegistryUnderTest, browser: Browser
 ) -> None:
     guarded.push_image("team/copied", "v1")
+    # A session ended an hour before it would have expired: the next sign-out forgets it.
+    guarded.execute(
+        "INSERT INTO ui_ended_sessions (session_id, expires_at) VALUES ('long-gone', :at)",
+        at=dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=1),
+    )
     visit = Visit(browser, guarded.url, "alice-signs-out")
     try:
         sign_in(visit, "alice")
@@ -510,6 +516,19 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
         assert page.locator("#sign-in").is_visible()
     finally:
         visit.close()
+    ended = guarded.query("SELECT session_id, expires_at FROM ui_ended_sessions")
+    assert "long-gone" not in [row[0] for row in ended]
+    # Kept until the session would have expired (the cookie's lifetime, 12 hours).
+    latest = max(_as_datetime(row[1]) for row in ended)
+    left = latest - dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert dt.timedelta(hours=11) < left <= dt.timedelta(hours=12)
+    # Signing out again from a page left open in another tab: nothing to end, the cookie goes.
+    stale = httpx.post(
+        f"{guarded.url}/ui/logout",
+        cookies={"registry_csrf": copied["registry_csrf"]},
+        data={"csrf": token},
+    )
+    assert stale.status_code == 303 and "registry_session" in stale.headers["set-cookie"]
     # The copy made before signing out signs nobody in: its pages are anonymous ones, and its
     # post, with the form token it had, deletes nothing.
     home = httpx.get(f"{guarded.url}/ui/", cookies=copied)
@@ -538,6 +557,35 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
         )
         assert signed.status_code == 303, signed.text
         assert '<span id="user">alice</span>' in again.get("/ui/").text
+
+
+def test_a_sign_out_that_cannot_be_recorded_says_so_and_the_session_goes_on(
+    guarded: RegistryUnderTest,
+) -> None:
+    with httpx.Client(base_url=guarded.url) as browser_like:
+        login = browser_like.get("/ui/login")
+        signed = browser_like.post(
+            "/ui/login",
+            data={"csrf": form_token(login.text), "username": "bob", "password": PASSWORDS["bob"]},
+        )
+        assert signed.status_code == 303
+        token = form_token(browser_like.get("/ui/").text)
+        guarded.kill("manifest-service")
+        try:
+            refused = browser_like.post("/ui/logout", data={"csrf": token})
+            assert refused.status_code == 503
+            assert "could not be recorded" in refused.text
+            assert "set-cookie" not in refused.headers  # the cookie stays: still signed in
+        finally:
+            guarded.restart("manifest-service")
+        assert '<span id="user">bob</span>' in browser_like.get("/ui/").text
+        assert browser_like.post("/ui/logout", data={"csrf": token}).status_code == 303
+        assert '<span id="user">' not in browser_like.get("/ui/").text
+
+
+def _as_datetime(value: object) -> dt.datetime:
+    """A DATETIME column's value as read (SQLite gives text)."""
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
 
 
 def form_token(html: str) -> str:
@@ -648,5 +696,6 @@ def test_a_session_begun_at_one_gateway_replica_works_at_the_other(
             assert signed_out.status_code == 303, signed_out.text
             two.cookies.clear()
             two.cookies.update(copied)
-            assert '<span id="user">' not in two.get("/ui/").text
+            for _ in range(4):  # whichever manifest service replica answers
+                assert '<span id="user">' not in two.get("/ui/").text
         assert running.http.get("/v2/team/shared/manifests/v1").status_code == 404

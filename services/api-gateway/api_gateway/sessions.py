@@ -6,11 +6,17 @@ the user's name and a seal of their password hash, signed with ``REGISTRY_UI_SES
 reads it, none keeps it in memory. A session of a user no longer in the users file, or whose
 password changed since, counts as nobody's.
 
-Every form post under ``/ui/`` must carry the ``csrf`` field. Signed in, it must be the
+A session carries an id and the time it expires (both signed); signing out records the id as
+ended in the database, where the manifest service looks it up for every page (the gateway never
+reads the database): ``manifest_service.ui.sessions``.
+
+Every form post under ``/ui/`` must carry the ``csrf`` field. With a session, it must be the
 session's form token, a MAC of the session cookie that the gateway hands each page it forwards
 (``UI_CSRF_HEADER``): a page of another site can read neither, and one that can set cookies for
 the registry's host (a sibling subdomain) cannot make one for a session it does not have.
-Signed out (the sign-in form) it must equal the ``registry_csrf`` cookie the page set.
+Without one (the sign-in form) it must equal the ``registry_csrf`` cookie the page set: that
+much a sibling host could forge (sign a visitor in to an account of its own), as it could toss
+a session cookie of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -45,11 +52,12 @@ def session_key(settings: Settings) -> str | None:
 
 @dataclass(frozen=True)
 class Session:
-    """A valid session: its user, its id (which signing out records as ended) and the CSRF
-    token of its forms."""
+    """A valid session: its user, its id (which signing out records as ended), when it expires
+    (seconds since the epoch) and the CSRF token of its forms."""
 
     user: str
     id: str
+    expires: int
     form_token: str
 
 
@@ -74,6 +82,9 @@ class Sessions:
         if not isinstance(value, dict):
             return None
         name, seal, session_id = value.get("user"), value.get("seal"), value.get("id")
+        expires = value.get("expires")
+        if not isinstance(expires, int) or expires <= time.time():
+            return None  # the lifetime it was given (a longer one set since does not extend it)
         found = users.users.get(name) if isinstance(name, str) else None
         if found is None or not isinstance(seal, str) or not isinstance(session_id, str):
             return None
@@ -81,13 +92,18 @@ class Sessions:
             return None
         # The form token: a MAC of the cookie, which only the registry can compute.
         mac = hmac.new(self.key, b"form token\0" + cookie.encode(), hashlib.sha256)
-        return Session(found.name, session_id, mac.hexdigest()[:43])
+        return Session(found.name, session_id, expires, mac.hexdigest()[:43])
 
     def start(self, response: Response, user: User) -> None:
         response.set_cookie(
             SESSION_COOKIE,
             self.serializer.dumps(
-                {"user": user.name, "seal": self._seal(user), "id": secrets.token_urlsafe(24)}
+                {
+                    "user": user.name,
+                    "seal": self._seal(user),
+                    "id": secrets.token_urlsafe(24),
+                    "expires": int(time.time()) + self.max_age,
+                }
             ),
             max_age=self.max_age,
             path="/ui",
@@ -122,29 +138,18 @@ class FormRefused(Exception):
     """A form post that may not go on: too large, or without the right CSRF token."""
 
 
-def accepted_tokens(
-    request: Request, session: Session | None, *, sign_in: bool = False
-) -> list[str]:
-    """The CSRF tokens a form post may carry: signed in, the session's; signed out, the
-    ``registry_csrf`` cookie's value. The sign-in form may carry either: a page rendered for a
-    session the manifest service found signed out carries the cookie's."""
-    cookie = request.cookies.get(UI_CSRF_COOKIE, "")
-    if session is None:
-        return [cookie]
-    return [session.form_token, cookie] if sign_in else [session.form_token]
-
-
-async def checked_form(request: Request, accepted: list[str]) -> dict[str, str]:
-    """The fields of a form post (first value of each), once its CSRF token is checked: one of
-    ``accepted``. The body stays readable for forwarding (Starlette keeps it), so it needs a
-    Content-Length."""
+async def checked_form(request: Request, session: Session | None) -> dict[str, str]:
+    """The fields of a form post (first value of each), once its CSRF token is checked: the
+    session's, or without one the ``registry_csrf`` cookie's value. The body stays readable for
+    forwarding (Starlette keeps it), so it needs a Content-Length."""
     if request.headers.get("content-length") is None:
         raise FormRefused("a form post needs a Content-Length of at most 16 KiB")
     try:
         fields = await read_form(request)
     except FormInvalid as exc:
         raise FormRefused(str(exc)) from None
-    sent = fields.get(UI_CSRF_FIELD, "").encode()
-    if not sent or not any(t and hmac.compare_digest(t.encode(), sent) for t in accepted):
+    expected = request.cookies.get(UI_CSRF_COOKIE, "") if session is None else session.form_token
+    sent = fields.get(UI_CSRF_FIELD, "")
+    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         raise FormRefused("the form's CSRF token is missing or wrong: reload the page and retry")
     return fields

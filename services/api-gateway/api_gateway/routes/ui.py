@@ -18,17 +18,17 @@ from api_gateway.auth import REFUSALS, AuthSetup, BadCredentials, client_address
 from api_gateway.logins import LoginThrottled
 from api_gateway.proxy import forward
 from api_gateway.routing import refuse_traversal
-from api_gateway.sessions import (
-    FormRefused,
-    Session,
-    Sessions,
-    accepted_tokens,
-    checked_form,
-    make_sessions,
-)
+from api_gateway.sessions import FormRefused, Session, Sessions, checked_form, make_sessions
 from shared.errors import ErrorCode, RegistryError
 from shared.settings import get_settings
-from shared.web import ACTOR_HEADER, UI_CSRF_HEADER, UI_SESSION_HEADER, Endpoint, request_id
+from shared.web import (
+    ACTOR_HEADER,
+    UI_CSRF_HEADER,
+    UI_SESSION_EXPIRES_HEADER,
+    UI_SESSION_HEADER,
+    Endpoint,
+    request_id,
+)
 
 log = logging.getLogger("registry.ui")
 # A next page that could leave /ui/ once resolved, or name another host.
@@ -42,10 +42,10 @@ def _safe_next(value: str | None) -> str:
     return "/ui/"
 
 
-async def _form(request: Request, accepted: list[str]) -> dict[str, str] | Response:
+async def _form(request: Request, session: Session | None) -> dict[str, str] | Response:
     """The post's fields once its CSRF token is checked, or the 403 that refuses it."""
     try:
-        return await checked_form(request, accepted)
+        return await checked_form(request, session)
     except FormRefused as exc:
         REFUSALS.labels("form_refused").inc()
         return PlainTextResponse(str(exc), status_code=403)
@@ -79,6 +79,7 @@ def build_routes(
             # The manifest service looks up whether the session was signed out.
             headers.append((ACTOR_HEADER, session.user))
             headers.append((UI_SESSION_HEADER, session.id))
+            headers.append((UI_SESSION_EXPIRES_HEADER, str(session.expires)))
             headers.append((UI_CSRF_HEADER, session.form_token))
         path = (request.scope.get("raw_path", b"").decode("latin-1") or request.url.path).split(
             "?", 1
@@ -103,13 +104,13 @@ def build_routes(
         return _see("/ui/")
 
     async def post(request: Request) -> Response:
-        fields = await _form(request, accepted_tokens(request, signed_in(request)))
+        fields = await _form(request, signed_in(request))
         if isinstance(fields, Response):
             return fields
         return await to_interface(request)
 
     async def login(request: Request) -> Response:
-        fields = await _form(request, accepted_tokens(request, signed_in(request), sign_in=True))
+        fields = await _form(request, signed_in(request))
         if isinstance(fields, Response):
             return fields
         next_page = _safe_next(fields.get("next"))
@@ -134,16 +135,30 @@ def build_routes(
 
     async def logout(request: Request) -> Response:
         session = signed_in(request)
-        fields = await _form(request, accepted_tokens(request, session))
-        if isinstance(fields, Response):
-            return fields
         if session is not None:
+            fields = await _form(request, session)
+            if isinstance(fields, Response):
+                return fields
             # Recorded as ended in the database (by the manifest service), where every replica
             # looks: a copy of the cookie signs nobody in either.
-            ended = await to_interface(request)
-            if ended.status_code != 204:
-                return ended
+            try:
+                ended: Response | None = await to_interface(request)
+            except RegistryError:
+                ended = None
+            if ended is None or ended.status_code != 204:
+                log.warning(
+                    "web sign-out of user=%s not recorded (the manifest service answered %s)",
+                    session.user,
+                    "nothing" if ended is None else ended.status_code,
+                )
+                return PlainTextResponse(
+                    "Signing out could not be recorded: you are still signed in. Try again in "
+                    "a moment.",
+                    status_code=503,
+                )
             log.info("web sign-out user=%s client=%s", session.user, client_address(request))
+        # Without a session (signed out in another tab, or expired) there is nothing to end:
+        # the cookie goes, whatever the form's token.
         response = _see("/ui/")
         if sessions is not None:
             sessions.end(response)
