@@ -63,8 +63,10 @@ async def _ended(session_id: str) -> bool:
 
 
 class SignedOutSessions:
-    """ASGI middleware: a request for a session without an id, or one signed out, reaches the
-    pages as an anonymous one (the session's headers are dropped)."""
+    """ASGI middleware: a request for a session signed out reaches the pages as an anonymous
+    one (the session's headers are dropped). A user named without a session id comes from a
+    gateway older than sessions with ids (during an upgrade, manifest services first), which
+    checked the session as it did before."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -74,7 +76,7 @@ class SignedOutSessions:
             headers: list[tuple[bytes, bytes]] = scope["headers"]
             if any(name == _ACTOR for name, _ in headers):
                 session_id = next((v for name, v in headers if name == _SESSION), b"")
-                if not session_id or await _ended(session_id.decode("latin-1")):
+                if session_id and await _ended(session_id.decode("latin-1")):
                     kept = [(name, v) for name, v in headers if name not in _OF_THE_SESSION]
                     scope = {**scope, "headers": kept}
         await self.app(scope, receive, send)
