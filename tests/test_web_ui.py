@@ -24,6 +24,7 @@ from pydantic import ByteSize
 from sqlalchemy import create_engine, text
 
 from shared import users
+from shared.db import make_engine
 from tests.conftest import registry_fixture, running_registry
 from tests.images import multi_arch_image, single_image
 from tests.registry import OCI_MANIFEST, RegistryUnderTest, eventually, sha256
@@ -522,13 +523,34 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
     latest = max(_as_datetime(row[1]) for row in ended)
     left = latest - dt.datetime.now(dt.UTC).replace(tzinfo=None)
     assert dt.timedelta(hours=11) < left <= dt.timedelta(hours=12)
-    # Signing out again from a page left open in another tab: nothing to end, the cookie goes.
+    # Signing out again from a page left open in another tab (the browser says the post comes
+    # from the registry's own page): nothing to end, the cookie goes. From another site, with
+    # that page's token, or without a browser's word, refused: only the cookie's token does.
+    signed_out_page = {"registry_csrf": copied["registry_csrf"]}
     stale = httpx.post(
         f"{guarded.url}/ui/logout",
-        cookies={"registry_csrf": copied["registry_csrf"]},
+        cookies=signed_out_page,
         data={"csrf": token},
+        headers={"Sec-Fetch-Site": "same-origin"},
     )
     assert stale.status_code == 303 and "registry_session" in stale.headers["set-cookie"]
+    for where in ("cross-site", "same-site", None):
+        headers = {} if where is None else {"Sec-Fetch-Site": where}
+        elsewhere = httpx.post(
+            f"{guarded.url}/ui/logout",
+            cookies=signed_out_page,
+            data={"csrf": token},
+            headers=headers,
+        )
+        assert elsewhere.status_code == 403, where
+        assert "set-cookie" not in elsewhere.headers
+    with_cookie_token = httpx.post(
+        f"{guarded.url}/ui/logout",
+        cookies=signed_out_page,
+        data={"csrf": copied["registry_csrf"]},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert with_cookie_token.status_code == 303
     # The copy made before signing out signs nobody in: its pages are anonymous ones, and its
     # post, with the form token it had, deletes nothing.
     home = httpx.get(f"{guarded.url}/ui/", cookies=copied)
@@ -578,6 +600,17 @@ def test_a_sign_out_that_cannot_be_recorded_says_so_and_the_session_goes_on(
             assert "set-cookie" not in refused.headers  # the cookie stays: still signed in
         finally:
             guarded.restart("manifest-service")
+        assert '<span id="user">bob</span>' in browser_like.get("/ui/").text
+        # The database's write lock held elsewhere: the same (SQLite's; the registry waits for
+        # it a few seconds).
+        engine = make_engine(guarded.settings.database_url)
+        try:
+            with engine.begin():
+                refused = browser_like.post("/ui/logout", data={"csrf": token}, timeout=60)
+        finally:
+            engine.dispose()
+        assert refused.status_code == 503, refused.text
+        assert "set-cookie" not in refused.headers
         assert '<span id="user">bob</span>' in browser_like.get("/ui/").text
         assert browser_like.post("/ui/logout", data={"csrf": token}).status_code == 303
         assert '<span id="user">' not in browser_like.get("/ui/").text

@@ -31,6 +31,8 @@ from shared.web import (
 )
 
 log = logging.getLogger("registry.ui")
+# What a browser's Sec-Fetch-Site says of a post from the registry's own pages.
+_SAME_ORIGIN = ("same-origin", "none")
 # A next page that could leave /ui/ once resolved, or name another host.
 _TRAVERSAL_OR_HOST = re.compile(r"(^|/)\.\.?(/|$)|//|\\|%2e|%2f|%5c|[\x00-\x1f]", re.IGNORECASE)
 
@@ -145,6 +147,8 @@ def build_routes(
                 ended: Response | None = await to_interface(request)
             except RegistryError:
                 ended = None
+            if ended is not None and ended.background is not None:
+                await ended.background()  # its connection back to the pool
             if ended is None or ended.status_code != 204:
                 log.warning(
                     "web sign-out of user=%s not recorded (the manifest service answered %s)",
@@ -157,8 +161,14 @@ def build_routes(
                     status_code=503,
                 )
             log.info("web sign-out user=%s client=%s", session.user, client_address(request))
-        # Without a session (signed out in another tab, or expired) there is nothing to end:
-        # the cookie goes, whatever the form's token.
+        elif request.headers.get("sec-fetch-site") not in _SAME_ORIGIN:
+            # Without a session (signed out in another tab, or expired) there is nothing to
+            # end, and a page left open has the session's token: a post the browser says came
+            # from the registry's own pages drops the cookie whatever its token. Another
+            # site's, or one a browser does not say of, needs the cookie's token.
+            fields = await _form(request, None)
+            if isinstance(fields, Response):
+                return fields
         response = _see("/ui/")
         if sessions is not None:
             sessions.end(response)
