@@ -500,11 +500,18 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
     guarded: RegistryUnderTest, browser: Browser
 ) -> None:
     guarded.push_image("team/copied", "v1")
-    # A session ended an hour before it would have expired: the next sign-out forgets it.
-    guarded.execute(
-        "INSERT INTO ui_ended_sessions (session_id, expires_at) VALUES ('long-gone', :at)",
-        at=dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=1),
-    )
+    # Ended sessions that expired two hours and ten minutes ago: the next sign-out forgets the
+    # first, and keeps the second for a gateway whose clock is behind.
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    for name, expired in (
+        ("long-gone", dt.timedelta(hours=2)),
+        ("just-gone", dt.timedelta(minutes=10)),
+    ):
+        guarded.execute(
+            "INSERT INTO ui_ended_sessions (session_id, expires_at) VALUES (:name, :at)",
+            name=name,
+            at=now - expired,
+        )
     visit = Visit(browser, guarded.url, "alice-signs-out")
     try:
         sign_in(visit, "alice")
@@ -519,6 +526,7 @@ def test_signing_out_ends_the_session_for_a_copy_of_its_cookie_too(
         visit.close()
     ended = guarded.query("SELECT session_id, expires_at FROM ui_ended_sessions")
     assert "long-gone" not in [row[0] for row in ended]
+    assert "just-gone" in [row[0] for row in ended]
     # Kept until the session would have expired (the cookie's lifetime, 12 hours).
     latest = max(_as_datetime(row[1]) for row in ended)
     left = latest - dt.datetime.now(dt.UTC).replace(tzinfo=None)
