@@ -20,9 +20,11 @@ from typing import Any
 
 import httpx
 import pymysql
+from celery import Celery
 from sqlalchemy import make_url, text
 
 from shared.db import forget_engine, make_engine
+from shared.events import broker_options
 from shared.notifications import forget_file as forget_notifications_file
 from shared.policies import forget_file as forget_policies_file
 from shared.processes import Process
@@ -168,7 +170,7 @@ class RegistryUnderTest:
         process, old = self.processes[index]
         if old.poll() is None:
             raise RuntimeError(f"{name} is still running")
-        popen = start_process(process, self.envs.get(name, self.env), self.root / "logs")
+        popen = start(process, self.envs.get(name, self.env), self.root / "logs")
         self.processes[index] = (process, popen)
         wait_until_up(process, popen)
         return popen
@@ -232,10 +234,11 @@ class RegistryUnderTest:
         return body, sha256(body)
 
 
-def start_process(process: Process, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
-    """Start ``process`` with ``env`` as the runner does, its output appended to
-    ``<log_dir>/<name>.log``."""
-    return start(process, env, log_dir)
+def janitor_client(broker_url: str, queue: str) -> Celery:
+    """A Celery client that queues janitor tasks as beat does (close it after)."""
+    client = Celery("registry-tests")
+    client.conf.update(task_serializer="json", **broker_options(broker_url, queue))
+    return client
 
 
 @dataclass

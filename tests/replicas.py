@@ -30,9 +30,8 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import migrate
-from shared.events import broker_options
 from shared.processes import Process, processes
-from shared.runner import stop_all, wait_until_up
+from shared.runner import start, stop_all, wait_until_up
 from shared.settings import Settings
 from tests.registry import (
     RedisServer,
@@ -40,7 +39,7 @@ from tests.registry import (
     create_mariadb_database,
     drop_mariadb_database,
     free_ports,
-    start_process,
+    janitor_client,
     storage_under_test,
 )
 
@@ -205,7 +204,7 @@ def replicated_registry(
             for process in processes(settings[-1]):
                 replica = _replica(process, number, settings[-1])
                 envs[replica.name] = env
-                started.append((replica, start_process(replica, env, root / "logs")))
+                started.append((replica, start(replica, env, root / "logs")))
         for process, popen in started:
             wait_until_up(process, popen)
 
@@ -218,13 +217,10 @@ def replicated_registry(
         config.write_text(_haproxy_config(front_ports, servers, stats_port))
         public = f"http://127.0.0.1:{front_ports['gateways']}"
         balancer = Process("haproxy", [str(HAPROXY), "-db", "-f", str(config)], public)
-        started.append((balancer, start_process(balancer, dict(os.environ), root / "logs")))
+        started.append((balancer, start(balancer, dict(os.environ), root / "logs")))
         wait_until_up(balancer, started[-1][1])
 
-        janitor = Celery("replica-tests")
-        janitor.conf.update(
-            task_serializer="json", **broker_options(redis.url, shared_values["broker_queue"])
-        )
+        janitor = janitor_client(redis.url, shared_values["broker_queue"])
         stack.callback(janitor.close)
         client = stack.enter_context(httpx.Client(base_url=public, timeout=60))
         yield ReplicatedRegistry(

@@ -11,16 +11,15 @@ import time
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from shared import leases
-from shared.events import broker_options
 from tests.conftest import registry_fixture, running_registry
 from tests.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
     RegistryUnderTest,
     eventually,
+    janitor_client,
     sha256,
 )
 from tests.test_policies import other_manifest
@@ -353,11 +352,7 @@ def test_the_weekly_walk_of_storage_is_due_by_its_last_run_not_by_beats_uptime(
 
 def send_as_beat(registry: RegistryUnderTest, task: str, **kwargs: Any) -> None:
     """Queue janitor task ``task`` with ``kwargs`` as beat does on its schedule."""
-    client = Celery("janitor-tests")
-    client.conf.update(
-        task_serializer="json",
-        **broker_options(registry.settings.broker_url, registry.settings.broker_queue),
-    )
+    client = janitor_client(registry.settings.broker_url, registry.settings.broker_queue)
     try:
         client.send_task(task, kwargs=kwargs)
     finally:

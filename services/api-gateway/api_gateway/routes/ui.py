@@ -75,7 +75,10 @@ def build_routes(
         return sessions.session(request, setup.users.get())
 
     async def to_interface(request: Request) -> Response:
-        session = signed_in(request)
+        return await _to_interface(request, signed_in(request))
+
+    async def _to_interface(request: Request, session: Session | None) -> Response:
+        """The request forwarded to the manifest service, for ``session``."""
         headers = list(extra_headers)
         if session is not None:
             # The manifest service looks up whether the session was signed out.
@@ -106,10 +109,11 @@ def build_routes(
         return _see("/ui/")
 
     async def post(request: Request) -> Response:
-        fields = await _form(request, signed_in(request))
+        session = signed_in(request)
+        fields = await _form(request, session)
         if isinstance(fields, Response):
             return fields
-        return await to_interface(request)
+        return await _to_interface(request, session)
 
     async def login(request: Request) -> Response:
         fields = await _form(request, signed_in(request))
@@ -144,7 +148,7 @@ def build_routes(
             # Recorded as ended in the database (by the manifest service), where every replica
             # looks: a copy of the cookie signs nobody in either.
             try:
-                ended: Response | None = await to_interface(request)
+                ended: Response | None = await _to_interface(request, session)
             except RegistryError:
                 ended = None
             if ended is not None and ended.background is not None:

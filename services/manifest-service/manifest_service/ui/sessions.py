@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 _INSERT = insert(EndedWebSession)
 _ACTOR, _SESSION = ACTOR_HEADER.encode(), UI_SESSION_HEADER.encode()
 _OF_THE_SESSION = {_ACTOR, _SESSION}
+# Set in the request's state when the database could not say whether its session ended.
+UNKNOWN = "web_session_unknown"
+# The latest time a cookie can carry (datetime's last second); a later one is that.
+LAST_SECOND = 253402300799
+# Ended sessions are forgotten this long after they expire: a gateway whose clock is behind
+# still counts them as valid meanwhile.
+CLOCK_MARGIN = dt.timedelta(hours=1)
 
 
 def end(session_id: str, expires_at: dt.datetime) -> None:
@@ -51,15 +58,6 @@ def ended(session_id: str) -> bool:
     with db.reading() as connection:
         query = select(EndedWebSession.session_id).where(EndedWebSession.session_id == session_id)
         return connection.execute(query).first() is not None
-
-
-# Set in the request's state when the database could not say whether its session ended.
-UNKNOWN = "web_session_unknown"
-# The latest time a cookie can carry (datetime's last second); a later one is that.
-LAST_SECOND = 253402300799
-# Ended sessions are forgotten this long after they expire: a gateway whose clock is behind
-# still counts them as valid meanwhile.
-CLOCK_MARGIN = dt.timedelta(hours=1)
 
 
 async def _ended(session_id: str, scope: Scope) -> bool:
