@@ -119,17 +119,23 @@ _loading = threading.Lock()
 
 
 class _HeldBack(importlib.abc.MetaPathFinder):
-    """Refuses the module ``name`` to the thread ``thread`` only: the others import it as
-    usual meanwhile (a library that imports it, oss2's or PyJWT's, must never find it
-    missing)."""
+    """Refuses the module ``name`` to the thread ``thread`` only (None: to none): the others
+    import it as usual meanwhile (a library that imports it, oss2's or PyJWT's, must never find
+    it missing). Put first in ``sys.meta_path`` once and left there: the import system walks
+    that list as it is, and a finder removed while another thread walks it makes that thread
+    skip the next one (PathFinder: "unknown encoding: idna" at a service's start)."""
 
-    def __init__(self, name: str, thread: int) -> None:
-        self.name, self.thread = name, thread
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.thread: int | None = None
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
         if fullname == self.name and threading.get_ident() == self.thread:
             raise ModuleNotFoundError(f"{fullname} is held back from PyMySQL", name=fullname)
         return None
+
+
+_held_back = _HeldBack(_PYMYSQL_RSA)
 
 
 def load_pymysql() -> None:
@@ -140,12 +146,13 @@ def load_pymysql() -> None:
     with _loading:
         if "pymysql" in sys.modules:
             return
-        held_back = _HeldBack(_PYMYSQL_RSA, threading.get_ident())
-        sys.meta_path.insert(0, held_back)
+        if _held_back not in sys.meta_path:
+            sys.meta_path.insert(0, _held_back)  # another thread walking it sees one twice
+        _held_back.thread = threading.get_ident()
         try:
             from pymysql import _auth
         finally:
-            sys.meta_path.remove(held_back)
+            _held_back.thread = None
         eager: Callable[[bytes, bytes, bytes], bytes] = _auth.sha2_rsa_encrypt
         if getattr(_auth, "_have_cryptography", True):
             return  # imported already, by another package
