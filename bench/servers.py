@@ -340,7 +340,7 @@ def start_ours(
         values["notifications_file"] = str(notifications_file)
         description = description[:-1] + ", webhooks as the notifications file says)"
     env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
-    settings = Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)
     log_dir = root / "logs"
     try:
         migrate.upgrade(database_url)

@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import queue
 import socket
 import threading
 import time
+import typing
 import uuid
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session
@@ -62,7 +64,19 @@ Action = Literal[
 ]
 
 
-class Target(BaseModel):
+class EventInvalid(ValueError):
+    """A message that is not an event of this schema."""
+
+
+def _field(document: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    value = document.get(name, default)
+    if value is not None and (type(value) is not kind):
+        raise EventInvalid(f"{name} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
     repository: str
     digest: str | None = None
     tag: str | None = None
@@ -71,15 +85,70 @@ class Target(BaseModel):
     upload_uuid: str | None = None
     storage_key: str | None = None
 
+    @classmethod
+    def parse(cls, document: object) -> Target:
+        if not isinstance(document, dict) or not isinstance(document.get("repository"), str):
+            raise EventInvalid("target must be an object with a repository")
+        return cls(
+            repository=document["repository"],
+            size=_field(document, "size", int),
+            **{name: _field(document, name, str) for name in _TEXT_TARGET_FIELDS},
+        )
 
-class Event(BaseModel):
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    timestamp: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+_TEXT_TARGET_FIELDS = ("digest", "tag", "media_type", "upload_uuid", "storage_key")
+_ACTIONS = frozenset(typing.get_args(Action))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
     action: Action
     target: Target
     request_id: str | None = None
     source: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timestamp: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     schema_version: int = SCHEMA_VERSION
+
+    def as_message(self) -> dict[str, Any]:
+        """The event as JSON values (the timestamp in ISO 8601), as sent and stored."""
+        message = asdict(self)
+        message["timestamp"] = self.timestamp.isoformat().replace("+00:00", "Z")
+        return message
+
+    def as_json(self) -> str:
+        return json.dumps(self.as_message(), separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, document: object) -> Event:
+        """The event ``document`` (a message's JSON object) holds; EventInvalid when it is
+        not one (keys it does not know are left out)."""
+        if not isinstance(document, dict):
+            raise EventInvalid("an event is a JSON object")
+        if document.get("action") not in _ACTIONS:
+            raise EventInvalid(f"unknown action {document.get('action')!r}")
+        stamp = _field(document, "timestamp", str)
+        try:
+            timestamp = dt.datetime.fromisoformat(stamp) if stamp else dt.datetime.now(dt.UTC)
+        except ValueError:
+            raise EventInvalid(f"timestamp {stamp!r} is not ISO 8601") from None
+        return cls(
+            action=document["action"],
+            target=Target.parse(document.get("target")),
+            request_id=_field(document, "request_id", str),
+            source=_field(document, "source", str, ""),
+            id=_field(document, "id", str) or str(uuid.uuid4()),
+            timestamp=timestamp,
+            schema_version=_field(document, "schema_version", int, SCHEMA_VERSION),
+        )
+
+    @classmethod
+    def parse_json(cls, text: str | bytes) -> Event:
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise EventInvalid("an event is a JSON object") from None
+        return cls.parse(document)
 
 
 def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
@@ -121,7 +190,7 @@ def record(session: Session, event: Event) -> None:
     session.add(
         OutboxEvent(
             id=event.id,
-            payload=event.model_dump_json(),
+            payload=event.as_json(),
             created_at=utcnow(),
             relay_after=utcnow() + RELAY_DELAY,
         )
@@ -271,7 +340,7 @@ def _take_left_behind() -> list[Event]:
                 )
             )
 
-    return [Event.model_validate_json(payload) for payload in db.retrying(take)]
+    return [Event.parse_json(payload) for payload in db.retrying(take)]
 
 
 def _delete(ids: list[str]) -> None:
@@ -334,7 +403,7 @@ class _Publisher:
 
         name = get_settings().broker_queue
         task_id = str(uuid.uuid4())
-        args = [event.model_dump(mode="json")]
+        args = [event.as_message()]
         # The headers and body Celery's own send_task writes (celery.app.amqp.as_task_v2).
         headers: dict[str, Any] = {
             "lang": "py",

@@ -28,18 +28,14 @@ so that consumers written for it read ours unchanged.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
-import hashlib
-import hmac
 import json
 import socket
 import uuid
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -49,11 +45,9 @@ from shared.observability import request_id_var, request_scope_var
 from shared.settings import get_settings
 from shared.web import ACTOR_HEADER
 
-ENVELOPE = "application/vnd.docker.distribution.events.v1+json"
-CLOUDEVENTS = "application/cloudevents+json"
-SIGNATURE_HEADER = "X-Registry-Signature-256"
-DELIVERY_HEADER = "X-Registry-Delivery"
-CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+if TYPE_CHECKING:
+    from shared.notifications_file import Endpoint as Endpoint
+
 PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
 # The media type of a blob's event, as the reference registry gives it.
 BLOB_MEDIA_TYPE = "application/octet-stream"
@@ -66,83 +60,9 @@ class NotificationsFileError(ValueError):
     """The notifications file cannot be used (its message says where and why)."""
 
 
-class Endpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    url: str
-    headers: dict[str, str | list[str]] = {}
-    secret: SecretStr = SecretStr("")
-    secret_file: str = ""
-    timeout_seconds: float = Field(5.0, gt=0, le=300)
-    actions: tuple[Action, ...] = ("push", "delete")
-    repositories: tuple[str, ...] = ("*",)
-    ignore_media_types: tuple[str, ...] = ()
-    format: Literal["distribution", "cloudevents"] = "distribution"
-    park_after_seconds: float = Field(24 * 3600.0, gt=0)
-    max_backoff_seconds: float = Field(300.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"an http(s) URL, not {url!r}")
-        return url
-
-    def wants(self, action: str, repository: str, media_type: str | None) -> bool:
-        return (
-            action in self.actions
-            and any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories)
-            and (media_type is None or media_type not in self.ignore_media_types)
-        )
-
-    def request(self, rows: list[Notification]) -> tuple[bytes, dict[str, str]]:
-        """The body and headers that deliver ``rows`` (one event, or a batch of pulls, which
-        share a delivery id) to this endpoint."""
-        events = [json.loads(row.payload) for row in rows]
-        document: Any
-        if self.format == "cloudevents":
-            content_type = CLOUDEVENTS if len(events) == 1 else CLOUDEVENTS_BATCH
-            document = [_cloudevent(event) for event in events]
-            if len(events) == 1:
-                document = document[0]
-        else:
-            content_type = ENVELOPE
-            document = {"events": events}
-        body = json.dumps(document, separators=(",", ":")).encode()
-        headers = {
-            name: ", ".join(value) if isinstance(value, list) else value
-            for name, value in self.headers.items()
-        }
-        headers.update({"Content-Type": content_type, DELIVERY_HEADER: rows[0].delivery_id})
-        secret = self.secret.get_secret_value()
-        if secret:
-            headers[SIGNATURE_HEADER] = signature(secret, body)
-        return body, headers
-
-
-def _cloudevent(event: dict[str, Any]) -> dict[str, Any]:
-    """``event`` as a CloudEvents 1.0 event (structured JSON)."""
-    return {
-        "specversion": "1.0",
-        "id": event["id"],
-        "source": f"registry/{event['source']['instanceID']}",
-        "type": f"registry.{event['action']}",
-        "subject": event["target"]["repository"],
-        "time": event["timestamp"],
-        "datacontenttype": "application/json",
-        "data": event,
-    }
-
-
-def signature(secret: str, body: bytes) -> str:
-    """``sha256=`` and the hex HMAC-SHA256 of ``body`` under ``secret``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-class Endpoints(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class Endpoints:
+    """The endpoints the notifications file names (checked by ``shared.notifications_file``)."""
 
     endpoints: tuple[Endpoint, ...] = ()
 
@@ -151,30 +71,15 @@ class Endpoints(BaseModel):
 
 
 def parse(document: Any, base: Path = Path()) -> Endpoints:
+    """The endpoints ``document`` (the file's YAML or JSON) names, their secret files read
+    from ``base``; NotificationsFileError when it is not a notifications file. Read by
+    ``shared.notifications_file``, imported only when there is a file to read (it loads
+    pydantic, which a registry without webhooks does without)."""
     if document is None:
         return Endpoints()
-    try:
-        found = Endpoints.model_validate(document)
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        raise NotificationsFileError(f"{where}: {problem['msg']}") from None
-    names = [e.name for e in found.endpoints]
-    if len(set(names)) != len(names):
-        raise NotificationsFileError("endpoints: two endpoints have one name")
-    read = []
-    for endpoint in found.endpoints:
-        if endpoint.secret_file:
-            path = base / endpoint.secret_file
-            try:
-                secret = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise NotificationsFileError(
-                    f"endpoints.{endpoint.name}: secret_file {path}: {exc.strerror}"
-                ) from None
-            endpoint = endpoint.model_copy(update={"secret": SecretStr(secret)})
-        read.append(endpoint)
-    return Endpoints(endpoints=tuple(read))
+    from shared import notifications_file
+
+    return notifications_file.parse(document, base)
 
 
 def load(path: Path) -> Endpoints:

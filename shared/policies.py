@@ -32,29 +32,20 @@ manifest again, a tag moved) is never refused, even over a lowered limit.
 
 from __future__ import annotations
 
-import datetime as dt
-import fnmatch
 import logging
-import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
-
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ByteSize,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
+from typing import TYPE_CHECKING, Any
 
 from shared import yaml_files
 from shared.errors import ErrorCode, RegistryError
-from shared.numbers import parse_duration
 from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from shared.policies_file import ImmutableTags as ImmutableTags
+    from shared.policies_file import Quota as Quota
+    from shared.policies_file import Retention as Retention
 
 log = logging.getLogger("registry.policies")
 
@@ -63,130 +54,15 @@ class PoliciesFileError(ValueError):
     """The policies file cannot be used (its message says where and why)."""
 
 
-def _compiles(regex: str) -> str:
-    try:
-        re.compile(regex)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return regex
-
-
-Pattern = Annotated[str, AfterValidator(_compiles)]  # a regular expression, checked
-
-
-class ImmutableTags(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    repositories: tuple[str, ...] = Field(min_length=1)
-    tags: tuple[str, ...] = ()
-    regex: Pattern | None = None
-
-    def model_post_init(self, context: Any) -> None:
-        if not self.tags and self.regex is None:
-            raise ValueError("a rule names its tags: tags (globs) or regex")
-
-    def matches(self, repository: str, tag: str) -> bool:
-        if not any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories):
-            return False
-        if any(fnmatch.fnmatchcase(tag, glob) for glob in self.tags):
-            return True
-        return self.regex is not None and re.fullmatch(self.regex, tag) is not None
-
-    def describe(self) -> str:
-        names = [*self.tags, *([f"/{self.regex}/"] if self.regex else [])]
-        return f"tags {', '.join(names)} of {', '.join(self.repositories)}"
-
-
-class Quota(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    repositories: tuple[str, ...] = Field(min_length=1)
-    storage: ByteSize | None = Field(None, gt=0)
-    tags: int | None = Field(None, gt=0)
-
-    def model_post_init(self, context: Any) -> None:
-        if self.storage is None and self.tags is None:
-            raise ValueError("a quota limits storage, tags or both")
-
-    def matches(self, repository: str) -> bool:
-        return any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories)
-
-    def describe(self) -> str:
-        limits = [
-            *([f"storage {self.storage.human_readable(decimal=False)}"] if self.storage else []),
-            *([f"{self.tags} tags"] if self.tags else []),
-        ]
-        return f"{', '.join(limits)} for each of {', '.join(self.repositories)}"
-
-
-Duration = Annotated[dt.timedelta, BeforeValidator(lambda v: _duration(v))]
-
-
-def _duration(value: Any) -> Any:
-    """``7d``, ``12h``, ``30m``, ``90s`` (or seconds, a number, never below 0) in the file."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("a duration is not negative")
-        return dt.timedelta(seconds=value)
-    if isinstance(value, str):
-        return parse_duration(value)
-    return value
-
-
-class Retention(BaseModel):
-    """Which tags and untagged manifests of the matching repositories the janitor removes
-    (``janitor.retention``). A tag is kept when any keep rule holds: among the ``keep_last``
-    most recently pushed; matching ``keep`` or ``protect`` (regular expressions on the whole
-    tag); pushed within ``older_than``; pulled within ``unless_pulled_within``; immutable. The
-    others go (with neither ``keep_last`` nor ``older_than``, no tag goes). Untagged manifests
-    created longer than ``untagged_older_than`` ago go too, except an index's platforms and the
-    referrers of a manifest that stays."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    repositories: tuple[str, ...] = Field(min_length=1)
-    keep_last: int | None = Field(None, ge=0)
-    keep: Pattern | None = None
-    protect: Pattern | None = None
-    older_than: Duration | None = None
-    unless_pulled_within: Duration | None = None
-    untagged_older_than: Duration | None = None
-
-    def matches(self, repository: str) -> bool:
-        return any(fnmatch.fnmatchcase(repository, glob) for glob in self.repositories)
-
-    def keeps(self, tag: str) -> bool:
-        """Whether a pattern keeps ``tag`` whatever its age."""
-        return any(p is not None and re.fullmatch(p, tag) for p in (self.keep, self.protect))
-
-    def describe(self) -> str:
-        parts = [
-            *([f"keep the last {self.keep_last}"] if self.keep_last is not None else []),
-            *([f"keep /{self.keep}/"] if self.keep else []),
-            *([f"protect /{self.protect}/"] if self.protect else []),
-            *([f"remove tags older than {self.older_than}"] if self.older_than else []),
-            *(
-                [f"unless pulled within {self.unless_pulled_within}"]
-                if self.unless_pulled_within
-                else []
-            ),
-            *(
-                [f"untagged manifests older than {self.untagged_older_than}"]
-                if self.untagged_older_than
-                else []
-            ),
-        ]
-        return f"{'; '.join(parts) or 'nothing'} in {', '.join(self.repositories)}"
-
-
 @dataclass(frozen=True, slots=True)
 class Usage:
     storage: int  # bytes of the distinct blobs the repository's manifests reference
     tags: int
 
 
-class Policies(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class Policies:
+    """What the policies file says (its rules are checked by ``shared.policies_file``)."""
 
     immutable_tags: tuple[ImmutableTags, ...] = ()
     quotas: tuple[Quota, ...] = ()
@@ -209,14 +85,14 @@ NONE = Policies()
 
 
 def parse(document: Any) -> Policies:
+    """The policies ``document`` (the file's YAML or JSON) states; PoliciesFileError when it
+    is not a policies file. Read by ``shared.policies_file``, imported here only when there is
+    a file to read (it loads pydantic, which a registry without policies does without)."""
     if document is None:
         return NONE
-    try:
-        return Policies.model_validate(document)
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "the file"
-        raise PoliciesFileError(f"{where}: {problem['msg']}") from None
+    from shared import policies_file
+
+    return policies_file.parse(document)
 
 
 def load(path: Path) -> Policies:

@@ -4,6 +4,7 @@ the janitor change the same way."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     ColumnElement,
@@ -30,8 +31,11 @@ from shared.models import (
     Tag,
     utcnow,
 )
-from shared.policies import Policies, Quota, Usage
+from shared.policies import Policies, Usage
 from shared.reviews import review_blobs, review_manifests
+
+if TYPE_CHECKING:
+    from shared.policies_file import Quota
 
 _REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("name"))
 _INSERT_REPOSITORY = insert(Base.metadata.tables["repositories"])

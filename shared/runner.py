@@ -134,9 +134,13 @@ def prepare() -> int:
     print the plan (the processes, the variables to add to their environment, the banner) as
     JSON on standard output. 2 when the configuration cannot be served."""
     from shared import migrate
-    from shared.settings import get_settings
+    from shared.settings import SettingsError, get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        say(str(exc))
+        return 2
     try:
         for folder in configured_folders(settings):
             folder.mkdir(parents=True, exist_ok=True)

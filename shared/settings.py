@@ -3,23 +3,111 @@
 The defaults are the embedded ones: a SQLite file and a storage folder under ``./var``, and a
 broker on the local filesystem, so that the registry runs with no server beside it. Production
 sets the MySQL URL, the Redis URL and the storage URL; the README lists every variable.
+
+Each field's type says how its variable is read (names are matched whatever their case): ``int``
+and ``float`` as numbers, ``bool`` as true/false, 1/0, yes/no, on/off (t/f, y/n), a ``Literal``
+as one of its values, a :class:`Secret` as text kept out of logs and reprs. A value that does
+not read as its type stops the process at start with :class:`SettingsError`, naming each
+variable at fault. This is the standard library's work: a settings library (pydantic-settings,
+with pydantic) costs every process about 11 MiB of memory, for what this module does in a
+page.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
-
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Any, Literal
 
 DATA_DIR = Path("var")
+ENV_PREFIX = "REGISTRY_"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+class SettingsError(ValueError):
+    """Settings whose values do not read as their types."""
 
+
+class Secret:
+    """A setting that is a secret (a password, a key): its repr and str hide it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+NO_SECRET = Secret("")
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+def _read(value: object, kind: Any) -> object:
+    """``value`` (text from the environment, or a value given in code) as ``kind``."""
+    if kind is Secret:
+        if isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
+            return Secret(value)
+        raise ValueError("must be text")
+    if typing.get_origin(kind) is Literal:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ValueError(f"must be true or false, not {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            pass
+        with contextlib.suppress(ValueError):
+            number = float(str(value))
+            if number.is_integer():  # 30.0 is 30
+                return int(number)
+        raise ValueError(f"must be a whole number, not {value!r}")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value))
+        except ValueError:
+            raise ValueError(f"must be a number, not {value!r}") from None
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"must be text, not {value!r}")
+    raise TypeError(f"settings of type {kind!r} are not read")
+
+
+@dataclasses.dataclass(init=False)
+class Settings:
     # Where data lives.
     database_url: str = f"sqlite:///{DATA_DIR / 'registry.db'}"
     storage_url: str = f"file://{DATA_DIR / 'storage'}"
@@ -32,7 +120,7 @@ class Settings(BaseSettings):
     # holding it (JSON, read again when it changes); and whether blob downloads may be
     # redirected to signed OSS URLs.
     oss_access_key_id: str = ""
-    oss_access_key_secret: SecretStr = SecretStr("")
+    oss_access_key_secret: Secret = NO_SECRET
     oss_credentials_file: str = ""
     oss_redirect: bool = False
     # The queue the services' events and the janitor's tasks go through: registries sharing a
@@ -125,12 +213,12 @@ class Settings(BaseSettings):
     # requests that carry it (health and metrics excepted). With authentication on and no
     # secret, a service listening beyond loopback refuses to start unless the network between
     # the gateway and the services is declared trusted (nobody else can reach their ports).
-    internal_secret: SecretStr = SecretStr("")
+    internal_secret: Secret = NO_SECRET
     internal_network_trusted: bool = False
     # The web interface's sign-in (with authentication on): the key its session cookies are
     # signed with, the same on every gateway replica (default: one derived from the internal
     # secret; with neither set, nobody can sign in), and how long a session lasts.
-    ui_session_secret: SecretStr = SecretStr("")
+    ui_session_secret: Secret = NO_SECRET
     ui_session_seconds: int = 12 * 3600
     ui_flower_url: str = ""  # where operators reach Flower, linked from the overview page
     # Rate limits at the gateway, in-process token buckets (0: off). Burst 0: the rate, at least 1.
@@ -158,6 +246,33 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    def __init__(self, **values: object) -> None:
+        """The settings: ``values`` where given, else the ``REGISTRY_*`` environment variables,
+        else the defaults."""
+        unknown = values.keys() - _TYPES.keys()
+        if unknown:
+            raise TypeError(f"no such setting: {', '.join(sorted(unknown))}")
+        environment = {
+            name.upper(): value
+            for name, value in os.environ.items()
+            if name.upper().startswith(ENV_PREFIX)
+        }
+        faults = []
+        for name, kind in _TYPES.items():
+            variable = ENV_PREFIX + name.upper()
+            if name in values:
+                given, what = values[name], name
+            elif variable in environment:
+                given, what = environment[variable], variable
+            else:
+                continue  # the class's default
+            try:
+                setattr(self, name, _read(given, kind))
+            except ValueError as exc:
+                faults.append(f"{what} {exc}")
+        if faults:
+            raise SettingsError("invalid settings: " + "; ".join(faults))
+
     @property
     def notifications_queue(self) -> str:
         """The queue of notification deliveries: a worker of their own takes them, so that a
@@ -175,6 +290,10 @@ class Settings(BaseSettings):
                 or f"http://{self.manifest_service_host}:{self.manifest_service_port}"
             )
         raise ValueError(which)
+
+
+_hints = typing.get_type_hints(Settings)
+_TYPES: dict[str, Any] = {field.name: _hints[field.name] for field in dataclasses.fields(Settings)}
 
 
 @lru_cache

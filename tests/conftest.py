@@ -79,7 +79,7 @@ def _running_registry(
         **overrides,
     }
     env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
-    settings = Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)
     migrate.upgrade(database_url)
     processes = start_all(settings, env=env, log_dir=root / "logs")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)

@@ -200,7 +200,7 @@ def replicated_registry(
                 "beat_in_worker": "false",
             }
             env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
-            settings.append(Settings(**values))  # type: ignore[arg-type]
+            settings.append(Settings(**values))
             for process in processes(settings[-1]):
                 replica = _replica(process, number, settings[-1])
                 envs[replica.name] = env

@@ -13,6 +13,7 @@ error, and nothing a refused request touched is stored.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -461,7 +462,7 @@ def test_token_configuration_is_checked(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="REGISTRY_AUTH_TOKEN_REALM"):
         auth.configure(settings)
     setup = auth.configure(
-        settings.model_copy(update={"auth_token_realm": "https://issuer.example/token"})
+        dataclasses.replace(settings, auth_token_realm="https://issuer.example/token")
     )
     assert isinstance(setup.guard, auth.TokenGuard) and setup.issuer is None
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
@@ -869,7 +870,7 @@ def _start_service(
     }
     environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     environment |= {f"REGISTRY_{k.upper()}": v for k, v in settings_values.items()}
-    settings = Settings(**settings_values)  # type: ignore[arg-type]
+    settings = Settings(**settings_values)
     process = next(p for p in processes(settings) if p.name == name)
     log_file = root / f"{name}.log"
     with open(log_file, "wb") as output:

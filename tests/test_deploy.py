@@ -9,6 +9,7 @@ something exports."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -91,11 +92,11 @@ REQUIRED = {
     "REGISTRY_BLOB_SERVICE_URL",
     "REGISTRY_MANIFEST_SERVICE_URL",
 } | {
-    f"REGISTRY_{name.upper()}"
-    for name, field in Settings.model_fields.items()
+    f"REGISTRY_{field.name.upper()}"
+    for field in dataclasses.fields(Settings)
     if f"{DATA_DIR}/" in str(field.default)
 }
-SETTINGS = {f"REGISTRY_{name.upper()}" for name in Settings.model_fields}
+SETTINGS = {f"REGISTRY_{field.name.upper()}" for field in dataclasses.fields(Settings)}
 PLACEHOLDER = "CHANGE-ME"
 INGRESS_ANNOTATIONS = {
     "nginx.ingress.kubernetes.io/proxy-body-size": "0",

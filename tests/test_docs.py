@@ -3,6 +3,7 @@ code reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {f"REGISTRY_{name.upper()}" for name in Settings.model_fields}
+SETTINGS = {f"REGISTRY_{field.name.upper()}" for field in dataclasses.fields(Settings)}
 
 
 def test_the_readme_documents_every_setting() -> None:

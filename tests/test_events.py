@@ -109,3 +109,42 @@ def test_a_relayed_batch_sends_one_notification_wake_up_per_repository(
     finally:
         events._publisher.close()
         get_settings.cache_clear()
+
+
+def test_an_event_reads_back_as_written_and_as_an_earlier_version_wrote_it() -> None:
+    """An event goes through the outbox and the broker as JSON and is read back the same; rows
+    an earlier version wrote (timestamps with ``Z``, keys since dropped) are still read."""
+    event = events.Event(
+        action="blob:upload:committed",
+        target=events.Target(repository="a/b", digest="sha256:" + "0" * 64, size=3),
+        request_id="r-1",
+        source="blob-service",
+    )
+    assert events.Event.parse_json(event.as_json()) == event
+    assert events.Event.parse(json.loads(json.dumps(event.as_message()))) == event
+    earlier = (
+        '{"id":"x","timestamp":"2026-01-02T03:04:05.678901Z","action":"blob:deleted",'
+        '"target":{"repository":"r","digest":null},"request_id":null,"source":"",'
+        '"schema_version":1,"dropped":true}'
+    )
+    read = events.Event.parse_json(earlier)
+    assert (read.id, read.action, read.target.repository) == ("x", "blob:deleted", "r")
+    assert read.timestamp.isoformat() == "2026-01-02T03:04:05.678901+00:00"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "not json",
+        "[]",
+        '{"action": "blob:exploded", "target": {"repository": "r"}}',
+        '{"action": "blob:deleted"}',
+        '{"action": "blob:deleted", "target": {"repository": 7}}',
+        '{"action": "blob:deleted", "target": {"repository": "r", "size": "3"}}',
+        '{"action": "blob:deleted", "target": {"repository": "r"}, "timestamp": "Tuesday"}',
+        '{"action": "blob:deleted", "target": {"repository": "r"}, "request_id": 5}',
+    ],
+)
+def test_a_message_that_is_not_an_event_is_refused(message: str) -> None:
+    with pytest.raises(events.EventInvalid):
+        events.Event.parse_json(message)

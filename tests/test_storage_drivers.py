@@ -510,14 +510,14 @@ def test_open_storage_reads_the_url_and_credentials(
     oss_server: OssTestServer, tmp_path: Path
 ) -> None:
     url = f"oss://registry/test-open?endpoint={oss_server.endpoint}&retries=1&read_timeout=5"
-    settings = Settings(oss_access_key_id=DEFAULT_KEY_ID, oss_access_key_secret=DEFAULT_KEY_SECRET)  # type: ignore[arg-type]
+    settings = Settings(oss_access_key_id=DEFAULT_KEY_ID, oss_access_key_secret=DEFAULT_KEY_SECRET)
     driver = open_storage(url, settings)
     assert isinstance(driver, OssDriver) and driver.retries == 1 and driver.prefix == "test-open/"
     assert run(driver.append("k", 0, chunks(b"abc"))) == 3
     secret = tmp_path / "oss.json"
     secret.write_text(f'{{"AccessKeyId": "{DEFAULT_KEY_ID}", "AccessKeySecret": "wrong"}}')
     no_keys = {"oss_access_key_id": "", "oss_access_key_secret": ""}
-    from_file = open_storage(url, Settings(**no_keys, oss_credentials_file=str(secret)))  # type: ignore[arg-type]
+    from_file = open_storage(url, Settings(**no_keys, oss_credentials_file=str(secret)))
     with pytest.raises(StorageError, match="SignatureDoesNotMatch"):
         run(from_file.size("k"))
     # A rotated secret is read again.
@@ -526,7 +526,7 @@ def test_open_storage_reads_the_url_and_credentials(
     )
     assert run(from_file.size("k")) == 3
     with pytest.raises(ValueError, match="credentials"):
-        open_storage(url, Settings(**no_keys, oss_credentials_file=""))  # type: ignore[arg-type]
+        open_storage(url, Settings(**no_keys, oss_credentials_file=""))
     with pytest.raises(ValueError, match="endpoint"):
         open_storage("oss://registry/x", settings)
 
@@ -746,7 +746,7 @@ def test_slow_answers_time_out_and_are_retried(oss_server: OssTestServer) -> Non
         f"oss://registry/test-slow-{uuid.uuid4().hex[:8]}"
         f"?endpoint={oss_server.endpoint}&read_timeout=0.5&retries=2"
     )
-    settings = Settings(oss_access_key_id=DEFAULT_KEY_ID, oss_access_key_secret=DEFAULT_KEY_SECRET)  # type: ignore[arg-type]
+    settings = Settings(oss_access_key_id=DEFAULT_KEY_ID, oss_access_key_secret=DEFAULT_KEY_SECRET)
     driver = open_storage(url, settings)
 
     async def scenario() -> None:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import Connection, Select, bindparam, delete, func, select, update
@@ -33,8 +33,11 @@ from sqlalchemy import Connection, Select, bindparam, delete, func, select, upda
 from janitor.metrics import NOTIFICATION_LATENCY, NOTIFICATIONS
 from shared import db, leases
 from shared.models import Notification, utcnow
-from shared.notifications import DELIVERED, PARKED, PENDING, Endpoint, configured
+from shared.notifications import DELIVERED, PARKED, PENDING, configured
 from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from shared.notifications_file import Endpoint
 
 log = logging.getLogger(__name__)
 

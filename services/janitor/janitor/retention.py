@@ -1,4 +1,4 @@
-"""Retention (the policies file's ``retention`` rules, ``shared.policies.Retention``): the
+"""Retention (the policies file's ``retention`` rules, ``shared.policies_file.Retention``): the
 tags and untagged manifests the rules say go, removed by the janitor on its schedule or by
 ``registry-admin retention``; what they referenced then feeds the online garbage collection.
 

@@ -57,7 +57,7 @@ common: dict[str, Any] = {
 def handle_event(payload: dict[str, Any]) -> str:
     """The services' events: a committed upload is promoted, a cancelled one discarded. The
     others need no immediate work (their garbage-collection reviews are in the database)."""
-    event = Event.model_validate(payload)
+    event = Event.parse(payload)
     request_id_var.set(event.request_id)
     log.info(
         "event action=%s repository=%s digest=%s request_id=%s",

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from pydantic import ByteSize
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -67,8 +66,19 @@ def kind(media_type: str, artifact_type: str | None) -> str:
     return KINDS.get(media_type, media_type)
 
 
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
 def human_size(size: int | None) -> str:
-    return "-" if size is None else ByteSize(size).human_readable()
+    """``size`` bytes in binary units, one decimal: 512B, 1.5KiB, 20.0GiB."""
+    if size is None:
+        return "-"
+    number = float(size)
+    for unit in _UNITS:
+        if abs(number) < 1024:
+            return f"{number:.0f}B" if unit == "B" else f"{number:.1f}{unit}"
+        number /= 1024
+    return f"{number:.1f}EiB"
 
 
 def ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:

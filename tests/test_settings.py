@@ -1,0 +1,117 @@
+"""Settings: each ``REGISTRY_*`` variable is read as its setting's type (README,
+"Configuration"); a value that does not read stops the process, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings, SettingsError
+
+
+def test_each_variable_is_read_as_its_type_whatever_the_case_of_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REGISTRY_GATEWAY_PORT", " 6000 ")
+    monkeypatch.setenv("registry_oss_redirect", "Yes")
+    monkeypatch.setenv("REGISTRY_GATEWAY_READS_STORAGE", "off")
+    monkeypatch.setenv("REGISTRY_STORAGE_SWEEP_RATE", "2.5")
+    monkeypatch.setenv("REGISTRY_AUTH", "token")
+    monkeypatch.setenv("REGISTRY_PUBLIC_URL", "https://registry.example.com")
+    settings = Settings()
+    assert settings.gateway_port == 6000
+    assert settings.oss_redirect is True
+    assert settings.gateway_reads_storage is False
+    assert settings.storage_sweep_rate == 2.5
+    assert settings.auth == "token"
+    assert settings.public_url == "https://registry.example.com"
+    assert settings.upload_lease_seconds == 30  # not set: the default
+
+
+def test_values_given_in_code_come_before_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REGISTRY_GATEWAY_PORT", "6000")
+    assert Settings(gateway_port="7000").gateway_port == 7000
+    assert Settings(gateway_port=8000).gateway_port == 8000
+    with pytest.raises(TypeError, match="no such setting: gateway_prot"):
+        Settings(gateway_prot=7000)
+
+
+def test_a_secret_is_kept_out_of_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRY_INTERNAL_SECRET", "hunter2-internal")
+    settings = Settings(ui_session_secret="hunter2-session")
+    assert settings.internal_secret.get_secret_value() == "hunter2-internal"
+    assert settings.ui_session_secret.get_secret_value() == "hunter2-session"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("REGISTRY_GATEWAY_PORT", "abc", "must be a whole number, not 'abc'"),
+        ("REGISTRY_GATEWAY_PORT", "", "must be a whole number, not ''"),
+        ("REGISTRY_MAX_PAGE_SIZE", "1.5", "must be a whole number, not '1.5'"),
+        ("REGISTRY_OSS_REDIRECT", "maybe", "must be true or false, not 'maybe'"),
+        ("REGISTRY_STORAGE_SWEEP_RATE", "fast", "must be a number, not 'fast'"),
+        ("REGISTRY_AUTH", "Token", "must be one of 'none', 'htpasswd', 'token', not 'Token'"),
+    ],
+)
+def test_a_value_that_does_not_read_as_its_type_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, said: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("REGISTRY_JANITOR_METRICS_PORT", "-")
+    with pytest.raises(SettingsError) as refused:
+        Settings()
+    message = str(refused.value)
+    assert f"{variable} {said}" in message
+    assert "REGISTRY_JANITOR_METRICS_PORT must be a whole number" in message  # every fault
+
+
+def test_no_process_loads_a_validation_library_without_a_policies_or_notifications_file() -> None:
+    """The settings, the events and the files' schemas are read without pydantic (about 11 MiB
+    a process) until a policies or notifications file is there to check."""
+    modules = ["api_gateway.app", "blob_service.app", "manifest_service.app", "janitor.tasks"]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'pydantic_core'}))\n"
+        "from shared import notifications, policies\n"
+        "policies.parse({'quotas': [{'repositories': ['a/*'], 'tags': 3}]})\n"
+        "notifications.parse({'endpoints': [{'name': 'ci', 'url': 'http://ci.example'}]})\n"
+        "print('pydantic' in sys.modules)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert ran.stdout.split() == ["[]", "True"]
+
+
+def test_make_run_with_a_value_that_does_not_read_stops_with_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env |= {
+        "REGISTRY_DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+        "REGISTRY_GATEWAY_PORT": "five thousand",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-m", "shared.runner"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 2
+    assert ran.stderr.strip().splitlines() == [
+        "registry: invalid settings: REGISTRY_GATEWAY_PORT must be a whole number, "
+        "not 'five thousand'"
+    ]
+    assert not (tmp_path / "registry.db").exists()  # nothing was started or made
