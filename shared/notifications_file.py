@@ -100,7 +100,7 @@ class Endpoint(BaseModel):
         return body, headers
 
 
-class _File(BaseModel):
+class NotificationsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoints: tuple[Endpoint, ...] = ()
@@ -108,7 +108,7 @@ class _File(BaseModel):
 
 def parse(document: Any, base: Path = Path()) -> Endpoints:
     try:
-        found = _File.model_validate(document)
+        found = NotificationsFile.model_validate(document)
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])

@@ -140,7 +140,7 @@ class Retention(BaseModel):
         return f"{'; '.join(parts) or 'nothing'} in {', '.join(self.repositories)}"
 
 
-class _File(BaseModel):
+class PoliciesFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     immutable_tags: tuple[ImmutableTags, ...] = ()
@@ -150,7 +150,7 @@ class _File(BaseModel):
 
 def parse(document: Any) -> Policies:
     try:
-        found = _File.model_validate(document)
+        found = PoliciesFile.model_validate(document)
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "the file"

@@ -18,7 +18,7 @@ from celery.bin.worker import worker
 
 from janitor import worker as janitor_worker
 from janitor.worker import app
-from shared import policies
+from shared import notifications, policies
 from shared.settings import get_settings
 
 COMMANDS = {"worker": worker, "beat": beat}
@@ -50,10 +50,16 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in COMMANDS:
         sys.exit(f"usage: python -m janitor {{{'|'.join(COMMANDS)}}} [options]")
     command = COMMANDS[argv[0]]
-    try:  # a policies file that cannot be used stops the janitor at start, not its sweeps
+    # A policies or notifications file that cannot be used stops the janitor at start, not
+    # its sweeps and deliveries.
+    try:
         policies.configured()
     except policies.PoliciesFileError as exc:
         sys.exit(f"REGISTRY_POLICIES_FILE: {exc}")
+    try:
+        notifications.configured()
+    except notifications.NotificationsFileError as exc:
+        sys.exit(f"REGISTRY_NOTIFICATIONS_FILE: {exc}")
     options = with_queues(argv[1:]) if argv[0] == "worker" else argv[1:]
     # What the celery command adds to its subcommands: the options the application declares.
     command.params.extend(app.user_options.get(argv[0], []))
