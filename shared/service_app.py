@@ -12,7 +12,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from shared import events, health, internal_auth, notifications, read_cache, upstream
+from shared import events, health, internal_auth, mirrors, notifications, read_cache, upstream
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.web import (
@@ -21,6 +21,7 @@ from shared.web import (
     install_error_handlers,
     retry_later,
 )
+from shared.yaml_files import read_at_start
 
 
 @asynccontextmanager
@@ -43,13 +44,15 @@ def service_app(
     relay while it runs. ``host`` is the address it listens on."""
     settings = get_settings()
     configure_logging(settings.log_level, service)
-    # The notifications file is read now: one that cannot be used stops the service at start
-    # (one line, no traceback), never every push after it; and one with endpoints has its
-    # schema (pydantic) loaded before the first request, not on the event loop during it.
-    try:
-        notifications.configured()
-    except notifications.NotificationsFileError as exc:
-        raise SystemExit(f"REGISTRY_NOTIFICATIONS_FILE: {exc}") from None
+    # The mirrors and notifications files are read now: one that cannot be used stops the
+    # service at start; and a notifications file with endpoints has its schema (pydantic)
+    # loaded before the first request, not on the event loop during it.
+    read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
+    read_at_start(
+        "REGISTRY_NOTIFICATIONS_FILE",
+        notifications.configured,
+        notifications.NotificationsFileError,
+    )
     health_routes = health.health_routes(readiness, advisory={"broker": health.broker})
     app = Starlette(routes=[*health_routes, *routes], lifespan=service_lifespan)
     install_error_handlers(app)

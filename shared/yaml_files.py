@@ -1,5 +1,5 @@
 """Configuration files in YAML (JSON is YAML too): the users file, the mirrors file, the
-notifications file."""
+notifications file, the policies file."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ def read(path: Path, error: type[ValueError]) -> Any:
     except OSError as exc:
         raise error(f"{path}: {exc.strerror}") from None
     return parse(text, str(path), error)
+
+
+def read_at_start(variable: str, read: Callable[[], object], error: type[ValueError]) -> None:
+    """Read the configuration file ``variable`` names (``read``) as a process starts: one that
+    cannot be used stops it with one line saying where and why (no traceback), never a
+    process that starts and then fails every request that needs the file."""
+    try:
+        read()
+    except error as exc:
+        raise SystemExit(f"{variable}: {exc}") from None
 
 
 class Watched(Generic[T]):

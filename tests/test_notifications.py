@@ -12,8 +12,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -26,19 +24,11 @@ import httpx
 import pytest
 
 from shared import users
-from shared.processes import processes
-from shared.settings import Settings
 from tests.conftest import running_registry
 from tests.docker_engine import DockerEngine
 from tests.images import single_image
 from tests.podman import private_podman
-from tests.registry import (
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
-    RegistryUnderTest,
-    eventually,
-    free_port,
-)
+from tests.registry import DOCKER_MANIFEST, OCI_MANIFEST, RegistryUnderTest, eventually
 from tests.test_auth import Account, make_skopeo
 from tests.test_client_docker import login
 from tests.test_client_docker import push as docker_push
@@ -610,35 +600,3 @@ def test_docker_and_podman_pushes_name_the_user_who_pushed(
     (by_podman,) = [e for e in events(other) if e["target"].get("tag") == "v1"]
     assert by_podman["target"]["digest"] == podman_digest
     assert {e["actor"]["name"] for e in events(other)} == {"bob"}
-
-
-@pytest.mark.parametrize("name", ["blob-service", "manifest-service", "janitor"])
-def test_a_notifications_file_that_cannot_be_used_stops_each_process_at_start(
-    tmp_path: Path, name: str
-) -> None:
-    """One line naming the variable and the fault, and no traceback: never a service that
-    starts and then fails every push that records an event."""
-    broken = tmp_path / "notifications.yaml"
-    broken.write_text(json.dumps({"endpoints": [{"name": "ci", "url": "ftp://ci.example"}]}))
-    values = {
-        "database_url": f"sqlite:///{tmp_path / 'registry.db'}",
-        "storage_url": f"file://{tmp_path / 'storage'}",
-        "broker_url": f"filesystem://{tmp_path / 'broker'}",
-        "blob_service_port": str(free_port()),
-        "manifest_service_port": str(free_port()),
-        "janitor_metrics_port": "0",
-        "notifications_file": str(broken),
-    }
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    environment |= {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
-    process = next(p for p in processes(Settings(**values)) if p.name == name)
-    ran = subprocess.run(
-        process.argv, env=environment, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert ran.returncode != 0
-    said = ran.stdout + ran.stderr
-    assert (
-        "REGISTRY_NOTIFICATIONS_FILE: endpoints.0.url: Value error, an http(s) URL, "
-        "not 'ftp://ci.example'"
-    ) in said
-    assert "Traceback" not in said

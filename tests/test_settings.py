@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.processes import processes
 from shared.settings import Settings, SettingsError
+from tests.registry import free_ports
 
 
 def test_each_variable_is_read_as_its_type_whatever_the_case_of_its_name(
@@ -115,3 +118,57 @@ def test_make_run_with_a_value_that_does_not_read_stops_with_one_line_naming_it(
         "not 'five thousand'"
     ]
     assert not (tmp_path / "registry.db").exists()  # nothing was started or made
+
+
+BROKEN_FILES = {
+    "mirrors": (
+        {"mirrors": {"hub": {"url": "ftp://registry-1.docker.io"}}},
+        "mirrors.hub: url must be http(s)://host[:port], got 'ftp://registry-1.docker.io'",
+        ["api-gateway", "blob-service", "manifest-service", "janitor"],
+    ),
+    "notifications": (
+        {"endpoints": [{"name": "ci", "url": "ftp://ci.example"}]},
+        "endpoints.0.url: Value error, an http(s) URL, not 'ftp://ci.example'",
+        ["blob-service", "manifest-service", "janitor"],
+    ),
+    "policies": (
+        {"quotas": [{"repositories": ["team/*"], "storage": "lots"}]},
+        "quotas.0.storage: could not parse value and unit from byte string",
+        ["manifest-service", "janitor"],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [(kind, name) for kind, (_, _, names) in BROKEN_FILES.items() for name in names],
+)
+def test_a_configuration_file_that_cannot_be_used_stops_each_process_that_reads_it_at_start(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    """One line naming the variable and the fault, and no traceback: never a process that
+    starts and then fails every request (or sweep) that needs the file."""
+    document, fault, _ = BROKEN_FILES[kind]
+    broken = tmp_path / f"{kind}.yaml"
+    broken.write_text(json.dumps(document))
+    gateway, blob, manifest = free_ports(3)
+    values = {
+        "database_url": f"sqlite:///{tmp_path / 'registry.db'}",
+        "storage_url": f"file://{tmp_path / 'storage'}",
+        "broker_url": f"filesystem://{tmp_path / 'broker'}",
+        "gateway_port": str(gateway),
+        "blob_service_port": str(blob),
+        "manifest_service_port": str(manifest),
+        "janitor_metrics_port": "0",
+        f"{kind}_file": str(broken),
+    }
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment |= {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
+    process = next(p for p in processes(Settings(**values)) if p.name == name)
+    ran = subprocess.run(
+        process.argv, env=environment, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode != 0
+    said = ran.stdout + ran.stderr
+    assert f"REGISTRY_{kind.upper()}_FILE: {fault}" in said
+    assert "Traceback" not in said

@@ -12,11 +12,12 @@ from api_gateway import auth
 from api_gateway.limits import ClientRateLimitMiddleware, HeaderLimitMiddleware, request_limits
 from api_gateway.proxy import make_client
 from api_gateway.routes import ui, v2
-from shared import health, internal_auth
+from shared import health, internal_auth, mirrors
 from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.storage import StorageDriver, get_storage
 from shared.web import ApiVersionMiddleware, freeze_startup_heap, install_error_handlers
+from shared.yaml_files import read_at_start
 
 SERVICE = "api-gateway"
 
@@ -55,6 +56,7 @@ def _readiness() -> dict[str, health.Check]:
 
 def create_app() -> Starlette:
     configure_logging(get_settings().log_level, SERVICE)
+    read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
     routes = health.health_routes(_readiness())
     settings = get_settings()
     # Authentication, limits and the internal secret: each only when configured, so that the

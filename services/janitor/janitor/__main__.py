@@ -18,8 +18,9 @@ from celery.bin.worker import worker
 
 from janitor import worker as janitor_worker
 from janitor.worker import app
-from shared import notifications, policies
+from shared import mirrors, notifications, policies
 from shared.settings import get_settings
+from shared.yaml_files import read_at_start
 
 COMMANDS = {"worker": worker, "beat": beat}
 TAKES = ("all", "janitor", "notifications")
@@ -50,16 +51,15 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in COMMANDS:
         sys.exit(f"usage: python -m janitor {{{'|'.join(COMMANDS)}}} [options]")
     command = COMMANDS[argv[0]]
-    # A policies or notifications file that cannot be used stops the janitor at start, not
-    # its sweeps and deliveries.
-    try:
-        policies.configured()
-    except policies.PoliciesFileError as exc:
-        sys.exit(f"REGISTRY_POLICIES_FILE: {exc}")
-    try:
-        notifications.configured()
-    except notifications.NotificationsFileError as exc:
-        sys.exit(f"REGISTRY_NOTIFICATIONS_FILE: {exc}")
+    # A configuration file that cannot be used stops the janitor at start, not its sweeps and
+    # deliveries.
+    read_at_start("REGISTRY_POLICIES_FILE", policies.configured, policies.PoliciesFileError)
+    read_at_start(
+        "REGISTRY_NOTIFICATIONS_FILE",
+        notifications.configured,
+        notifications.NotificationsFileError,
+    )
+    read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
     options = with_queues(argv[1:]) if argv[0] == "worker" else argv[1:]
     # What the celery command adds to its subcommands: the options the application declares.
     command.params.extend(app.user_options.get(argv[0], []))

@@ -10,17 +10,13 @@ from manifest_service.ui import Interface
 from shared import health, policies
 from shared.service_app import service_app
 from shared.settings import get_settings
+from shared.yaml_files import read_at_start
 
 SERVICE = "manifest-service"
 
 
 def create_app() -> Starlette:
-    # A policies file that cannot be used stops the service at start (one line, no traceback),
-    # never every push and pull after it.
-    try:
-        policies.configured()
-    except policies.PoliciesFileError as exc:
-        raise SystemExit(f"REGISTRY_POLICIES_FILE: {exc}") from None
+    read_at_start("REGISTRY_POLICIES_FILE", policies.configured, policies.PoliciesFileError)
     return service_app(
         SERVICE,
         [
