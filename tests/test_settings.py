@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from shared import migrate
 from shared.processes import processes
 from shared.settings import Settings, SettingsError
-from tests.registry import free_ports
+from tests.registry import eventually, free_ports
 
 
 def test_each_variable_is_read_as_its_type_whatever_the_case_of_its_name(
@@ -172,3 +173,57 @@ def test_a_configuration_file_that_cannot_be_used_stops_each_process_that_reads_
     said = ran.stdout + ran.stderr
     assert f"REGISTRY_{kind.upper()}_FILE: {fault}" in said
     assert "Traceback" not in said
+
+
+@pytest.mark.parametrize(
+    ("role", "arguments", "ready"),
+    [
+        ("beat", ["beat", "--loglevel", "INFO"], "beat: Starting"),
+        (
+            "notifications worker",
+            ["worker", "--loglevel", "INFO", "--takes", "notifications", "--concurrency", "1"],
+            " ready.",
+        ),
+    ],
+)
+def test_beat_and_a_delivery_worker_start_without_the_files_they_do_not_read(
+    tmp_path: Path, role: str, arguments: list[str], ready: str
+) -> None:
+    """As Kubernetes and Compose run them: the configuration names every file, and beat's
+    container mounts none of them, a delivery worker's the notifications file alone."""
+    values = {
+        "database_url": f"sqlite:///{tmp_path / 'registry.db'}",
+        "broker_url": f"filesystem://{tmp_path / 'broker'}",
+        "beat_in_worker": "false",
+        "beat_schedule_file": str(tmp_path / "celerybeat-schedule"),
+        "janitor_metrics_port": "0",
+        "policies_file": str(tmp_path / "not-mounted" / "policies.yaml"),
+        "mirrors_file": str(tmp_path / "not-mounted" / "mirrors.yaml"),
+        "notifications_file": str(tmp_path / "notifications.yaml"),
+    }
+    if role == "beat":
+        values["notifications_file"] = str(tmp_path / "not-mounted" / "notifications.yaml")
+        arguments = [*arguments, "--schedule", values["beat_schedule_file"]]
+    else:
+        (tmp_path / "notifications.yaml").write_text("endpoints: []\n")
+    migrate.upgrade(values["database_url"])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment |= {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
+    log = tmp_path / f"{role}.log"
+    with open(log, "wb") as output:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "janitor", *arguments],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        eventually(
+            lambda: ready in log.read_text() or popen.poll() is not None,
+            timeout=60,
+            what=f"the {role} starting",
+        )
+        assert popen.poll() is None, log.read_text()[-2000:]
+    finally:
+        popen.terminate()
+        popen.wait(timeout=60)

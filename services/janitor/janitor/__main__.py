@@ -47,20 +47,29 @@ def with_queues(args: list[str]) -> list[str]:
     return [*args, "--queues", ",".join(queues)]
 
 
-def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in COMMANDS:
-        sys.exit(f"usage: python -m janitor {{{'|'.join(COMMANDS)}}} [options]")
-    command = COMMANDS[argv[0]]
-    # A configuration file that cannot be used stops the janitor at start, not its sweeps and
-    # deliveries.
-    read_at_start("REGISTRY_POLICIES_FILE", policies.configured, policies.PoliciesFileError)
+def read_files() -> None:
+    """Read the configuration files this worker's tasks read: one that cannot be used stops it
+    at start, not its sweeps and deliveries. A worker for deliveries alone reads only the
+    notifications file, and beat, which only schedules, reads none (Kubernetes and Compose
+    mount only those)."""
     read_at_start(
         "REGISTRY_NOTIFICATIONS_FILE",
         notifications.configured,
         notifications.NotificationsFileError,
     )
-    read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
-    options = with_queues(argv[1:]) if argv[0] == "worker" else argv[1:]
+    if janitor_worker.takes_janitor:
+        read_at_start("REGISTRY_POLICIES_FILE", policies.configured, policies.PoliciesFileError)
+        read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in COMMANDS:
+        sys.exit(f"usage: python -m janitor {{{'|'.join(COMMANDS)}}} [options]")
+    command = COMMANDS[argv[0]]
+    options = argv[1:]
+    if argv[0] == "worker":
+        options = with_queues(options)
+        read_files()
     # What the celery command adds to its subcommands: the options the application declares.
     command.params.extend(app.user_options.get(argv[0], []))
     context = CLIContext(app=app, no_color=None, workdir=None)
