@@ -30,7 +30,7 @@ import threading
 import time
 import typing
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import delete, select, update
@@ -89,14 +89,14 @@ class Target:
     def parse(cls, document: object) -> Target:
         if not isinstance(document, dict) or not isinstance(document.get("repository"), str):
             raise EventInvalid("target must be an object with a repository")
+        optional = (f.name for f in fields(cls) if f.name != "repository")
         return cls(
             repository=document["repository"],
-            size=_field(document, "size", int),
-            **{name: _field(document, name, str) for name in _TEXT_TARGET_FIELDS},
+            **{name: _field(document, name, _NUMBERS.get(name, str)) for name in optional},
         )
 
 
-_TEXT_TARGET_FIELDS = ("digest", "tag", "media_type", "upload_uuid", "storage_key")
+_NUMBERS = {"size": int}  # the target's fields that are numbers; the others are text
 _ACTIONS = frozenset(typing.get_args(Action))
 
 

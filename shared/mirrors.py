@@ -195,6 +195,11 @@ def configured() -> Mirrors:
     return load(Path(path)) if path else Mirrors({})
 
 
+def read_at_start() -> None:
+    """Read the mirrors file as a process starts: one that cannot be used stops it there."""
+    yaml_files.read_at_start("REGISTRY_MIRRORS_FILE", configured, MirrorsFileError)
+
+
 async def default_for(name: str) -> tuple[Mirror, str] | None:
     """For a read of ``name`` (outside every namespace) that found nothing: the default mirror
     and the name under its namespace, when there is a default mirror and no own repository

@@ -114,6 +114,11 @@ def configured() -> Endpoints:
     return file.get() if file is not None else _NONE
 
 
+def read_at_start() -> None:
+    """Read the notifications file as a process starts: one that cannot be used stops it there."""
+    yaml_files.read_at_start("REGISTRY_NOTIFICATIONS_FILE", configured, NotificationsFileError)
+
+
 def _request() -> tuple[dict[str, str], dict[str, str]]:
     """The event's request and actor: who asked for the change being recorded."""
     scope = request_scope_var.get()

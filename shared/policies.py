@@ -124,6 +124,11 @@ def configured() -> Policies:
     return file.get() if file is not None else NONE
 
 
+def read_at_start() -> None:
+    """Read the policies file as a process starts: one that cannot be used stops it there."""
+    yaml_files.read_at_start("REGISTRY_POLICIES_FILE", configured, PoliciesFileError)
+
+
 class PolicyDenied(RegistryError):
     """A push or delete a policy refuses: ``DENIED``, and a ``deny`` event (``denied``)."""
 

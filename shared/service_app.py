@@ -21,7 +21,6 @@ from shared.web import (
     install_error_handlers,
     retry_later,
 )
-from shared.yaml_files import read_at_start
 
 
 @asynccontextmanager
@@ -47,12 +46,8 @@ def service_app(
     # The mirrors and notifications files are read now: one that cannot be used stops the
     # service at start; and a notifications file with endpoints has its schema (pydantic)
     # loaded before the first request, not on the event loop during it.
-    read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
-    read_at_start(
-        "REGISTRY_NOTIFICATIONS_FILE",
-        notifications.configured,
-        notifications.NotificationsFileError,
-    )
+    mirrors.read_at_start()
+    notifications.read_at_start()
     health_routes = health.health_routes(readiness, advisory={"broker": health.broker})
     app = Starlette(routes=[*health_routes, *routes], lifespan=service_lifespan)
     install_error_handlers(app)

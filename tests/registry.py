@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +271,13 @@ def _clear_cached_configuration() -> None:
     forget_policies_file()
     forget_engine()
     get_storage.cache_clear()
+
+
+def environment_with(values: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a process configured by ``values`` (settings by name) alone: this
+    one's, without its own ``REGISTRY_*`` variables."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    return environment | {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
 
 
 def error_codes(response: httpx.Response) -> list[str]:

@@ -42,7 +42,14 @@ from shared.settings import Settings
 from tests.conftest import running_registry
 from tests.images import Layout, single_image
 from tests.podman import Podman, private_podman
-from tests.registry import OCI_MANIFEST, RegistryUnderTest, error_codes, free_port, sha256
+from tests.registry import (
+    OCI_MANIFEST,
+    RegistryUnderTest,
+    environment_with,
+    error_codes,
+    free_port,
+    sha256,
+)
 from tests.test_client_skopeo import SKOPEO, Skopeo, tagged
 
 SERVICE = "registry.test"
@@ -868,8 +875,7 @@ def _start_service(
         f"{key}_port": str(port),
         **values,
     }
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    environment |= {f"REGISTRY_{k.upper()}": v for k, v in settings_values.items()}
+    environment = environment_with(settings_values)
     settings = Settings(**settings_values)
     process = next(p for p in processes(settings) if p.name == name)
     log_file = root / f"{name}.log"

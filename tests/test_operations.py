@@ -23,7 +23,14 @@ import pytest
 
 from shared import users
 from tests.conftest import running_registry
-from tests.registry import RegistryUnderTest, child_pids, eventually, free_port, sha256
+from tests.registry import (
+    RegistryUnderTest,
+    child_pids,
+    environment_with,
+    eventually,
+    free_port,
+    sha256,
+)
 
 
 def service_urls(registry: RegistryUnderTest) -> dict[str, str]:
@@ -263,8 +270,7 @@ def running_runner(root: Path, **values: str) -> Iterator[Runner]:
         "beat_schedule_file": str(root / "celerybeat-schedule"),
         **values,
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    env |= {f"REGISTRY_{k.upper()}": v for k, v in settings.items()}
+    env = environment_with(settings)
     log = root / "runner.log"
     with open(log, "wb") as output:
         popen = subprocess.Popen(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from shared import migrate
 from shared.processes import processes
 from shared.settings import Settings, SettingsError
-from tests.registry import eventually, free_ports
+from tests.registry import environment_with, eventually, free_ports
 
 
 def test_each_variable_is_read_as_its_type_whatever_the_case_of_its_name(
@@ -99,11 +98,9 @@ def test_no_process_loads_a_validation_library_without_a_policies_or_notificatio
 def test_make_run_with_a_value_that_does_not_read_stops_with_one_line_naming_it(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    env |= {
-        "REGISTRY_DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
-        "REGISTRY_GATEWAY_PORT": "five thousand",
-    }
+    env = environment_with(
+        {"database_url": f"sqlite:///{tmp_path / 'registry.db'}", "gateway_port": "five thousand"}
+    )
     ran = subprocess.run(
         [sys.executable, "-m", "shared.runner"],
         env=env,
@@ -163,8 +160,7 @@ def test_a_configuration_file_that_cannot_be_used_stops_each_process_that_reads_
         "janitor_metrics_port": "0",
         f"{kind}_file": str(broken),
     }
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    environment |= {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
+    environment = environment_with(values)
     process = next(p for p in processes(Settings(**values)) if p.name == name)
     ran = subprocess.run(
         process.argv, env=environment, capture_output=True, text=True, timeout=60, check=False
@@ -207,8 +203,7 @@ def test_beat_and_a_delivery_worker_start_without_the_files_they_do_not_read(
     else:
         (tmp_path / "notifications.yaml").write_text("endpoints: []\n")
     migrate.upgrade(values["database_url"])
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    environment |= {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
+    environment = environment_with(values)
     log = tmp_path / f"{role}.log"
     with open(log, "wb") as output:
         popen = subprocess.Popen(

@@ -17,7 +17,6 @@ from shared.observability import ObservabilityMiddleware, configure_logging
 from shared.settings import get_settings
 from shared.storage import StorageDriver, get_storage
 from shared.web import ApiVersionMiddleware, freeze_startup_heap, install_error_handlers
-from shared.yaml_files import read_at_start
 
 SERVICE = "api-gateway"
 
@@ -56,7 +55,7 @@ def _readiness() -> dict[str, health.Check]:
 
 def create_app() -> Starlette:
     configure_logging(get_settings().log_level, SERVICE)
-    read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
+    mirrors.read_at_start()
     routes = health.health_routes(_readiness())
     settings = get_settings()
     # Authentication, limits and the internal secret: each only when configured, so that the

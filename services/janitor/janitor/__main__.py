@@ -20,7 +20,6 @@ from janitor import worker as janitor_worker
 from janitor.worker import app
 from shared import mirrors, notifications, policies
 from shared.settings import get_settings
-from shared.yaml_files import read_at_start
 
 COMMANDS = {"worker": worker, "beat": beat}
 TAKES = ("all", "janitor", "notifications")
@@ -52,14 +51,10 @@ def read_files() -> None:
     at start, not its sweeps and deliveries. A worker for deliveries alone reads only the
     notifications file, and beat, which only schedules, reads none (Kubernetes and Compose
     mount only those)."""
-    read_at_start(
-        "REGISTRY_NOTIFICATIONS_FILE",
-        notifications.configured,
-        notifications.NotificationsFileError,
-    )
+    notifications.read_at_start()
     if janitor_worker.takes_janitor:
-        read_at_start("REGISTRY_POLICIES_FILE", policies.configured, policies.PoliciesFileError)
-        read_at_start("REGISTRY_MIRRORS_FILE", mirrors.configured, mirrors.MirrorsFileError)
+        policies.read_at_start()
+        mirrors.read_at_start()
 
 
 def main(argv: list[str]) -> None:

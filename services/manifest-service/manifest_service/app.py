@@ -10,13 +10,12 @@ from manifest_service.ui import Interface
 from shared import health, policies
 from shared.service_app import service_app
 from shared.settings import get_settings
-from shared.yaml_files import read_at_start
 
 SERVICE = "manifest-service"
 
 
 def create_app() -> Starlette:
-    read_at_start("REGISTRY_POLICIES_FILE", policies.configured, policies.PoliciesFileError)
+    policies.read_at_start()
     return service_app(
         SERVICE,
         [
