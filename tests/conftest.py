@@ -5,7 +5,6 @@ all three."""
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from tests.registry import (
     RegistryUnderTest,
     create_mariadb_database,
     drop_mariadb_database,
+    environment_with,
     free_ports,
     storage_under_test,
 )
@@ -78,7 +78,7 @@ def _running_registry(
         "beat_schedule_file": str(root / "celerybeat-schedule"),
         **overrides,
     }
-    env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
+    env = environment_with(values)
     settings = Settings(**values)
     migrate.upgrade(database_url)
     processes = start_all(settings, env=env, log_dir=root / "logs")

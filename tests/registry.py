@@ -29,7 +29,7 @@ from shared.notifications import forget_file as forget_notifications_file
 from shared.policies import forget_file as forget_policies_file
 from shared.processes import Process
 from shared.runner import start, wait_until_up
-from shared.settings import Settings, get_settings
+from shared.settings import ENV_PREFIX, Settings, get_settings
 from shared.storage import get_storage
 from shared.storage.oss import logical_key
 from tests.oss_server import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, OssTestServer
@@ -274,10 +274,11 @@ def _clear_cached_configuration() -> None:
 
 
 def environment_with(values: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a process configured by ``values`` (settings by name) alone: this
-    one's, without its own ``REGISTRY_*`` variables."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    return environment | {f"REGISTRY_{k.upper()}": v for k, v in values.items()}
+    """The environment of a process configured by ``values`` (settings by name) alone, as
+    ``Settings(**values)`` is: this one's, without its own ``REGISTRY_*`` variables (one set
+    in the shell that runs the tests would otherwise reach the processes and not the test)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return environment | {f"{ENV_PREFIX}{k.upper()}": v for k, v in values.items()}
 
 
 def error_codes(response: httpx.Response) -> list[str]:

@@ -38,6 +38,7 @@ from tests.registry import (
     RegistryUnderTest,
     create_mariadb_database,
     drop_mariadb_database,
+    environment_with,
     free_ports,
     janitor_client,
     storage_under_test,
@@ -199,7 +200,7 @@ def replicated_registry(
                 # prefork child.
                 "beat_in_worker": "false",
             }
-            env = {**os.environ, **{f"REGISTRY_{k.upper()}": v for k, v in values.items()}}
+            env = environment_with(values)
             settings.append(Settings(**values))
             for process in processes(settings[-1]):
                 replica = _replica(process, number, settings[-1])
