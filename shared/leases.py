@@ -1,8 +1,8 @@
 """Leases: a row (``job_leases``) naming who does a thing until when, so that one process at
 a time, on any replica, does it: the janitor's periodic sweeps, the fetch of one blob from a
-mirror's upstream. Taking a lease is one conditional update (or an insert), so it works the same
-on MySQL and SQLite and needs no broker feature; a holder that dies leaves a lease that simply
-expires.
+mirror's upstream. Taking a lease is a plain read and an insert (or a conditional update), so it
+works the same on MySQL and SQLite and needs no broker feature; a holder that dies leaves a lease
+that simply expires.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from shared import db
 from shared.models import JobLease, utcnow
@@ -37,22 +37,32 @@ def name_for(kind: str, *parts: str) -> str:
 
 
 def acquire(name: str, ttl: dt.timedelta, owner: str = OWNER) -> bool:
-    """Take (or renew) the lease ``name`` for ``owner``: whether it is the owner's now. Two
-    statements at most: the update of an expired or own lease, else the insert of a new one
-    (which fails, changing nothing, when someone else holds it)."""
+    """Take (or renew) the lease ``name`` for ``owner``: whether it is the owner's now. The
+    lease is read plainly first: one held by another is left at that (no lock taken); a new
+    one is inserted (which fails, changing nothing, when someone inserted it meanwhile); an
+    expired or own one is updated. (On MySQL an UPDATE that finds no row locks the gap where
+    it would go, and two first takers doing that before their INSERTs deadlocked.)"""
     now = utcnow()
     with db.transaction() as session:
-        taken = session.execute(
-            update(JobLease)
-            .where(JobLease.name == name, (JobLease.expires_at < now) | (JobLease.owner == owner))
-            .values(owner=owner, expires_at=now + ttl)
-        )
-        if taken.rowcount == 1:  # type: ignore[attr-defined]
-            return True
+        found = session.execute(_LEASE, {"name": name}).first()
+        if found is not None and found.owner != owner and found.expires_at >= now:
+            return False
         row = {"name": name, "owner": owner, "expires_at": now + ttl}
+        if found is not None:
+            taken = session.execute(
+                update(JobLease)
+                .where(
+                    JobLease.name == name, (JobLease.expires_at < now) | (JobLease.owner == owner)
+                )
+                .values(owner=owner, expires_at=now + ttl)
+            )
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            # Taken meanwhile by another, or released (and its row deleted).
         return db.insert_new(session.connection(), _INSERT, row) is not None
 
 
+_LEASE = select(JobLease.owner, JobLease.expires_at).where(JobLease.name == bindparam("name"))
 _INSERT = insert(JobLease)
 
 
@@ -71,13 +81,6 @@ def held_names(kind: str) -> set[str]:
                 )
             )
         )
-
-
-def held(name: str) -> bool:
-    """Whether anyone holds ``name`` now (a plain read, no lock)."""
-    with db.reading() as connection:
-        expires = connection.scalar(select(JobLease.expires_at).where(JobLease.name == name))
-    return expires is not None and expires >= utcnow()
 
 
 async def take_or_wait(
@@ -102,7 +105,7 @@ async def take_or_wait(
         result = await done()
         if result is not None:
             return result, waited
-        if not await db.read(held, name) and await db.write(acquire, name, ttl, owner):
+        if await db.write(acquire, name, ttl, owner):
             break
         waited = True
         await asyncio.sleep(pause_seconds)

@@ -16,10 +16,10 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import read_cache
+from shared.db import insert_new
 from shared.models import (
     BLOB_PRESENT,
     Base,
@@ -77,27 +77,25 @@ def ensure_repository_id(connection: Connection, name: str) -> int:
     found = find_repository_id(connection, name)
     if found is not None:
         return found
-    try:
-        with connection.begin_nested():
-            result = connection.execute(_INSERT_REPOSITORY, {"name": name, "created_at": utcnow()})
-            assert result.inserted_primary_key is not None
-            return int(result.inserted_primary_key[0])
-    except IntegrityError:
-        # Created meanwhile by a concurrent request. A locking read sees it: a plain one
-        # would read this transaction's snapshot (MySQL's REPEATABLE READ), from before.
-        locking = _REPOSITORY_ID.with_for_update(read=True)
-        return int(connection.execute(locking, {"name": name}).scalar_one())
+    inserted = insert_new(connection, _INSERT_REPOSITORY, {"name": name, "created_at": utcnow()})
+    if inserted is not None:
+        assert inserted.inserted_primary_key is not None
+        return int(inserted.inserted_primary_key[0])
+    # Created meanwhile by a concurrent request. A locking read sees it: a plain one would
+    # read this transaction's snapshot (MySQL's REPEATABLE READ), from before.
+    locking = _REPOSITORY_ID.with_for_update(read=True)
+    return int(connection.execute(locking, {"name": name}).scalar_one())
 
 
-def link_blob(session: Session, repository_id: int, digest: str) -> None:
-    exists = session.get(RepositoryBlob, (repository_id, digest))
-    if exists is not None:
-        return
-    try:
-        with session.begin_nested():
-            session.add(RepositoryBlob(repository_id=repository_id, blob_digest=digest))
-    except IntegrityError:
-        pass  # linked meanwhile by a concurrent request: the outcome is the same
+def link_blob(connection: Connection, repository_id: int, digest: str) -> None:
+    """Link blob ``digest`` into the repository: one INSERT, which changes nothing when the
+    link exists (made earlier, or meanwhile by a concurrent request: the outcome is the
+    same). On MySQL the INSERT that finds the link holds it (a shared lock) until the
+    transaction ends, as a locking read would."""
+    insert_new(connection, _INSERT_LINK, {"repository_id": repository_id, "blob_digest": digest})
+
+
+_INSERT_LINK = insert(Base.metadata.tables["repository_blobs"])
 
 
 def linked_digests(

@@ -487,11 +487,11 @@ async def _complete(
     final_chunk: AsyncIterable[bytes],
     request_id: str | None,
     announce: bool = True,
-    single: bool = False,
 ) -> CommittedBlob:
-    """``single``: the upload was made for this request, and ends with it (its size is not
-    recorded first: the transaction that makes it a blob ends it)."""
-    state = await _write(storage, state, lease, final_chunk, None, free=False, record=not single)
+    """The final chunk's size is not recorded: the transaction that makes the upload a blob
+    ends it. When the request fails before that, the upload is as it was before the chunk
+    (whose bytes the next chunk, or the closing PUT sent again, overwrites)."""
+    state = await _write(storage, state, lease, final_chunk, None, free=False, record=False)
     stored = await storage.size(state.storage_key)
     if stored is None or stored < state.size:
         await _confirm_held(lease)
@@ -505,6 +505,9 @@ async def _complete(
         await storage.truncate(state.storage_key, state.size)
     actual = await _digest_of(storage, state, digest.algorithm)
     if actual != str(digest):
+        # Read back from storage when another replica hashed the earlier chunks: an upload
+        # cancelled meanwhile (its data deleted under the read) is 404, not a wrong digest.
+        await _confirm_held(lease)
         await _end(state, lease, request_id)
         raise RegistryError(
             ErrorCode.DIGEST_INVALID,
@@ -543,9 +546,8 @@ def _record_blob(
             blob.state = BLOB_PRESENT
             blob.storage_key = state.storage_key
             blob.size = state.size
-        link_blob(
-            session, ensure_repository_id(session.connection(), state.repository), str(digest)
-        )
+        connection = session.connection()
+        link_blob(connection, ensure_repository_id(connection, state.repository), str(digest))
         # Pushed blobs that no manifest will use are collected once the grace period is over.
         review_blobs(session, [str(digest)], "uploaded")
         if announce:
@@ -645,9 +647,7 @@ async def monolithic(
         started(state)
     async with _holding(_new_lease(state, token, taken_at)) as lease:
         try:
-            return await _complete(
-                storage, state, lease, digest, body, request_id, announce, single=True
-            )
+            return await _complete(storage, state, lease, digest, body, request_id, announce)
         except BaseException:
             if lease.held and not lease.gone:
                 with contextlib.suppress(Exception):
@@ -675,7 +675,8 @@ def _mount(repository: str, digest: Digest, source: str | None) -> CommittedBlob
         blob = session.scalars(query.limit(1).with_for_update()).first()
         if blob is None:
             return None
-        link_blob(session, ensure_repository_id(session.connection(), repository), blob.digest)
+        connection = session.connection()
+        link_blob(connection, ensure_repository_id(connection, repository), blob.digest)
         # A mounted blob is about to be used by a manifest: push its review past the grace period.
         review_blobs(session, [blob.digest], "mounted")
         notifications.record(
