@@ -170,8 +170,10 @@ def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
             # The worker takes one message at a time (acks_late, prefetch 1) and this transport
-            # waits a polling interval whenever it cannot hand out another: keep it short.
-            "polling_interval": 0.05,
+            # waits a polling interval whenever it cannot hand out another: at 50 ms a worker
+            # took 20 tasks a second at most (300 moves queued by a burst of pushes took 15 s);
+            # at 10 ms an idle janitor uses 0.95% of a core instead of 0.55%.
+            "polling_interval": 0.01,
         }
     return options
 

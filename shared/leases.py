@@ -83,6 +83,13 @@ def held_names(kind: str) -> set[str]:
         )
 
 
+def held(name: str) -> bool:
+    """Whether anyone holds ``name`` now (a plain read, no lock)."""
+    with db.reading() as connection:
+        expires = connection.scalar(select(JobLease.expires_at).where(JobLease.name == name))
+    return expires is not None and expires >= utcnow()
+
+
 async def take_or_wait(
     name: str,
     owner: str,
@@ -105,7 +112,11 @@ async def take_or_wait(
         result = await done()
         if result is not None:
             return result, waited
-        if await db.write(acquire, name, ttl, owner):
+        # A request that has waited reads the lease plainly before trying to take it: a
+        # crowd waiting for one fetch polls with reads, not write transactions.
+        if (not waited or not await db.read(held, name)) and await db.write(
+            acquire, name, ttl, owner
+        ):
             break
         waited = True
         await asyncio.sleep(pause_seconds)

@@ -78,6 +78,11 @@ MIRROR_UPSTREAM_ERRORS = Counter(
 MIRROR_BYTES_FETCHED = Counter(
     "registry_mirror_bytes_fetched_total", "Blob bytes fetched from upstream registries"
 )
+UPLOAD_BYTES_READ_BACK = Counter(
+    "registry_upload_bytes_read_back_total",
+    "Bytes of uploads read back from storage to verify their digest, the running hash not being "
+    "in the process that completed them (chunks through another replica, a restart, sha512)",
+)
 SENDFILE_BYTES = Counter(
     "registry_gateway_sendfile_bytes_total",
     "Response bytes the gateway's kernel sent from files (sendfile), not passing through Python",

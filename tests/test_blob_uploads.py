@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.registry import RegistryUnderTest, error_codes, eventually, sha256
 
@@ -218,6 +219,44 @@ def test_sha512_digests_are_verified(registry: RegistryUnderTest, repo: str) -> 
     response = registry.http.get(f"/v2/{repo}/blobs/{digest}")
     assert response.content == data
     assert response.headers["Docker-Content-Digest"] == digest
+
+
+def read_back(registry: RegistryUnderTest) -> float:
+    """The bytes the blob service has read back from uploads to verify their digests."""
+    settings = registry.settings
+    url = f"http://{settings.blob_service_host}:{settings.blob_service_port}/metrics"
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(httpx.get(url, timeout=10).text)
+        for sample in family.samples
+        if sample.name == "registry_upload_bytes_read_back_total"
+    )
+
+
+def test_completing_an_upload_hashed_as_it_came_reads_nothing_back(
+    registry: RegistryUnderTest, repo: str
+) -> None:
+    """Chunks PATCHed through one blob service, closed by a PUT without a body (as Docker and
+    containerd push): the digest is the running hash's, the bytes are not read again. A
+    sha512 digest, whose running hash is not kept, reads them back."""
+    for algorithm in ("sha256", "sha512"):
+        data = os.urandom(300_000)
+        digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+        location = start_upload(registry, repo)
+        for start in range(0, len(data), 100_000):
+            chunk = data[start : start + 100_000]
+            answer = registry.http.patch(
+                location,
+                content=chunk,
+                headers={"Content-Range": f"{start}-{start + len(chunk) - 1}"},
+            )
+            assert answer.status_code == 202, answer.text
+            location = answer.headers["Location"]
+        before = read_back(registry)
+        closed = registry.http.put(location, params={"digest": digest})
+        assert closed.status_code == 201, closed.text
+        assert read_back(registry) - before == (0 if algorithm == "sha256" else len(data))
+        assert registry.http.get(f"/v2/{repo}/blobs/{digest}").content == data
 
 
 def test_a_blob_is_stored_once_however_many_repositories_hold_it(

@@ -370,11 +370,14 @@ def test_a_lease_lets_one_janitor_run_a_sweep(registry: RegistryUnderTest) -> No
         leases.release("test-sweep", owner="b")
         assert leases.acquire("test-sweep", ttl, owner="a")
         leases.release("test-sweep", owner="a")
+        assert not leases.held("test-sweep")
         assert leases.acquire("test-sweep", ttl, owner="c")  # a released lease is free
+        assert leases.held("test-sweep")
         assert not leases.acquire("test-sweep", ttl, owner="a")
         leases.release("test-sweep", owner="a")  # not a's: changes nothing
         assert not leases.acquire("test-sweep", ttl, owner="b")
         leases.release("test-sweep", owner="c")
+        assert not leases.held("test-sweep")
 
 
 def test_beat_schedules_the_sweeps(tmp_path_factory: pytest.TempPathFactory, repo: str) -> None:

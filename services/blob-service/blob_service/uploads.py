@@ -12,14 +12,15 @@ janitor discards the other's object.
 closing PUT) first takes the upload's *writer lease* in the database: a short transaction sets
 ``uploads.writer`` to the request's token, if nobody else holds an unexpired lease and the
 upload ends where the chunk starts. The request then streams its bytes with no transaction
-open, renews the lease every third of its length, and records the new size in a second short
-transaction that succeeds only while the row still names it as the writer, which also frees
-the upload. A request that finds the lease taken is answered 416 with the upload's current
-``Range``, as for a chunk that does not start where the upload ends: of two chunks sent at
-once, one is accepted and the stored bytes are exactly the acknowledged ones. A replica killed
-while writing holds the upload until its lease expires. A writer that cannot renew its lease
-stops writing well before the lease expires (its own clock says when), so that nobody else
-can be writing by then.
+open, renews the lease every third of its length, and (a PATCH) records the new size in a
+second short transaction that succeeds only while the row still names it as the writer, which
+also frees the upload; the closing PUT's transaction makes the upload a blob instead, and ends
+it. A request that finds the lease taken is answered 416 with the upload's current ``Range``,
+as for a chunk that does not start where the upload ends: of two chunks sent at once, one is
+accepted and the stored bytes are exactly the acknowledged ones. A replica killed while writing
+holds the upload until its lease expires. A writer that cannot renew its lease stops writing
+well before the lease expires (its own clock says when), so that nobody else can be writing by
+then.
 
 The running hash of an upload is kept in this process (keyed by upload uuid and offset), only
 as a cache: completing an upload whose chunks all came through this process does not read the
@@ -56,7 +57,7 @@ from shared.models import (
     Upload,
     utcnow,
 )
-from shared.observability import request_id_var
+from shared.observability import UPLOAD_BYTES_READ_BACK, request_id_var
 from shared.reference import Digest
 from shared.repositories import ensure_repository_id, link_blob
 from shared.reviews import review_blobs
@@ -426,6 +427,8 @@ async def _write(
             f"{new_size - state.size} bytes sent",
         )
     if new_size == state.size and not free:
+        if hasher is not None:  # nothing written (a closing PUT without a body): kept as it was
+            _hashers[state.uuid] = (new_size, hasher)
         return state
     if not record:
         if hasher is not None:
@@ -462,6 +465,7 @@ async def _digest_of(storage: StorageDriver, state: UploadState, algorithm: str)
         if state.size:
             async for chunk in storage.read(state.storage_key, 0, state.size - 1):
                 hasher.update(chunk)
+                UPLOAD_BYTES_READ_BACK.inc(len(chunk))
     return f"{algorithm}:{hasher.hexdigest()}"
 
 
@@ -505,8 +509,9 @@ async def _complete(
         await storage.truncate(state.storage_key, state.size)
     actual = await _digest_of(storage, state, digest.algorithm)
     if actual != str(digest):
-        # Read back from storage when another replica hashed the earlier chunks: an upload
-        # cancelled meanwhile (its data deleted under the read) is 404, not a wrong digest.
+        # Read back from storage when the running hash is not in this process (chunks
+        # through another replica, a restart): an upload cancelled meanwhile (its data
+        # deleted under the read) is 404, not a wrong digest.
         await _confirm_held(lease)
         await _end(state, lease, request_id)
         raise RegistryError(
