@@ -86,8 +86,8 @@ def held_names(kind: str) -> set[str]:
 def held(name: str) -> bool:
     """Whether anyone holds ``name`` now (a plain read, no lock)."""
     with db.reading() as connection:
-        expires = connection.scalar(select(JobLease.expires_at).where(JobLease.name == name))
-    return expires is not None and expires >= utcnow()
+        found = connection.execute(_LEASE, {"name": name}).first()
+    return found is not None and found.expires_at >= utcnow()
 
 
 async def take_or_wait(

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.registry import RegistryUnderTest, error_codes, eventually, sha256
+from tests.test_operations import metric
 
 
 def start_upload(registry: RegistryUnderTest, repo: str) -> str:
@@ -225,12 +225,7 @@ def read_back(registry: RegistryUnderTest) -> float:
     """The bytes the blob service has read back from uploads to verify their digests."""
     settings = registry.settings
     url = f"http://{settings.blob_service_host}:{settings.blob_service_port}/metrics"
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(httpx.get(url, timeout=10).text)
-        for sample in family.samples
-        if sample.name == "registry_upload_bytes_read_back_total"
-    )
+    return metric(httpx.get(url, timeout=10).text, "registry_upload_bytes_read_back_total")
 
 
 def test_completing_an_upload_hashed_as_it_came_reads_nothing_back(

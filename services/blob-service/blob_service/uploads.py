@@ -509,11 +509,12 @@ async def _complete(
         await storage.truncate(state.storage_key, state.size)
     actual = await _digest_of(storage, state, digest.algorithm)
     if actual != str(digest):
-        # Read back from storage when the running hash is not in this process (chunks
-        # through another replica, a restart): an upload cancelled meanwhile (its data
-        # deleted under the read) is 404, not a wrong digest.
-        await _confirm_held(lease)
         await _end(state, lease, request_id)
+        if lease.held:
+            # Its row was gone already: the upload was cancelled while this request read it
+            # back from storage (its data deleted under the read), 404, not a wrong digest.
+            lease.gone = True
+            await _confirm_held(lease)
         raise RegistryError(
             ErrorCode.DIGEST_INVALID,
             f"digest {digest} given, but the content has digest {actual}",
