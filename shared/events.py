@@ -10,7 +10,9 @@ a client's request. Reconcile remains a safety net, not the mechanism.
 
 Only actions something consumes are recorded: a committed upload (the janitor moves its
 object to the blob's key), a cancelled one (it deletes the upload's object), and notifications
-written for a repository (the janitor delivers them).
+written for a repository (the janitor delivers them). The last is only a wake-up: the
+notifications are rows of the change's own transaction, which the janitor's beat also looks
+for, so it is sent after the commit with no outbox row of its own.
 
 The envelope follows the reference registry's notifications (``notifications/event.go``): an
 id, a timestamp, an action, a target (repository, digest, size, upload), the request id, and
@@ -30,6 +32,7 @@ import threading
 import time
 import typing
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +51,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 EVENT_TASK = "janitor.events.handle"
+# A wake-up for notifications (``_WAKE_UPS``) is sent as this task, on the deliveries' own
+# queue (``Settings.notifications_queue``), whose worker delivers them.
+NOTIFY_TASK = "janitor.notifications.dispatch"
 
 Action = Literal[
     "blob:upload:committed",
@@ -178,6 +184,13 @@ def broker_options(broker_url: str, queue: str) -> dict[str, Any]:
     return options
 
 
+# Events that only wake the janitor for what the database holds (it reads the work from
+# there): they have no outbox row, since the janitor's beat looks for that work anyway (every
+# REGISTRY_NOTIFICATIONS_POLL_SECONDS), and of a batch one per repository is sent, the others
+# going with it, as a ``NOTIFY_TASK`` for the repository. A wake-up lost (its process died
+# before sending it, the broker was down) only delays the work to that look.
+_WAKE_UPS = frozenset({"notifications:recorded"})
+
 # A row is left to the process that wrote it for this long before any relay takes it; a relay
 # that took rows and did not delete them leaves them as long before they are taken again.
 RELAY_DELAY = dt.timedelta(seconds=10)
@@ -188,15 +201,16 @@ BATCH = 100
 
 def record(session: Session, event: Event) -> None:
     """Write ``event`` in ``session``'s transaction; it is sent once the transaction commits
-    (and never if it rolls back)."""
-    session.add(
-        OutboxEvent(
-            id=event.id,
-            payload=event.as_json(),
-            created_at=utcnow(),
-            relay_after=utcnow() + RELAY_DELAY,
+    (and never if it rolls back). A wake-up (``_WAKE_UPS``) has no row: it is only sent."""
+    if event.action not in _WAKE_UPS:
+        session.add(
+            OutboxEvent(
+                id=event.id,
+                payload=event.as_json(),
+                created_at=utcnow(),
+                relay_after=utcnow() + RELAY_DELAY,
+            )
         )
-    )
     session.info.setdefault(_PENDING, []).append(event)
 
 
@@ -256,6 +270,7 @@ class _Relay:
             except queue.Empty:  # a poll is due
                 stopping = False
             events: list[Event] = []
+            wake_ups: set[str] = set()  # the ids of those with no row
             if first is not None:
                 events.append(first)
                 while len(events) < BATCH:
@@ -267,22 +282,18 @@ class _Relay:
                         stopping = True
                         break
                     events.append(more)
+                wake_ups = {e.id for e in events if e.action in _WAKE_UPS}
             try:
                 if time.monotonic() >= self._next_poll:
                     self._next_poll = time.monotonic() + POLL_SECONDS
                     events.extend(_take_left_behind())
-                sent = _publish_batch(events)
-                if sent:
-                    db.retrying(_delete, sent)
+                rows = [i for i in _publish_batch(events) if i not in wake_ups]
+                if rows:
+                    db.retrying(_delete, rows)
             except Exception:  # the rows stay; the next poll takes them
                 log.warning("event relay failed", exc_info=True)
             if stopping:
                 return
-
-
-# Events that only wake the janitor for what the database holds (it reads the work from
-# there): of a batch, one per repository is sent, and the others go with it.
-_WAKE_UPS = frozenset({"notifications:recorded"})
 
 
 def _publish_batch(events: list[Event]) -> list[str]:
@@ -393,23 +404,35 @@ def broker_connection_check() -> None:
 class _Publisher:
     """Sends events as Celery task messages (protocol 2, the janitor's worker consumes them)
     with kombu alone: a process that only sends never loads Celery (about 6 MiB of resident
-    memory, 200 modules). One connection, kept, used by the relay thread."""
+    memory, 200 modules). One connection and its producer, kept, used by the relay thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connection: Connection | None = None
+        self._publish: Callable[..., Any] | None = None  # the producer's, retried by kombu
+        self._queues: dict[str, Any] = {}  # kombu's Queue of each name, declared at its first
+
+    def _queue(self, name: str) -> Any:
+        from kombu.entity import Exchange, Queue
+
+        if name not in self._queues:
+            self._queues[name] = Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+        return self._queues[name]
 
     def send(self, event: Event) -> None:
-        from kombu.entity import Exchange, Queue
         from kombu.messaging import Producer
 
-        name = get_settings().broker_queue
+        settings = get_settings()
         task_id = str(uuid.uuid4())
-        args = [event.as_message()]
+        args: list[Any]
+        if event.action in _WAKE_UPS:
+            task, name, args = NOTIFY_TASK, settings.notifications_queue, [event.target.repository]
+        else:
+            task, name, args = EVENT_TASK, settings.broker_queue, [event.as_message()]
         # The headers and body Celery's own send_task writes (celery.app.amqp.as_task_v2).
         headers: dict[str, Any] = {
             "lang": "py",
-            "task": EVENT_TASK,
+            "task": task,
             "id": task_id,
             "shadow": None,
             "eta": None,
@@ -430,38 +453,38 @@ class _Publisher:
         }
         embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
         with self._lock:
-            if self._connection is None:
-                self._connection = _connection()
-            connection = self._connection
             try:
-                producer = Producer(connection)  # type: ignore[no-untyped-call]
-                publish = connection.ensure(  # type: ignore[no-untyped-call]
-                    producer,
-                    producer.publish,
-                    max_retries=2,
-                    interval_start=0.2,
-                    interval_step=0.5,
-                )
-                publish(
+                if self._connection is None or self._publish is None:
+                    self._connection = connection = _connection()
+                    producer = Producer(connection)  # type: ignore[no-untyped-call]
+                    self._publish = connection.ensure(  # type: ignore[no-untyped-call]
+                        producer,
+                        producer.publish,
+                        max_retries=2,
+                        interval_start=0.2,
+                        interval_step=0.5,
+                    )
+                self._publish(
                     (args, {}, embed),
                     routing_key=name,
                     serializer="json",
                     headers=headers,
                     correlation_id=task_id,
-                    declare=[Queue(name, Exchange(name, type="direct"), routing_key=name)],  # type: ignore[no-untyped-call]
+                    declare=[self._queue(name)],
                 )
             except Exception:
-                self._connection = None
-                with contextlib.suppress(Exception):
-                    connection.release()  # type: ignore[no-untyped-call]
+                self._close()
                 raise
+
+    def _close(self) -> None:
+        connection, self._connection, self._publish = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.release()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                with contextlib.suppress(Exception):
-                    self._connection.release()  # type: ignore[no-untyped-call]
-                self._connection = None
+            self._close()
 
 
 _publisher = _Publisher()

@@ -77,7 +77,8 @@ def test_a_relayed_batch_sends_one_notification_wake_up_per_repository(
 ) -> None:
     """``notifications:recorded`` only wakes the janitor to deliver what the database holds:
     of the events a relay sends at once, one per repository goes to the broker (a real
-    filesystem queue here), the others are done with it; other events all go."""
+    filesystem queue here), as a dispatch of the repository's notifications, the others are
+    done with it; other events all go, as events."""
     monkeypatch.setenv("REGISTRY_BROKER_URL", f"filesystem://{tmp_path / 'broker'}")
     get_settings.cache_clear()
     events._publisher.close()
@@ -97,15 +98,23 @@ def test_a_relayed_batch_sends_one_notification_wake_up_per_repository(
         assert sorted(done) == sorted(e.id for e in batch)
         messages = [json.loads(path.read_text()) for path in tmp_path.rglob("*.msg")]
         sent = sorted(
-            (args["action"], args["target"]["repository"])
+            (m["headers"]["task"], m["properties"]["delivery_info"]["routing_key"], args)
             for m in messages
             for args in ast.literal_eval(m["headers"]["argsrepr"])
+            if isinstance(args, str)
         )
+        settings = get_settings()
         assert sent == [
-            ("blob:upload:committed", "a"),
-            ("notifications:recorded", "a"),
-            ("notifications:recorded", "b"),
+            (events.NOTIFY_TASK, settings.notifications_queue, "a"),
+            (events.NOTIFY_TASK, settings.notifications_queue, "b"),
         ]
+        (handled,) = [
+            (args["action"], args["target"]["repository"])
+            for m in messages
+            if m["headers"]["task"] == events.EVENT_TASK
+            for args in ast.literal_eval(m["headers"]["argsrepr"])
+        ]
+        assert handled == ("blob:upload:committed", "a")
     finally:
         events._publisher.close()
         get_settings.cache_clear()

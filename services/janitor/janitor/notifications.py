@@ -22,7 +22,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -173,8 +173,9 @@ def _failed(rows: list[Notification], endpoint: Endpoint, error: str) -> bool:
 
 class _Delivered:
     """Events the endpoint took, recorded delivered together (one transaction for many, not
-    one each) before the stream is read again and before its lease is let go. A worker killed
-    before that sends them again, with the same delivery ids."""
+    one each: every ``EVERY`` events or ``WITHIN`` seconds, and before the stream's lease is
+    let go); the stream's reads meanwhile skip them. A worker killed before that sends them
+    again, with the same delivery ids."""
 
     EVERY = 50  # events
     WITHIN = 0.1  # seconds after the first of them
@@ -195,6 +196,10 @@ class _Delivered:
             NOTIFICATION_LATENCY.labels(self.endpoint.name).observe(max(0.0, latency))
         if len(self.rows) >= self.EVERY or time.monotonic() - self.since >= self.WITHIN:
             self.flush()
+
+    def ids(self) -> set[int]:
+        """The rows taken and not yet recorded delivered."""
+        return {row.id for row in self.rows}
 
     def flush(self) -> None:
         if not self.rows:
@@ -217,23 +222,25 @@ class _Delivered:
         self.rows = []
 
 
-def _requests(
-    endpoint: str, repository: str, before_reading: Callable[[], None]
-) -> Iterator[list[Notification]]:
+def _requests(endpoint: str, repository: str, taken: _Delivered) -> Iterator[list[Notification]]:
     """The stream's requests in order: its pending events a page at a time (one query per
-    page, not per event), a batch of pulls where they start. The caller stops at the first
-    request that fails (everything before a request has been settled when it is made:
-    ``before_reading`` records what was sent before the table is read again)."""
+    page, not per event; those ``taken`` holds, sent and not yet recorded delivered, are
+    skipped), a batch of pulls where they start (what was sent before it recorded first: a
+    batch is formed from the table). The caller stops at the first request that fails."""
     key = {"endpoint": endpoint, "repository": repository}
     while True:
-        before_reading()
+        sent = taken.ids()
         with db.reading() as connection:
-            page = _rows(connection, _STREAM.limit(PAGE), **key)
+            page = [
+                row
+                for row in _rows(connection, _STREAM.limit(PAGE + len(sent)), **key)
+                if row.id not in sent
+            ]
         if not page:
             return
         for row in page:
             if row.action == "pull":
-                before_reading()
+                taken.flush()
                 yield _head(endpoint, repository)
                 break  # the batch took some of the page: read on after it
             yield [row]
@@ -259,7 +266,7 @@ def deliver(endpoint_name: str, repository: str) -> int:
         taken = _Delivered(endpoint)
         try:
             try:
-                for rows in _requests(endpoint_name, repository, taken.flush):
+                for rows in _requests(endpoint_name, repository, taken):
                     if not rows or rows[0].next_attempt_at > utcnow():
                         break
                     if time.monotonic() - renewed > ttl.total_seconds() / 3:

@@ -32,7 +32,7 @@ from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
 from janitor.worker import SWEEP_LIMIT, app
 from shared import leases as shared_leases
-from shared.events import EVENT_TASK, Event
+from shared.events import EVENT_TASK, NOTIFY_TASK, Event
 from shared.notifications import configured as configured_endpoints
 from shared.observability import request_id_var
 from shared.settings import get_settings
@@ -66,8 +66,9 @@ def handle_event(payload: dict[str, Any]) -> str:
         event.target.digest,
         event.request_id,
     )
-    if event.action == "notifications:recorded":
-        return f"dispatch {dispatch_notifications(event.target.repository)}"
+    if event.action == "notifications:recorded":  # as an earlier version sent it
+        dispatch_notifications.delay(event.target.repository)
+        return "dispatch"
     storage = get_storage()
     target = event.target
     if event.action == "blob:upload:committed" and target.digest:
@@ -176,13 +177,18 @@ def deliver_notifications(endpoint: str, repository: str) -> int:
     return notifications.deliver(endpoint, repository)
 
 
-@app.task(name="janitor.notifications.dispatch", time_limit=300, **common)
+@app.task(name=NOTIFY_TASK, time_limit=SWEEP_LIMIT, **common)
 def dispatch_notifications(repository: str | None = None) -> int:
     """A delivery task for every stream with an event due (of ``repository``: the events a
-    change just recorded); on its schedule, also prunes delivered events past retention."""
+    change just recorded, sent by the service that recorded them); on its schedule, also
+    prunes delivered events past retention. The one stream of a repository due is delivered
+    by this task itself (it is on the deliveries' queue): one task a change, not two."""
     if not configured_endpoints().endpoints:
         return 0
     streams = notifications.due_streams(repository)
+    if repository is not None and len(streams) == 1:
+        notifications.deliver(*streams[0])
+        return 1
     for endpoint, name in streams:
         deliver_notifications.delay(endpoint, name)
     # At most once per PRUNE_EVERY on all replicas: the lease is never released, and its
