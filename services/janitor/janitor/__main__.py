@@ -63,7 +63,9 @@ def main(argv: list[str]) -> None:
     command = COMMANDS[argv[0]]
     options = argv[1:]
     if argv[0] == "worker":
-        options = with_queues(options)
+        # Without mingle: at start a worker on Redis asks the others for their revoked tasks
+        # and waits a second for answers (the janitor revokes none), before taking any task.
+        options = [*with_queues(options), "--without-mingle"]
         read_files()
     # What the celery command adds to its subcommands: the options the application declares.
     command.params.extend(app.user_options.get(argv[0], []))
