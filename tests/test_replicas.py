@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ import pytest
 from tests import test_client_containerd as containerd_client
 from tests import test_client_podman as podman_client
 from tests import test_client_skopeo as skopeo_client
-from tests import test_policies
+from tests import test_notification_faults, test_policies
 from tests.docker_engine import DockerEngine
 from tests.images import single_image
 from tests.podman import Podman
@@ -54,6 +55,7 @@ from tests.registry import (
 )
 from tests.replicas import ReplicatedRegistry, replicated_registry
 from tests.test_client_docker import push_remove_and_pull
+from tests.webhooks import Receiver
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -1190,3 +1192,55 @@ def test_two_replicas_pushing_at_once_never_take_a_repository_past_its_quota(
     with ThreadPoolExecutor(pushes) as pool:
         answers = list(pool.map(put, enumerate(manifests)))
     assert sorted(answers) == [201] * 3 + [403] * (pushes - 3), answers
+
+
+def test_webhooks_from_two_replicas_of_everything_arrive_once_each_in_push_order(
+    tmp_path: Path,
+) -> None:
+    """Two replicas of every process on files, with one webhook endpoint: four clients push
+    through the balancer for eight seconds, so that both manifest services record events and
+    both janitors' delivery workers take their wake-ups. Every push answered 201 reaches the
+    endpoint under one delivery id (a request repeated carries the same one), each
+    repository's in the order its client was answered."""
+    audit = Receiver().start()
+    endpoint = {"name": "audit", "url": audit.url("/audit"), "actions": ["push"]}
+    endpoint["ignore_media_types"] = [test_notification_faults.BLOB]
+    (tmp_path / "notifications.json").write_text(json.dumps({"endpoints": [endpoint]}))
+    try:
+        with replicated_registry(
+            "file",
+            tmp_path,
+            notifications_file=str(tmp_path / "notifications.json"),
+            notifications_poll_seconds="0.5",
+        ) as registry:
+            stem = f"hooks-{uuid.uuid4().hex[:8]}"
+            pushers = [
+                test_notification_faults.Pusher(registry, f"{stem}/client-{i}") for i in range(4)
+            ]
+            until = threading.Event()
+            threads = [threading.Thread(target=p.run, args=(until,)) for p in pushers]
+            for thread in threads:
+                thread.start()
+            time.sleep(8)
+            until.set()
+            for thread in threads:
+                thread.join(60)
+
+            def arrived(pusher: test_notification_faults.Pusher) -> list[tuple[str, str]]:
+                return test_notification_faults._first_arrivals(audit, "/audit", pusher.repository)
+
+            eventually(
+                lambda: all(len(arrived(p)) >= len(p.acknowledged) for p in pushers),
+                timeout=60,
+                what="every acknowledged push's event",
+            )
+            time.sleep(1)  # an event sent twice under two delivery ids would show by now
+            for pusher in pushers:
+                assert pusher.unanswered == []
+                assert len(pusher.acknowledged) > 10
+                assert [digest for _, digest in arrived(pusher)] == pusher.acknowledged
+            workers = [f"janitor-notifications-{n}" for n in (1, 2)]
+            took = [registry.log(w).count("janitor.notifications.dispatch") for w in workers]
+            assert all(took), f"dispatch tasks taken by each janitor worker: {took}"
+    finally:
+        audit.stop()
