@@ -247,7 +247,9 @@ class _Relay:
 
     def send_soon(self, event: Event) -> None:
         self.start()
-        with contextlib.suppress(queue.Full):  # its row stays: a poll relays it
+        # When full: its row stays, and a poll relays it (a wake-up, which has none, is left
+        # to the janitor's own look for due notifications).
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(event)
 
     def stop(self, timeout: float = 10) -> None:
@@ -283,10 +285,13 @@ class _Relay:
                         break
                     events.append(more)
                 wake_ups = {e.id for e in events if e.action in _WAKE_UPS}
-            try:
-                if time.monotonic() >= self._next_poll:
-                    self._next_poll = time.monotonic() + POLL_SECONDS
+            if time.monotonic() >= self._next_poll:
+                self._next_poll = time.monotonic() + POLL_SECONDS
+                try:
                     events.extend(_take_left_behind())
+                except Exception:  # the rows stay for the next poll; what was queued goes on
+                    log.warning("event relay could not take the rows left behind", exc_info=True)
+            try:
                 rows = [i for i in _publish_batch(events) if i not in wake_ups]
                 if rows:
                     db.retrying(_delete, rows)
@@ -495,8 +500,14 @@ def publish(event: Event) -> bool:
     try:
         _publisher.send(event)
     except Exception as exc:
+        kept = (
+            "left to the janitor's look for due notifications"
+            if event.action in _WAKE_UPS
+            else "kept for the relay"
+        )
         log.warning(
-            "event not published yet (kept for the relay): action=%s id=%s: %s",
+            "event not published yet (%s): action=%s id=%s: %s",
+            kept,
             event.action,
             event.id,
             exc,

@@ -207,7 +207,9 @@ def record(
                 "created_at": created,
                 "state": PENDING,
                 "attempts": 0,
-                "next_attempt_at": created,
+                # Due now, in whole seconds: MySQL 8 rounds a fraction its DATETIME does not
+                # keep, which could put it half a second ahead of the wake-up that looks for it.
+                "next_attempt_at": created.replace(microsecond=0),
             }
             for endpoint in wanting
         ],

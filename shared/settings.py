@@ -189,8 +189,9 @@ class Settings:
     # Mirrored namespaces, pulled through from other registries (shared.mirrors); YAML or JSON.
     mirrors_file: str = ""
     # Webhooks (shared.notifications): the endpoints file (YAML or JSON, reloaded on change);
-    # how often the janitor looks for events due (new ones are sent at once, this is for
-    # retries); how long delivered events are kept for replays.
+    # how often the janitor looks for events due (new ones are sent at once: this look finds
+    # retries, and the events whose wake-up was lost, which wait this long at most); how long
+    # delivered events are kept for replays.
     notifications_file: str = ""
     notifications_poll_seconds: float = 2.0
     notifications_retention_seconds: int = 7 * 24 * 3600

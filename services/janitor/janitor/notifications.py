@@ -261,7 +261,9 @@ def deliver(endpoint_name: str, repository: str) -> int:
     # count as another's.
     owner = f"{leases.OWNER}:{uuid.uuid4().hex[:12]}"
     delivered = attempts = 0
-    while attempts < PER_TASK and leases.acquire(name, ttl, owner):
+    # The lease's statements again when MySQL picks one as a deadlock victim (two takers of a
+    # stream whose row was just deleted), not the whole task after a backoff.
+    while attempts < PER_TASK and db.retrying(leases.acquire, name, ttl, owner):
         renewed = time.monotonic()
         taken = _Delivered(endpoint)
         try:
@@ -270,7 +272,7 @@ def deliver(endpoint_name: str, repository: str) -> int:
                     if not rows or rows[0].next_attempt_at > utcnow():
                         break
                     if time.monotonic() - renewed > ttl.total_seconds() / 3:
-                        if not leases.acquire(name, ttl, owner):
+                        if not db.retrying(leases.acquire, name, ttl, owner):
                             break  # it ran out and another task holds the stream now
                         renewed = time.monotonic()
                     error = _send(endpoint, rows)
@@ -287,7 +289,7 @@ def deliver(endpoint_name: str, repository: str) -> int:
             finally:
                 taken.flush()
         finally:
-            leases.release(name, owner)
+            db.retrying(leases.release, name, owner)
         # An event committed while this task held the lease had no task of its own (the
         # dispatch saw the lease held): look again, now that the lease is free.
         if not _due(endpoint_name, repository):

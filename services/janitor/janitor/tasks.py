@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Any
 
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError
 
 from janitor import (
@@ -40,8 +41,17 @@ from shared.storage import StorageError, get_storage
 
 log = logging.getLogger(__name__)
 
-# A blob another task works on, or a claim lost, is tried again later too.
-TRANSIENT = (DBAPIError, StorageError, ConnectionError, TimeoutError, BlobBusy, ClaimLost)
+# A blob another task works on, a claim lost, or a task that could not be queued (the broker
+# failed) is tried again later too.
+TRANSIENT = (
+    DBAPIError,
+    StorageError,
+    ConnectionError,
+    TimeoutError,
+    BrokerError,
+    BlobBusy,
+    ClaimLost,
+)
 
 common: dict[str, Any] = {
     "acks_late": True,
