@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from shared import db
 from shared.leases import OWNER, acquire, release
 
 HEARTBEAT = dt.timedelta(minutes=2)
@@ -20,9 +21,10 @@ def lease(name: str, ttl: dt.timedelta = HEARTBEAT) -> Iterator[bool]:
     replica that holds the lease. While the block runs, a thread renews the lease every third
     of ``ttl``: a holder that is killed stops renewing, and its lease is free ``ttl`` later.
     The holder is this call, not the process: a task running in another thread of the same
-    worker does not hold it too."""
+    worker does not hold it too. Taking and letting go are tried again when MySQL picks them as
+    a deadlock's victim (two replicas taking a lease whose row was just deleted)."""
     owner = f"{OWNER}:{uuid.uuid4().hex[:12]}"
-    mine = acquire(name, ttl, owner)
+    mine = db.retrying(acquire, name, ttl, owner)
     if not mine:
         yield False
         return
@@ -42,4 +44,4 @@ def lease(name: str, ttl: dt.timedelta = HEARTBEAT) -> Iterator[bool]:
     finally:
         done.set()
         heartbeat.join()
-        release(name, owner)
+        db.retrying(release, name, owner)

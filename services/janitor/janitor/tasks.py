@@ -32,6 +32,7 @@ from janitor import (
 from janitor.claims import BlobBusy, ClaimLost
 from janitor.report import Report
 from janitor.worker import SWEEP_LIMIT, app
+from shared import db
 from shared import leases as shared_leases
 from shared.events import EVENT_TASK, NOTIFY_TASK, Event
 from shared.notifications import configured as configured_endpoints
@@ -203,8 +204,8 @@ def dispatch_notifications(repository: str | None = None) -> int:
         deliver_notifications.delay(endpoint, name)
     # At most once per PRUNE_EVERY on all replicas: the lease is never released, and its
     # owner is this call alone (a later call of this process does not hold it).
-    if repository is None and shared_leases.acquire(
-        "notifications-prune", PRUNE_EVERY, owner=uuid.uuid4().hex
+    if repository is None and db.retrying(
+        shared_leases.acquire, "notifications-prune", PRUNE_EVERY, owner=uuid.uuid4().hex
     ):
         notifications.prune()
     return len(streams)
