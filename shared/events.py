@@ -272,7 +272,6 @@ class _Relay:
             except queue.Empty:  # a poll is due
                 stopping = False
             events: list[Event] = []
-            wake_ups: set[str] = set()  # the ids of those with no row
             if first is not None:
                 events.append(first)
                 while len(events) < BATCH:
@@ -284,7 +283,8 @@ class _Relay:
                         stopping = True
                         break
                     events.append(more)
-                wake_ups = {e.id for e in events if e.action in _WAKE_UPS}
+            # Those queued with no row (rows an earlier version wrote for wake-ups are deleted).
+            wake_ups = {e.id for e in events if e.action in _WAKE_UPS}
             if time.monotonic() >= self._next_poll:
                 self._next_poll = time.monotonic() + POLL_SECONDS
                 try:
